@@ -1,0 +1,167 @@
+"""Batched generation with per-token bookkeeping: the one loop every sampler draws tokens with.
+
+`Sequences` holds a batch of prompts with their completions and, per completion token, the three
+numbers the Metropolis-Hastings ratio is built from: log p under the base model, log q under the
+proposal (temperature tau) and the base model's next-token entropy. `extend` truncates each row to
+a kept prefix and regenerates from there in one `lax.while_loop`, one token per row per iteration,
+each row stopping at EOS or its own length limit. Ancestral sampling, a suffix proposal and a block
+extension are all calls of `extend` with different `keep` and `limit`.
+
+Layout: prompts are right-padded; row b's prompt fills positions [0, P_b) of `tokens` and its
+completion positions [P_b, P_b + n_b). Per-token arrays are indexed by completion index i = 0..T-1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Sequences(NamedTuple):
+    tokens: jax.Array  # [B, S] int32, prompt then completion; S = longest prompt + T
+    prompt_length: jax.Array  # [B] int32, P_b >= 1
+    length: jax.Array  # [B] int32, completion length n_b
+    logp: jax.Array  # [B, T] float32, log p(x_i | c, x_<i)
+    logq: jax.Array  # [B, T] float32, log q(x_i | c, x_<i), the proposal at temperature tau
+    entropy: jax.Array  # [B, T] float32, entropy of p(. | c, x_<i)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.logp.shape[-1]
+
+
+class TokenStatistics(NamedTuple):
+    logp: jax.Array
+    logq: jax.Array
+    entropy: jax.Array
+
+
+def token_statistics(logits: jax.Array, token: jax.Array, tau) -> TokenStatistics:
+    """log p and log q (temperature tau) of `token`, and the entropy of p, from base logits [..., V]."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_q = jax.nn.log_softmax(logits / tau, axis=-1)
+    pick = lambda table: jnp.take_along_axis(table, token[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(log_p) * jnp.where(jnp.isfinite(log_p), log_p, 0.0), axis=-1)
+    return TokenStatistics(pick(log_p), pick(log_q), entropy)
+
+
+def new_sequences(prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int = 0) -> Sequences:
+    """Right-padded prompts with empty completions (host-side; call once per run)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompt: every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), longest + max_new_tokens), pad_id, np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = prompt
+    zeros = jnp.zeros((len(prompts), max_new_tokens), jnp.float32)
+    return Sequences(
+        jnp.asarray(tokens),
+        jnp.asarray([len(p) for p in prompts], jnp.int32),
+        jnp.zeros(len(prompts), jnp.int32),
+        zeros,
+        zeros,
+        zeros,
+    )
+
+
+def prefill(lm, seqs: Sequences) -> Any:
+    """A cache holding every prompt (one parallel forward over the padded prompt block)."""
+    batch, total = seqs.tokens.shape
+    prompt_block = total - seqs.max_new_tokens
+    cache = lm.init_cache(batch, total)
+    positions = jnp.broadcast_to(jnp.arange(prompt_block, dtype=jnp.int32), (batch, prompt_block))
+    _, cache = lm.forward(cache, seqs.tokens[:, :prompt_block], positions)
+    return cache
+
+
+def is_eos(lm, token: jax.Array) -> jax.Array:
+    return jnp.isin(token, jnp.asarray(lm.eos_token_ids, jnp.int32))
+
+
+class _Loop(NamedTuple):
+    key: jax.Array
+    seqs: Sequences
+    cache: Any
+    done: jax.Array
+
+
+def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, tau) -> tuple[Sequences, Any]:
+    """Keep the first `keep[b]` completion tokens of each row and sample new ones from the proposal
+    softmax(logits / tau) until EOS or `limit[b]` completion tokens. Rows with keep >= limit are
+    left as they are (truncated to `keep`).
+
+    Requires the cache to hold every position before P_b + keep_b - 1 (true after `prefill`, after
+    any `extend`, and for any keep up to the current length).
+    """
+    rows = jnp.arange(seqs.tokens.shape[0])
+    seqs = seqs._replace(length=keep.astype(jnp.int32))
+
+    def body(loop: _Loop) -> _Loop:
+        key, draw_key = jax.random.split(loop.key)
+        s = loop.seqs
+        last = s.prompt_length + s.length - 1  # position of each row's last token
+        logits, cache = lm.forward(loop.cache, s.tokens[rows, last][:, None], last[:, None])
+        logits = logits[:, 0]
+        token = jax.random.categorical(draw_key, logits / tau).astype(jnp.int32)
+        stats = token_statistics(logits, token, tau)
+        write = ~loop.done
+        index = jnp.where(write, s.length, s.max_new_tokens)  # out of range: dropped
+        position = jnp.where(write, last + 1, s.tokens.shape[1])
+        s = s._replace(
+            tokens=s.tokens.at[rows, position].set(token, mode="drop"),
+            length=s.length + write,
+            logp=s.logp.at[rows, index].set(stats.logp, mode="drop"),
+            logq=s.logq.at[rows, index].set(stats.logq, mode="drop"),
+            entropy=s.entropy.at[rows, index].set(stats.entropy, mode="drop"),
+        )
+        done = loop.done | is_eos(lm, token) | (s.length >= limit)
+        return _Loop(key, s, cache, done)
+
+    start = _Loop(key, seqs, cache, keep >= limit)
+    end = jax.lax.while_loop(lambda loop: ~jnp.all(loop.done), body, start)
+    return end.seqs, end.cache
+
+
+def completion_tokens(seqs: Sequences, pad_id: int) -> jax.Array:
+    """Completions as [B, T] arrays, padded with `pad_id` after each row's length."""
+    index = jnp.arange(seqs.max_new_tokens)
+    positions = seqs.prompt_length[:, None] + index[None, :]
+    tokens = jnp.take_along_axis(seqs.tokens, positions, axis=1, mode="clip")
+    return jnp.where(index[None, :] < seqs.length[:, None], tokens, pad_id)
+
+
+def completion_length(lm, completions: jax.Array) -> jax.Array:
+    """Length of [B, T] completions: through the first EOS, or T if there is none."""
+    eos = is_eos(lm, completions)
+    first = jnp.argmax(eos, axis=-1)
+    return jnp.where(jnp.any(eos, axis=-1), first + 1, completions.shape[-1]).astype(jnp.int32)
+
+
+def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Sequences, Any]:
+    """Sequences and cache for given completions [B, T] (each ends at its first EOS), scored in one
+    parallel forward pass. Used to start chains from chosen draws and to check the fast path."""
+    batch, total = seqs.tokens.shape
+    length = completion_length(lm, completions)
+    index = jnp.arange(seqs.max_new_tokens)
+    positions = seqs.prompt_length[:, None] + index[None, :]
+    tokens = seqs.tokens.at[jnp.arange(batch)[:, None], positions].set(completions, mode="drop")
+    cache = lm.init_cache(batch, total)
+    all_positions = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (batch, total))
+    logits, cache = lm.forward(cache, tokens, all_positions)
+    predicting = jnp.take_along_axis(logits, (positions - 1)[..., None], axis=1)  # [B, T, V]
+    stats = token_statistics(predicting, completions, tau)
+    valid = index[None, :] < length[:, None]
+    mask = lambda x: jnp.where(valid, x, 0.0)
+    seqs = Sequences(tokens, seqs.prompt_length, length, mask(stats.logp), mask(stats.logq), mask(stats.entropy))
+    return seqs, cache
+
+
+def sequence_log_prob(seqs: Sequences) -> jax.Array:
+    """log p(x | c) of each row's completion: the sum of its per-token log-probs."""
+    valid = jnp.arange(seqs.max_new_tokens)[None, :] < seqs.length[:, None]
+    return jnp.sum(jnp.where(valid, seqs.logp, 0.0), axis=-1)

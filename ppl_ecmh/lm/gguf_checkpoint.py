@@ -1,0 +1,154 @@
+"""Loading GGUF files (llama.cpp's format): metadata -> config, dequantized tensors -> params."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ppl_ecmh.errors import CorruptCheckpointError, UnsupportedModelError
+from ppl_ecmh.lm.config import ModelConfig
+from ppl_ecmh.lm.tokenizer import tokenizer_from_gguf
+from ppl_ecmh.lm.transformer import Transformer
+from ppl_ecmh.lm.weights import assemble_params
+
+SUPPORTED_QUANTIZATIONS = frozenset(
+    {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+)
+# llama.cpp stores these architectures' Q and K rows interleaved for its rotary layout
+_PERMUTED_QK = frozenset({"llama", "mistral"})
+
+_GGUF_TO_HF = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_GGUF_TO_HF = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    if gguf_name in _GLOBAL_GGUF_TO_HF:
+        return _GLOBAL_GGUF_TO_HF[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_TO_HF:
+        return f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}"
+    return None
+
+
+def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's per-head row interleaving of a Q or K projection ([out, ...] layout)."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def read_gguf(path: str):
+    """The reader and its metadata as plain Python values; raises CorruptCheckpointError."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as error:  # the reader raises assorted errors on damaged files
+        raise CorruptCheckpointError(f"cannot read GGUF file {path}: {error}") from None
+    size = os.path.getsize(path)
+    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    if end > size:
+        raise CorruptCheckpointError(f"GGUF file {path} is truncated ({size} of {end} bytes)")
+    metadata = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            metadata[key] = field.contents()
+        except Exception as error:
+            raise CorruptCheckpointError(f"GGUF metadata {key!r} is unreadable: {error}") from None
+    return reader, metadata
+
+
+def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
+    arch = metadata.get("general.architecture")
+    if arch not in ("llama", "mistral", "qwen2"):
+        raise UnsupportedModelError(f"unsupported GGUF architecture {arch!r}")
+
+    def meta(key, default=None):
+        value = metadata.get(f"{arch}.{key}", default)
+        if value is None:
+            raise CorruptCheckpointError(f"GGUF metadata lacks {arch}.{key}")
+        return value
+
+    hidden, heads = int(meta("embedding_length")), int(meta("attention.head_count"))
+    scaling_type = metadata.get(f"{arch}.rope.scaling.type", "none")
+    if scaling_type == "linear":
+        rope_scaling = (("rope_type", "linear"), ("factor", float(meta("rope.scaling.factor"))))
+    elif scaling_type in ("none", None):
+        rope_scaling = None
+    else:
+        raise UnsupportedModelError(f"unsupported GGUF rope scaling {scaling_type!r}")
+    eos_ids = [metadata.get(f"tokenizer.ggml.{k}") for k in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=len(metadata["tokenizer.ggml.tokens"]),
+        hidden_size=hidden,
+        intermediate_size=int(meta("feed_forward_length")),
+        num_layers=int(meta("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(meta("attention.head_count_kv", heads)),
+        head_dim=int(meta("attention.key_length", hidden // heads)),
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        rope_scaling=rope_scaling,
+        attention_bias="blk.0.attn_q.bias" in tensor_names,
+        tie_word_embeddings="output.weight" not in tensor_names,
+        max_position_embeddings=int(meta("context_length")),
+        bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos_ids if i is not None)),
+    )
+
+
+def load_gguf(path: str, dtype="float32"):
+    """(Transformer, tokenizer) from a GGUF file, weights dequantized to `dtype`."""
+    import gguf
+
+    reader, metadata = read_gguf(path)
+    tensors = {t.name: t for t in reader.tensors}
+    unsupported = sorted({t.tensor_type.name for t in reader.tensors} - SUPPORTED_QUANTIZATIONS)
+    if unsupported:
+        raise UnsupportedModelError(f"unsupported GGUF quantization type(s): {', '.join(unsupported)}")
+    config = config_from_gguf(metadata, set(tensors))
+    by_hf_name = {_hf_name(name): tensor for name, tensor in tensors.items() if _hf_name(name)}
+
+    def tensor(hf_name: str) -> np.ndarray:
+        t = by_hf_name[hf_name]
+        try:
+            weight = gguf.quants.dequantize(t.data, t.tensor_type)
+        except Exception as error:
+            raise CorruptCheckpointError(f"cannot dequantize {t.name}: {error}") from None
+        weight = weight.reshape(tuple(int(d) for d in reversed(t.shape)))
+        if config.architecture in _PERMUTED_QK:
+            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+                weight = unpermute_rows(weight, config.num_heads)
+            elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+                weight = unpermute_rows(weight, config.num_kv_heads)
+        return weight
+
+    params = assemble_params(config, tensor, dtype)
+    if "rope_freqs.weight" in tensors:  # llama 3.1 scaling, stored as per-frequency divisors
+        factors = gguf.quants.dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type)
+        params["inv_freq"] = params["inv_freq"] / np.asarray(factors, np.float32).reshape(-1)
+    return Transformer(params, config), tokenizer_from_gguf(metadata)

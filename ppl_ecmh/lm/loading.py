@@ -1,0 +1,72 @@
+"""`load_model`: one entry point for registered names, GGUF files, model folders and hub ids."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from ppl_ecmh.errors import ModelNotFoundError, PromptTooLongError
+from ppl_ecmh.lm.gguf_checkpoint import load_gguf
+from ppl_ecmh.lm.hf_checkpoint import download_from_hub, load_hf_folder
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+from ppl_ecmh.lm.transformer import Transformer
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A JAX decoder with its tokenizer. `lm` is what the samplers take; the rest is text I/O."""
+
+    lm: Transformer
+    tokenizer: object
+    source: str
+
+    def encode(self, text: str, chat: bool = False, system: str | None = None) -> list[int]:
+        """Prompt token ids; with `chat`, wrapped in the model's chat template as a user turn."""
+        if not text:
+            raise ValueError("prompt: must not be empty")
+        if self.tokenizer is None:
+            raise ModelNotFoundError(f"{self.source} has no tokenizer; pass token ids instead")
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": text}
+            ]
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        else:
+            ids = self.tokenizer(text)["input_ids"]
+        return [int(i) for i in ids]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def check_fits(self, prompt_length: int, max_new_tokens: int) -> None:
+        if prompt_length + max_new_tokens > self.lm.max_length:
+            raise PromptTooLongError(
+                f"prompt of {prompt_length} tokens plus {max_new_tokens} new tokens exceeds the "
+                f"context of {self.lm.max_length}"
+            )
+
+
+def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
+    """Load a model by registered name (`smollm2-135m`), GGUF path, local folder or hub id.
+
+    dtype: "float32" (default, the oracle-tested precision) or "bfloat16".
+    """
+    source = str(name_or_path)
+    if source in EMBEDDED_MODELS:
+        lm, tokenizer = load_gguf(str(EMBEDDED_MODELS[source].locate()), dtype)
+        return LoadedModel(lm, tokenizer, source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        lm, tokenizer = load_gguf(str(path), dtype)
+    elif path.is_dir():
+        lm, tokenizer = load_hf_folder(path, dtype)
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".gguf"):
+        lm, tokenizer = load_hf_folder(download_from_hub(source), dtype)
+    else:
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ModelNotFoundError(
+            f"no model {source!r}: not a registered name ({known}), a GGUF file, a folder or a hub id"
+        )
+    return LoadedModel(lm, tokenizer, source)

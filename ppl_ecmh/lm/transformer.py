@@ -1,0 +1,155 @@
+"""The decoder forward pass in JAX: one function for prefill and decode, over an explicit KV cache.
+
+The cache is indexed by absolute position: slot j of a row holds the keys and values of that row's
+token at position j. A forward call writes the slots of the tokens it is given and attends to slots
+<= each query's position. So prompts of different lengths are right-padded (junk beyond a row's
+prompt is overwritten before any query can see it), every row decodes at its own position, and a
+row restarts from any earlier position t simply by feeding position t again: the slots before t are
+still valid and the ones after are masked. This is exactly what suffix resampling needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ppl_ecmh.lm.config import ModelConfig
+
+
+class KVCache(NamedTuple):
+    """Keys and values, one [batch, kv_head, slot, head_dim] array per layer.
+
+    One buffer per layer (not a stacked array) so a decode step updates each in place without
+    slicing a layer out; batch first like every state array; slot next to head_dim so attention
+    reads the cache without transposing it.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def init_cache(config: ModelConfig, batch_size: int, length: int, dtype) -> KVCache:
+    shape = (batch_size, config.num_kv_heads, length, config.head_dim)
+    layers = range(config.num_layers)
+    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers))
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary embedding in the half-split layout of Hugging Face checkpoints. x: [B, T, heads, hd]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def linear(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """x @ weight.T for a weight in the checkpoints' [out, in] layout (faster on CPU than [in, out])."""
+    return jnp.einsum("...i,oi->...o", x, weight)
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+    """Write new [B, T, kvh, hd] into a layer's cache [B, kvh, S, hd] at slots positions [B, T].
+
+    A single scatter, which XLA applies in place (a vmapped dynamic_update_slice copied the layer).
+    """
+    rows = jnp.arange(cache.shape[0])[:, None]
+    return cache.at[rows, :, positions].set(new.astype(cache.dtype), mode="drop")
+
+
+def _attention(config, layer_params, x, positions, keys, values, inv_freq):
+    """Self-attention of x [B, T, D] over a layer's cache; returns (output, keys, values)."""
+    batch, steps, _ = x.shape
+    q = linear(x, layer_params["wq"])
+    k = linear(x, layer_params["wk"])
+    v = linear(x, layer_params["wv"])
+    if config.attention_bias:
+        q, k, v = q + layer_params["bq"], k + layer_params["bk"], v + layer_params["bv"]
+    q = apply_rope(q.reshape(batch, steps, config.num_heads, config.head_dim), positions, inv_freq)
+    k = apply_rope(k.reshape(batch, steps, config.num_kv_heads, config.head_dim), positions, inv_freq)
+    v = v.reshape(batch, steps, config.num_kv_heads, config.head_dim)
+
+    keys = _write_rows(keys, k, positions)  # [B, kvh, S, hd]
+    values = _write_rows(values, v, positions)
+
+    group = config.num_heads // config.num_kv_heads
+    q = q.reshape(batch, steps, config.num_kv_heads, group, config.head_dim)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(config.head_dim))
+    slots = jnp.arange(keys.shape[2])
+    visible = slots[None, None, :] <= positions[:, :, None]  # [B, T, S]
+    scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
+    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", weights, values)
+    out = out.reshape(batch, steps, config.num_heads * config.head_dim)
+    return linear(out, layer_params["wo"]), keys, values
+
+
+def _mlp(layer_params, x):
+    gated = jax.nn.silu(linear(x, layer_params["w_gate"])) * linear(x, layer_params["w_up"])
+    return linear(gated, layer_params["w_down"])
+
+
+def forward(params: dict, config: ModelConfig, cache: KVCache, tokens: jax.Array, positions: jax.Array):
+    """Logits [B, T, V] (float32) for tokens [B, T] at positions [B, T].
+
+    Writes the tokens' keys/values into the cache and returns it; attends to every cached slot at or
+    before each token's position.
+    """
+    x = params["embed"][tokens]
+    keys, values = list(cache.k), list(cache.v)
+    for layer, layer_params in enumerate(params["layers"]):  # unrolled: no per-step weight slicing
+        h = rms_norm(x, layer_params["attn_norm"], config.rms_norm_eps)
+        attended, keys[layer], values[layer] = _attention(
+            config, layer_params, h, positions, keys[layer], values[layer], params["inv_freq"]
+        )
+        x = x + attended
+        x = x + _mlp(layer_params, rms_norm(x, layer_params["mlp_norm"], config.rms_norm_eps))
+    cache = KVCache(tuple(keys), tuple(values))
+    x = rms_norm(x, params["final_norm"], config.rms_norm_eps)
+    head = params["embed"] if config.tie_word_embeddings else params["lm_head"]
+    logits = jnp.einsum("btd,vd->btv", x, head, preferred_element_type=jnp.float32)
+    return logits, cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Transformer:
+    """A decoder with its weights: a pytree (weights are leaves, the config is static).
+
+    Implements the language-model interface the samplers use (see `ppl_ecmh.lm.interface`).
+    """
+
+    params: dict
+    config: ModelConfig = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.config.eos_token_ids
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    @property
+    def dtype(self):
+        return self.params["embed"].dtype
+
+    def init_cache(self, batch_size: int, length: int) -> KVCache:
+        return init_cache(self.config, batch_size, length, self.dtype)
+
+    def forward(self, cache: KVCache, tokens: jax.Array, positions: jax.Array):
+        return forward(self.params, self.config, cache, tokens, positions)
