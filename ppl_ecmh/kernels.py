@@ -1,0 +1,235 @@
+"""NumPyro `MCMCKernel` adapters over the pure samplers in `mh`, `blockwise` and `baselines`.
+
+    kernel = EntropyCutMH(power_model)
+    mcmc = MCMC(kernel, num_warmup=10, num_samples=50, num_chains=4, chain_method="vectorized")
+    mcmc.run(key, lm, prompt, alpha=4.0, max_new_tokens=128, extra_fields=("accepted", "cut"))
+    mcmc.get_samples(group_by_chain=True)["x"]  # [chains, draws, max_new_tokens] token ids
+
+The adapters hold no mathematics: they read the target off the model, keep the batched sampler
+state, and expose per-step statistics as state fields for `extra_fields`. With
+chain_method="vectorized" NumPyro hands `init` a batch of keys; the chains are then the rows of
+one batched state (the samplers batch explicitly, so no vmap is needed). The model's weights live in
+the state rather than in a closure, so they are not compiled into the program as constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.mcmc import MCMCKernel
+
+from ppl_ecmh import baselines, blockwise, mh
+from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
+from ppl_ecmh.lm.generation import completion_tokens, new_sequences, prefill
+from ppl_ecmh.target import find_power_target
+from ppl_ecmh.validation import check_positive_int, check_tau
+
+
+class SequenceKernelState(NamedTuple):
+    z: dict  # {site: completion tokens}, the sample field
+    log_target: jax.Array  # alpha * log p(x)
+    length: jax.Array  # completion length
+    accepted: jax.Array  # float: 1.0/0.0, or the fraction of a block's steps accepted
+    accept_prob: jax.Array
+    cut: jax.Array
+    old_suffix_length: jax.Array
+    new_suffix_length: jax.Array
+    num_generated: jax.Array  # tokens decoded by this draw
+    stage: jax.Array  # block-wise: number of blocks grown so far
+    sampler: mh.SuffixMHState  # batched over chains
+    lm: Any
+    rng_key: jax.Array
+
+
+def _is_batched_key(rng_key) -> bool:
+    typed = jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(rng_key) == (1 if typed else 2)
+
+
+class _SequenceKernel(MCMCKernel):
+    """Shared adapter: subclasses define `_start` (initial sampler state) and `_advance` (one draw)."""
+
+    sample_field = "z"
+
+    def __init__(self, model, tau=None):
+        self._model = model
+        self._tau_argument = tau
+        self._target = None
+        self._batched = True
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def target(self):
+        return self._target
+
+    @property
+    def tau(self) -> float:
+        return check_tau(self._tau_argument, self._target.alpha)
+
+    def _limit(self, batch):
+        return jnp.full(batch, self._target.max_new_tokens, jnp.int32)
+
+    def _start(self, rng_key, seqs):
+        return mh.init(rng_key, self._target.lm, seqs, self.tau)
+
+    def _advance(self, rng_key, state: mh.SuffixMHState, lm, stage):
+        raise NotImplementedError
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        self._target = find_power_target(self._model, model_args, model_kwargs)
+        self.tau  # validate now, with a message naming the parameter
+        self._batched = _is_batched_key(rng_key)
+        keys = rng_key if self._batched else rng_key[None]
+        seqs = new_sequences([self._target.prompt] * keys.shape[0], self._target.max_new_tokens, self._target.pad_id)
+        if init_params is not None:
+            completions = jnp.asarray(init_params[self._target.site]).reshape(keys.shape[0], -1)
+            sampler = mh.init_from_completions(self._target.lm, seqs, completions, self.tau)
+        else:
+            sampler = jax.jit(self._start)(keys[0], seqs)
+        info = mh.SuffixMHInfo(
+            accepted=jnp.ones(keys.shape[0], bool),
+            accept_prob=jnp.ones(keys.shape[0]),
+            cut=jnp.zeros(keys.shape[0], jnp.int32),
+            old_suffix_length=jnp.zeros(keys.shape[0], jnp.int32),
+            new_suffix_length=sampler.seqs.length,
+            num_generated=sampler.seqs.length,
+            log_target=self._target.alpha * mh.sequence_log_prob(sampler.seqs),
+        )
+        return self._state(sampler, info, jnp.zeros(keys.shape[0], jnp.int32), rng_key)
+
+    def _state(self, sampler, info, stage, rng_key) -> SequenceKernelState:
+        expose = (lambda a: a) if self._batched else (lambda a: a[0])
+        tokens = completion_tokens(sampler.seqs, self._target.pad_id)
+        return SequenceKernelState(
+            z={self._target.site: expose(tokens)},
+            log_target=expose(info.log_target),
+            length=expose(sampler.seqs.length),
+            accepted=expose(info.accepted.astype(jnp.float32)),
+            accept_prob=expose(info.accept_prob.astype(jnp.float32)),
+            cut=expose(info.cut.astype(jnp.int32)),
+            old_suffix_length=expose(info.old_suffix_length.astype(jnp.int32)),
+            new_suffix_length=expose(info.new_suffix_length.astype(jnp.int32)),
+            num_generated=expose(info.num_generated.astype(jnp.int32)),
+            stage=expose(stage.astype(jnp.int32)),
+            sampler=sampler,
+            lm=self._target.lm,
+            rng_key=rng_key,
+        )
+
+    def sample(self, state: SequenceKernelState, model_args, model_kwargs):
+        keys = state.rng_key if self._batched else state.rng_key[None]
+        pairs = jax.vmap(jax.random.split)(keys)
+        step_key = pairs[0, 1]  # one key drives the batched sampler; rows draw independent noise
+        new_keys = pairs[:, 0] if self._batched else pairs[0, 0]
+        stage = state.stage if self._batched else state.stage[None]
+        sampler, info, stage = self._advance(step_key, state.sampler, state.lm, stage)
+        return self._state(sampler, info, stage, new_keys)
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        return lambda z: z
+
+    def get_diagnostics_str(self, state):
+        return f"acc. prob={float(jnp.mean(state.accept_prob)):.2f}"
+
+
+class SuffixMH(_SequenceKernel):
+    """Suffix-resampling MH with any cut distribution (a name from `ppl_ecmh.cuts` or an object)."""
+
+    def __init__(self, model, cut="uniform", tau=None, **cut_params):
+        super().__init__(model, tau)
+        self.cut = get_cut(cut, **cut_params)
+
+    def _advance(self, rng_key, state, lm, stage):
+        state, info = mh.suffix_mh_step(
+            rng_key, state, lm, cut=self.cut, alpha=self._target.alpha, tau=self.tau,
+            limit=self._limit(stage.shape[0]),
+        )
+        return state, info, stage
+
+
+class RandomCutMH(SuffixMH):
+    """The earlier method (Karan & Du): cut position uniform over the completion."""
+
+    def __init__(self, model, tau=None):
+        super().__init__(model, cut="uniform", tau=tau)
+
+
+class EntropyCutMH(SuffixMH):
+    """Entropy-cut MH. Default cut: the published entropy jump (power 4) mixed with 10% uniform,
+    which keeps every cut reachable; pass cut="entropy_jump" for the published cut alone."""
+
+    def __init__(self, model, cut=None, tau=None, **cut_params):
+        super().__init__(model, cut=cut if cut is not None else Mixture(EntropyJump(power=4.0), eps=0.1), tau=tau, **cut_params)
+
+
+class BlockwiseMH(_SequenceKernel):
+    """The block-wise schedule as a chain: each draw grows every unfinished sample by one block of
+    `block_size` tokens (until max_new_tokens) and runs `num_mcmc_steps` MH steps on the tokens so
+    far. Once grown, each draw is `num_mcmc_steps` MH steps on pi_alpha itself, so use at least
+    ceil(max_new_tokens / block_size) warmup draws. Per-draw statistics average the block's steps:
+    `accepted` is the fraction accepted, `accept_prob` the mean probability; `cut` is the last cut.
+    """
+
+    def __init__(self, model, cut="uniform", block_size=192, num_mcmc_steps=10, tau=None, **cut_params):
+        super().__init__(model, tau)
+        self.cut = get_cut(cut, **cut_params)
+        self.block_size = check_positive_int("block_size", block_size)
+        self.num_mcmc_steps = check_positive_int("num_mcmc_steps", num_mcmc_steps, minimum=0)
+
+    def _start(self, rng_key, seqs):
+        return mh.SuffixMHState(seqs, prefill(self._target.lm, seqs))
+
+    def _advance(self, rng_key, state, lm, stage):
+        stage = jnp.minimum(stage + 1, blockwise.num_blocks(self._target.max_new_tokens, self.block_size))
+        limit = jnp.minimum(stage * self.block_size, self._target.max_new_tokens).astype(jnp.int32)
+        everyone = jnp.ones(stage.shape[0], bool)
+        state, block = blockwise.run_block(
+            rng_key, state, lm, cut=self.cut, alpha=self._target.alpha, tau=self.tau, limit=limit,
+            num_mcmc_steps=self.num_mcmc_steps, extend_rows=everyone, mh_rows=everyone,
+        )
+        steps = block.mh
+        info = mh.SuffixMHInfo(
+            accepted=jnp.mean(steps.accepted, axis=0) if self.num_mcmc_steps else jnp.zeros(stage.shape[0]),
+            accept_prob=jnp.mean(steps.accept_prob, axis=0) if self.num_mcmc_steps else jnp.zeros(stage.shape[0]),
+            cut=steps.cut[-1] if self.num_mcmc_steps else jnp.zeros_like(stage),
+            old_suffix_length=jnp.sum(steps.old_suffix_length, axis=0),
+            new_suffix_length=jnp.sum(steps.new_suffix_length, axis=0),
+            num_generated=block.extension_generated + jnp.sum(steps.num_generated, axis=0),
+            log_target=self._target.alpha * mh.sequence_log_prob(state.seqs),
+        )
+        return state, info, stage
+
+
+class _IndependentSampler(_SequenceKernel):
+    def _tau(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def tau(self) -> float:
+        return self._tau()
+
+    def _advance(self, rng_key, state, lm, stage):
+        state, info = baselines.independent_step(
+            rng_key, state, lm, tau=self.tau, alpha=self._target.alpha, limit=self._limit(stage.shape[0])
+        )
+        return state, info, stage
+
+
+class AncestralSampler(_IndependentSampler):
+    """Baseline: every draw a fresh completion from the base model (tau = 1); exact for p, not pi_alpha."""
+
+    def _tau(self):
+        return 1.0
+
+
+class LowTemperatureSampler(_IndependentSampler):
+    """Baseline: every draw a fresh completion at per-token temperature tau (default 1/alpha).
+    It sharpens each conditional, not the joint: it does not sample pi_alpha."""
+
+    def _tau(self):
+        return check_tau(self._tau_argument, self._target.alpha)

@@ -1,0 +1,138 @@
+"""The power target pi_alpha(x | c) proportional to p(x | c)^alpha, as a NumPyro model (DESIGN section 1).
+
+    x = numpyro.sample("x", LanguageModelSequence(lm, prompt, max_new_tokens))  # log p(x | c)
+    sharpen("sharpen", sequence, x, alpha)                                       # + (alpha - 1) log p(x | c)
+
+`sharpen` is `numpyro.factor` with the exponent recorded on the site, which lets the kernels find
+alpha in the model instead of taking it twice. The kernels' fast path tracks alpha * sum of
+per-token log-probs; tests check it equals `numpyro.infer.util.log_density` of this model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.distributions import Distribution, constraints
+from numpyro.distributions.distribution import Unit
+
+from ppl_ecmh import mh
+from ppl_ecmh.lm.generation import completion_tokens, new_sequences, sequence_log_prob, teacher_force
+from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int
+
+SHARPENING_EXPONENT = "sharpening_exponent"
+
+
+def _prompt_tokens(prompt) -> tuple[int, ...]:
+    tokens = tuple(int(t) for t in np.asarray(prompt).reshape(-1))
+    if not tokens:
+        raise ValueError("prompt: must contain at least one token")
+    return tokens
+
+
+class LanguageModelSequence(Distribution):
+    """Completions of `prompt` under the language model: sample = ancestral generation (until EOS
+    or max_new_tokens), log_prob = log p(x | prompt). Values are [..., max_new_tokens] token arrays
+    padded with EOS after the first EOS."""
+
+    support = constraints.nonnegative_integer
+    is_discrete = True
+    pytree_data_fields = ("lm",)
+    pytree_aux_fields = ("prompt", "max_new_tokens")
+
+    def __init__(self, lm, prompt: Sequence[int], max_new_tokens: int, validate_args=None):
+        self.lm = lm
+        self.prompt = _prompt_tokens(prompt)
+        self.max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
+        check_fits_context(lm, len(self.prompt), self.max_new_tokens)
+        super().__init__(batch_shape=(), event_shape=(self.max_new_tokens,), validate_args=validate_args)
+
+    @property
+    def pad_id(self) -> int:
+        return self.lm.eos_token_ids[0]
+
+    def _empty(self, num: int):
+        return new_sequences([self.prompt] * num, self.max_new_tokens, pad_id=self.pad_id)
+
+    def sample(self, key, sample_shape=()):
+        num = math.prod(sample_shape) if sample_shape else 1
+        state = mh.init(key, self.lm, self._empty(num), tau=1.0)
+        tokens = completion_tokens(state.seqs, self.pad_id)
+        return tokens.reshape(tuple(sample_shape) + self.event_shape)
+
+    def log_prob(self, value):
+        value = jnp.asarray(value, jnp.int32)
+        batch_shape = value.shape[:-1]
+        flat = value.reshape(-1, self.max_new_tokens)
+        scored, _ = teacher_force(self.lm, self._empty(flat.shape[0]), flat, tau=1.0)
+        return sequence_log_prob(scored).reshape(batch_shape)
+
+
+def sharpen(name: str, sequence: LanguageModelSequence, x, alpha: float) -> None:
+    """`numpyro.factor(name, (alpha - 1) * log p(x))`, with alpha recorded for the kernels."""
+    alpha = check_alpha(alpha)
+    unit = Unit((alpha - 1.0) * sequence.log_prob(x))
+    numpyro.sample(name, unit, obs=unit.sample(None), infer={"is_auxiliary": True, SHARPENING_EXPONENT: alpha})
+
+
+def power_model(lm, prompt: Sequence[int], alpha: float = 4.0, max_new_tokens: int = 256):
+    """The NumPyro model of pi_alpha(x | prompt): one sequence site `x` and the sharpening factor."""
+    sequence = LanguageModelSequence(lm, prompt, max_new_tokens)
+    x = numpyro.sample("x", sequence)
+    sharpen("sharpen", sequence, x, alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerTarget:
+    """What the kernels read off a model: the sequence site and the exponent."""
+
+    site: str
+    lm: object
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    alpha: float
+
+    @property
+    def pad_id(self) -> int:
+        return self.lm.eos_token_ids[0]
+
+
+def find_power_target(model, model_args=(), model_kwargs=None) -> PowerTarget:
+    """Trace `model` (without generating anything) and return its power target.
+
+    Supported models have exactly one unobserved `LanguageModelSequence` site and at most one
+    `sharpen` factor (none means alpha = 1); anything else raises ValueError.
+    """
+    from numpyro import handlers
+
+    def placeholder(site):
+        fn = site["fn"]
+        if isinstance(fn, LanguageModelSequence):
+            return jnp.full(fn.event_shape, fn.pad_id, jnp.int32)
+        return None
+
+    traced = handlers.trace(handlers.seed(handlers.substitute(model, substitute_fn=placeholder), 0))
+    trace = traced.get_trace(*model_args, **(model_kwargs or {}))
+    sequences, exponents, others = [], [], []
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        if isinstance(site["fn"], LanguageModelSequence) and not site["is_observed"]:
+            sequences.append(name)
+        elif SHARPENING_EXPONENT in (site.get("infer") or {}):
+            exponents.append(site["infer"][SHARPENING_EXPONENT])
+        else:
+            others.append(name)
+    if len(sequences) != 1 or len(exponents) > 1 or others:
+        raise ValueError(
+            "model: the sequence kernels need one LanguageModelSequence site and at most one "
+            f"`sharpen` factor (see ppl_ecmh.power_model); found sequence sites {sequences}, "
+            f"{len(exponents)} sharpen factors and other sites {others}"
+        )
+    fn = trace[sequences[0]]["fn"]
+    alpha = exponents[0] if exponents else 1.0
+    return PowerTarget(sequences[0], fn.lm, fn.prompt, fn.max_new_tokens, check_alpha(alpha))

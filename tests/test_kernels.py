@@ -1,0 +1,159 @@
+"""The NumPyro layer: the power model, its log density, and the MCMCKernel adapters."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import pytest
+from numpyro.infer import MCMC
+from numpyro.infer.util import log_density
+
+from ppl_ecmh import kernels
+from ppl_ecmh.lm import toy
+from ppl_ecmh.target import LanguageModelSequence, find_power_target, power_model
+from tests.exact import Comparison
+
+PROBLEM = toy.random_tree_problem(seed=1)
+FIELDS = ("accepted", "accept_prob", "cut", "log_target", "length", "num_generated", "old_suffix_length",
+          "new_suffix_length")
+KERNELS = {
+    "random_cut": kernels.RandomCutMH,
+    "entropy_cut": kernels.EntropyCutMH,
+    "blockwise": lambda model: kernels.BlockwiseMH(model, cut="entropy_jump", block_size=2, num_mcmc_steps=3),
+    "ancestral": kernels.AncestralSampler,
+    "low_temperature": kernels.LowTemperatureSampler,
+}
+
+
+def run(kernel, alpha=2.0, num_chains=4, num_samples=6, seed=0, **kwargs):
+    mcmc = MCMC(kernel, num_warmup=2, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed), PROBLEM.lm, PROBLEM.prompt, alpha=alpha, max_new_tokens=4,
+             extra_fields=FIELDS, **kwargs)
+    return mcmc
+
+
+def test_sequence_distribution_log_prob_is_exact_log_p():
+    sequence = LanguageModelSequence(PROBLEM.lm, PROBLEM.prompt, 4)
+    completions = PROBLEM.completions()[:20]
+    values = np.full((len(completions), 4), 3, np.int32)
+    for row, (x, _) in enumerate(completions):
+        values[row, : len(x)] = x
+    np.testing.assert_allclose(sequence.log_prob(values), [lp for _, lp in completions], atol=1e-5)
+
+
+def test_model_density_is_p_to_the_alpha():
+    x, log_p = PROBLEM.completions()[5]
+    value = jnp.asarray(list(x) + [3] * (4 - len(x)))
+    density, _ = log_density(power_model, (PROBLEM.lm, PROBLEM.prompt), dict(alpha=3.0, max_new_tokens=4), {"x": value})
+    assert math.isclose(float(density), 3.0 * log_p, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernel_log_target_equals_numpyro_log_density(name):
+    mcmc = run(KERNELS[name](power_model), alpha=2.5)
+    draws = mcmc.get_samples()["x"]
+    tracked = mcmc.get_extra_fields()["log_target"]
+    model_kwargs = dict(alpha=2.5, max_new_tokens=4)
+    for draw, fast in zip(draws[:8], tracked[:8]):
+        exact, _ = log_density(power_model, (PROBLEM.lm, PROBLEM.prompt), model_kwargs, {"x": draw})
+        assert abs(float(exact) - float(fast)) < 1e-4
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_vectorized_chains_give_token_arrays_and_per_step_info(name):
+    mcmc = run(KERNELS[name](power_model))
+    samples = mcmc.get_samples(group_by_chain=True)
+    assert samples["x"].shape == (4, 6, 4) and samples["x"].dtype == jnp.int32
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    for field in FIELDS:
+        assert extra[field].shape == (4, 6), field
+    assert np.all((extra["accept_prob"] >= 0) & (extra["accept_prob"] <= 1))
+    mcmc.print_summary()
+
+
+def test_single_chain_without_vectorization():
+    mcmc = MCMC(kernels.EntropyCutMH(power_model), num_warmup=1, num_samples=3, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1), PROBLEM.lm, PROBLEM.prompt, alpha=2.0, max_new_tokens=4, extra_fields=("cut",))
+    assert mcmc.get_samples()["x"].shape == (3, 4)
+    assert mcmc.get_extra_fields()["cut"].shape == (3,)
+
+
+def test_same_seed_same_draws_different_seed_different_draws():
+    first = run(kernels.EntropyCutMH(power_model), seed=5).get_samples()["x"]
+    again = run(kernels.EntropyCutMH(power_model), seed=5).get_samples()["x"]
+    other = run(kernels.EntropyCutMH(power_model), seed=6).get_samples()["x"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_init_params_start_the_chains_there():
+    start = jnp.asarray([[1, 3, 3, 3]] * 4, jnp.int32)
+    mcmc = MCMC(kernels.RandomCutMH(power_model), num_warmup=0, num_samples=1, num_chains=4,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), PROBLEM.lm, PROBLEM.prompt, alpha=2.0, max_new_tokens=4,
+             init_params={"x": start}, extra_fields=("old_suffix_length", "cut"))
+    extra = mcmc.get_extra_fields()
+    # the first step cut a 2-token completion ("1 EOS"): the old suffix is 2 - cut
+    np.testing.assert_array_equal(extra["old_suffix_length"], 2 - extra["cut"])
+
+
+@pytest.mark.slow
+def test_entropy_cut_kernel_draws_match_power_distribution():
+    """Through NumPyro end to end: 2000 vectorized chains from the proposal, one draw each after
+    150 steps (the entropy cut mixes slowly on this toy: after 40 steps chi-square p is 0.005)."""
+    mcmc = MCMC(kernels.EntropyCutMH(power_model), num_warmup=150, num_samples=1, num_chains=2000,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(2), PROBLEM.lm, PROBLEM.prompt, alpha=2.0, max_new_tokens=4)
+    draws = [tuple(int(t) for t in row[: list(row).index(3) + 1]) if 3 in row else tuple(int(t) for t in row)
+             for row in np.asarray(mcmc.get_samples()["x"])]
+    comparison = Comparison(draws, PROBLEM.power_distribution(2.0))
+    assert comparison.consistent(), comparison
+
+
+@pytest.mark.parametrize(
+    "kwargs, parameter",
+    [
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=99), "max_new_tokens"),  # beyond the toy model's context
+    ],
+)
+def test_bad_model_parameters_name_the_parameter(kwargs, parameter):
+    arguments = dict(alpha=2.0, max_new_tokens=4) | kwargs
+    with pytest.raises(ValueError, match=parameter):
+        find_power_target(power_model, (PROBLEM.lm, PROBLEM.prompt), arguments)
+
+
+def test_empty_prompt_is_rejected():
+    with pytest.raises(ValueError, match="prompt"):
+        find_power_target(power_model, (PROBLEM.lm, ()), dict(alpha=2.0, max_new_tokens=4))
+
+
+@pytest.mark.parametrize(
+    "make, parameter",
+    [
+        (lambda: kernels.RandomCutMH(power_model, tau=0.0), "tau"),
+        (lambda: kernels.RandomCutMH(power_model, tau=-1.0), "tau"),
+        (lambda: kernels.BlockwiseMH(power_model, block_size=0), "block_size"),
+        (lambda: kernels.BlockwiseMH(power_model, num_mcmc_steps=-1), "num_mcmc_steps"),
+        (lambda: kernels.SuffixMH(power_model, cut="entropy", beta=0.0), "beta"),
+        (lambda: kernels.SuffixMH(power_model, cut="nonsense"), "cut"),
+    ],
+)
+def test_bad_kernel_parameters_name_the_parameter(make, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        run(make())
+
+
+def test_models_of_another_form_are_refused_clearly():
+    def two_sites(lm, prompt, alpha, max_new_tokens):
+        power_model(lm, prompt, alpha, max_new_tokens)
+        numpyro.sample("extra", numpyro.distributions.Normal())
+
+    with pytest.raises(ValueError, match="LanguageModelSequence"):
+        run(kernels.RandomCutMH(two_sites))
