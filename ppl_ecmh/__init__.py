@@ -1,6 +1,7 @@
 """ppl-ecmh: sampling from the power distribution p(x)^alpha of a language model with
 Metropolis-Hastings (random-cut and entropy-cut suffix resampling), and diagnosing the chains."""
 
+from ppl_ecmh.cuts import Entropy, EntropyJump, Mixture, Uniform, get_cut
 from ppl_ecmh.errors import (
     CorruptCheckpointError,
     ModelNotFoundError,
@@ -8,15 +9,38 @@ from ppl_ecmh.errors import (
     PromptTooLongError,
     UnsupportedModelError,
 )
+from ppl_ecmh.kernels import (
+    AncestralSampler,
+    BlockwiseMH,
+    EntropyCutMH,
+    LowTemperatureSampler,
+    RandomCutMH,
+    SuffixMH,
+)
 from ppl_ecmh.lm import EMBEDDED_MODELS, LoadedModel, load_model
+from ppl_ecmh.target import LanguageModelSequence, power_model, sharpen
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "AncestralSampler",
+    "BlockwiseMH",
     "CorruptCheckpointError",
+    "Entropy",
+    "EntropyCutMH",
+    "EntropyJump",
+    "LanguageModelSequence",
     "LoadedModel",
+    "LowTemperatureSampler",
+    "Mixture",
     "ModelNotFoundError",
     "PplEcmhError",
     "PromptTooLongError",
+    "RandomCutMH",
+    "SuffixMH",
+    "Uniform",
     "UnsupportedModelError",
+    "get_cut",
     "load_model",
+    "power_model",
+    "sharpen",
 ]

@@ -74,8 +74,8 @@ class _SequenceKernel(MCMCKernel):
     def _limit(self, batch):
         return jnp.full(batch, self._target.max_new_tokens, jnp.int32)
 
-    def _start(self, rng_key, seqs):
-        return mh.init(rng_key, self._target.lm, seqs, self.tau)
+    def _start(self, rng_key, seqs, lm):
+        return mh.init(rng_key, lm, seqs, self.tau)
 
     def _advance(self, rng_key, state: mh.SuffixMHState, lm, stage):
         raise NotImplementedError
@@ -90,7 +90,7 @@ class _SequenceKernel(MCMCKernel):
             completions = jnp.asarray(init_params[self._target.site]).reshape(keys.shape[0], -1)
             sampler = mh.init_from_completions(self._target.lm, seqs, completions, self.tau)
         else:
-            sampler = jax.jit(self._start)(keys[0], seqs)
+            sampler = jax.jit(self._start)(keys[0], seqs, self._target.lm)
         info = mh.SuffixMHInfo(
             accepted=jnp.ones(keys.shape[0], bool),
             accept_prob=jnp.ones(keys.shape[0]),
@@ -100,9 +100,9 @@ class _SequenceKernel(MCMCKernel):
             num_generated=sampler.seqs.length,
             log_target=self._target.alpha * mh.sequence_log_prob(sampler.seqs),
         )
-        return self._state(sampler, info, jnp.zeros(keys.shape[0], jnp.int32), rng_key)
+        return self._state(sampler, info, jnp.zeros(keys.shape[0], jnp.int32), self._target.lm, rng_key)
 
-    def _state(self, sampler, info, stage, rng_key) -> SequenceKernelState:
+    def _state(self, sampler, info, stage, lm, rng_key) -> SequenceKernelState:
         expose = (lambda a: a) if self._batched else (lambda a: a[0])
         tokens = completion_tokens(sampler.seqs, self._target.pad_id)
         return SequenceKernelState(
@@ -117,7 +117,7 @@ class _SequenceKernel(MCMCKernel):
             num_generated=expose(info.num_generated.astype(jnp.int32)),
             stage=expose(stage.astype(jnp.int32)),
             sampler=sampler,
-            lm=self._target.lm,
+            lm=lm,  # passed through, never closed over: jit must not bake the weights in
             rng_key=rng_key,
         )
 
@@ -128,7 +128,7 @@ class _SequenceKernel(MCMCKernel):
         new_keys = pairs[:, 0] if self._batched else pairs[0, 0]
         stage = state.stage if self._batched else state.stage[None]
         sampler, info, stage = self._advance(step_key, state.sampler, state.lm, stage)
-        return self._state(sampler, info, stage, new_keys)
+        return self._state(sampler, info, stage, state.lm, new_keys)
 
     def postprocess_fn(self, model_args, model_kwargs):
         return lambda z: z
@@ -181,8 +181,8 @@ class BlockwiseMH(_SequenceKernel):
         self.block_size = check_positive_int("block_size", block_size)
         self.num_mcmc_steps = check_positive_int("num_mcmc_steps", num_mcmc_steps, minimum=0)
 
-    def _start(self, rng_key, seqs):
-        return mh.SuffixMHState(seqs, prefill(self._target.lm, seqs))
+    def _start(self, rng_key, seqs, lm):
+        return mh.SuffixMHState(seqs, prefill(lm, seqs))
 
     def _advance(self, rng_key, state, lm, stage):
         stage = jnp.minimum(stage + 1, blockwise.num_blocks(self._target.max_new_tokens, self.block_size))

