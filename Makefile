@@ -27,5 +27,6 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) benchmarks/decode.py
-	$(PY) benchmarks/mh_step.py
+	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.mh_step
+	$(PY) -m benchmarks.acceptance

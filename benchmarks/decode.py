@@ -4,7 +4,7 @@ Prints tokens/s for batched decode (batch 1, 4, 16; float32 and bfloat16), prefi
 compile times. Every figure comes from one run on the same machine, so ratios between them are
 meaningful even where absolute numbers are noisy.
 
-    python benchmarks/decode.py [--new-tokens 64] [--context 512] [--prompt-tokens 128]
+    python -m benchmarks.decode [--new-tokens 64] [--context 512] [--prompt-tokens 128]
 """
 
 import argparse

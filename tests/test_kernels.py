@@ -157,3 +157,15 @@ def test_models_of_another_form_are_refused_clearly():
 
     with pytest.raises(ValueError, match="LanguageModelSequence"):
         run(kernels.RandomCutMH(two_sites))
+
+
+@pytest.mark.slow
+def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm):
+    prompt = smollm.encode("What is 3 + 4?", chat=True)
+    mcmc = MCMC(kernels.EntropyCutMH(power_model), num_warmup=0, num_samples=2, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), smollm.lm, prompt, alpha=4.0, max_new_tokens=16, extra_fields=("log_target",))
+    draws, tracked = mcmc.get_samples()["x"], mcmc.get_extra_fields()["log_target"]
+    for draw, fast in zip(draws, tracked):
+        exact, _ = log_density(power_model, (smollm.lm, prompt), dict(alpha=4.0, max_new_tokens=16), {"x": draw})
+        assert abs(float(exact) - float(fast)) < 1e-3 * max(1.0, abs(float(exact)))
