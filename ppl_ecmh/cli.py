@@ -18,6 +18,34 @@ def _cut_param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
+def _sampling_options() -> argparse.ArgumentParser:
+    """Options shared by `sample` and `compare`."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--model", default="smollm2-135m",
+                         help="registered name, GGUF file, Hugging Face folder or hub id")
+    source = options.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", help="a file whose whole text is the prompt")
+    options.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                         help="wrap the prompt in the model's chat template")
+    options.add_argument("--alpha", type=float, default=4.0, help="sharpening exponent of p(x)^alpha")
+    options.add_argument("--tau", type=float, default=None, help="proposal temperature (default 1/alpha)")
+    options.add_argument("--cut", default="entropy_jump",
+                         help="cut distribution for entropy-cut/blockwise: uniform, entropy, entropy_jump, mixture")
+    options.add_argument("--cut-param", type=_cut_param, action="append", default=[], metavar="NAME=VALUE",
+                         help="cut parameter, e.g. power=4, beta=1, eps=0.1 (repeatable)")
+    options.add_argument("--chains", type=int, default=4)
+    options.add_argument("--draws", type=int, default=10, help="draws kept per chain (MH steps, or blocks)")
+    options.add_argument("--warmup", type=int, default=0, help="draws discarded first")
+    options.add_argument("--max-new-tokens", type=int, default=128)
+    options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
+    options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
+    options.add_argument("--seed", type=int, default=0)
+    options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ppl_ecmh.runner import SAMPLERS
 
@@ -27,33 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
         "Metropolis-Hastings (random-cut or entropy-cut suffix resampling).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
 
-    sample = commands.add_parser("sample", help="run chains of one sampler on one prompt",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sample.add_argument("--model", default="smollm2-135m",
-                        help="registered name, GGUF file, Hugging Face folder or hub id")
-    source = sample.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="the prompt text")
-    source.add_argument("--prompt-file", help="a file whose whole text is the prompt")
-    sample.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
-                        help="wrap the prompt in the model's chat template")
+    sample = commands.add_parser("sample", parents=[_sampling_options()], formatter_class=formatter,
+                                 help="run chains of one sampler on one prompt")
     sample.add_argument("--sampler", choices=SAMPLERS, default="entropy-cut")
-    sample.add_argument("--alpha", type=float, default=4.0, help="sharpening exponent of p(x)^alpha")
-    sample.add_argument("--tau", type=float, default=None, help="proposal temperature (default 1/alpha)")
-    sample.add_argument("--cut", default="entropy_jump",
-                        help="cut distribution for entropy-cut/blockwise: uniform, entropy, entropy_jump, mixture")
-    sample.add_argument("--cut-param", type=_cut_param, action="append", default=[], metavar="NAME=VALUE",
-                        help="cut parameter, e.g. power=4, beta=1, eps=0.1 (repeatable)")
-    sample.add_argument("--chains", type=int, default=4)
-    sample.add_argument("--draws", type=int, default=10, help="draws kept per chain (MH steps, or blocks)")
-    sample.add_argument("--warmup", type=int, default=0, help="draws discarded first")
-    sample.add_argument("--max-new-tokens", type=int, default=128)
-    sample.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
-    sample.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sample.add_argument("--out", help="write the run (InferenceData) to this NetCDF file")
     sample.set_defaults(handler=_sample)
+
+    compare = commands.add_parser("compare", parents=[_sampling_options()], formatter_class=formatter,
+                                  help="run several samplers on the same prompt and compare them")
+    compare.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
+                         help=f"comma-separated, from: {', '.join(SAMPLERS)}")
+    compare.add_argument("--out-dir", default="runs/compare",
+                         help="where each run's NetCDF file and report.html go")
+    compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", formatter_class=formatter,
+                                 help="write an HTML or Markdown report of saved runs")
+    report.add_argument("runs", nargs="+", help="NetCDF files written by sample or compare")
+    report.add_argument("-o", "--output", default="report.html")
+    report.add_argument("--format", choices=["html", "md"], default="html",
+                        help="html: one self-contained file; md: Markdown with figure files beside it")
+    report.set_defaults(handler=_report)
 
     models = commands.add_parser("models", help="list the registered embedded models")
     models.set_defaults(handler=_models)
@@ -71,41 +95,114 @@ def _models(args) -> None:
         print(f"{model.name:16s} {model.description}\n{'':16s} {where}")
 
 
-def _sample(args) -> None:
-    import numpy as np
+def _prompt_text(args) -> str:
+    if not args.prompt_file:
+        return args.prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise PplEcmhError(f"cannot read --prompt-file: {error}") from None
 
-    from ppl_ecmh.lm import load_model
-    from ppl_ecmh.runner import SamplerSpec, run_sampler
 
-    if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as error:
-            raise PplEcmhError(f"cannot read --prompt-file: {error}") from None
-    else:
-        text = args.prompt
-    spec = SamplerSpec(args.sampler, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
-                       block_size=args.block_size, num_mcmc_steps=args.mcmc_steps)
-    spec.make_kernel()  # validate the sampler options before loading the model
-    model = load_model(args.model, dtype=args.dtype)
-    prompt = model.encode(text, chat=args.chat)
-    model.check_fits(len(prompt), args.max_new_tokens)
+def _specs(args, names):
+    from ppl_ecmh.runner import SamplerSpec
+
+    specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
+                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps) for name in names}
+    for spec in specs.values():
+        spec.make_kernel()  # validate the sampler options before loading the model
+    return specs
+
+
+def _run(model, prompt, text, spec, args):
+    """Run one sampler and return its InferenceData, completions decoded."""
+    from ppl_ecmh import diagnostics
+    from ppl_ecmh.runner import run_sampler
+
     run = run_sampler(model.lm, prompt, spec, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
                       progress=not args.no_progress)
-    log_target = run.stats["log_target"]
+    lengths = run.stats["length"]
+    texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
+             for c in range(lengths.shape[0])]
+    return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text)
+
+
+def _load_prompt(args):
+    from ppl_ecmh.lm import load_model
+
+    text = _prompt_text(args)
+    model = load_model(args.model, dtype=args.dtype)
+    prompt = model.encode(text, chat=args.chat)
+    model.check_fits(len(prompt), args.max_new_tokens)
+    return model, prompt, text
+
+
+def _sample(args) -> None:
+    import numpy as np
+
+    from ppl_ecmh import diagnostics
+
+    spec = _specs(args, [args.sampler])[args.sampler]
+    model, prompt, text = _load_prompt(args)
+    idata = _run(model, prompt, text, spec, args)
+    log_target = idata.posterior["log_target"].values
     chain, draw = np.unravel_index(np.argmax(log_target), log_target.shape)
-    length = int(run.stats["length"][chain, draw])
     print(f"\nbest completion (chain {chain}, draw {draw}, alpha*log p = {log_target[chain, draw]:.2f}):")
-    print(model.decode(run.tokens[chain, draw, :length]))
-    print(f"\n{'chain':>5} {'acceptance':>10} {'mean cut':>8} {'mean len':>8} {'tokens':>7} {'final alpha*log p':>18}")
-    for c in range(run.tokens.shape[0]):
-        print(f"{c:5d} {run.stats['accepted'][c].mean():10.2f} {run.stats['cut'][c].mean():8.1f} "
-              f"{run.stats['length'][c].mean():8.1f} {int(run.stats['num_generated'][c].sum()):7d} "
-              f"{log_target[c, -1]:18.2f}")
-    seconds = run.wall_time.sum()
-    print(f"\n{run.total_tokens} tokens generated in {seconds:.1f} s ({run.total_tokens / max(seconds, 1e-9):.1f} tokens/s)")
+    print(idata.completions["text"].values[chain, draw])
+    print()
+    print(diagnostics.summary(idata).round(3).to_string())
+    print("\nacceptance per chain: " + " ".join(f"{a:.2f}" for a in diagnostics.acceptance_by_chain(idata)))
+    tokens, seconds = diagnostics.total_tokens(idata), float(idata.sample_stats["wall_time"].values[0].sum())
+    print(f"{tokens} tokens generated in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)")
+    if args.out:
+        diagnostics.save(idata, args.out)
+        print(f"run written to {args.out}")
+
+
+def _compare(args) -> None:
+    from pathlib import Path
+
+    from ppl_ecmh import diagnostics, report
+
+    names = [name.strip() for name in args.samplers.split(",") if name.strip()]
+    specs = _specs(args, names)
+    model, prompt, text = _load_prompt(args)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for name, spec in specs.items():
+        runs[name] = _run(model, prompt, text, spec, args)
+        diagnostics.save(runs[name], out / f"{name}.nc")
+    rows = report.comparison_table(runs)
+    print(f"\n{'sampler':>12} {'acceptance':>10} {'ESS/1k tok':>10} {'R-hat':>6} {'tokens':>7} {'wall s':>7}")
+    for row in rows:
+        print(f"{row['sampler']:>12} {row['acceptance']:10.2f} {row['ess_bulk_per_1k_tokens']:10.2f} "
+              f"{row['r_hat']:6.2f} {row['tokens']:7d} {row['wall_time_s']:7.1f}")
+    path = report.write_html(runs, out / "report.html")
+    print(f"\nruns and report written to {out}/ (open {path})")
+
+
+def _report(args) -> None:
+    from pathlib import Path
+
+    from ppl_ecmh import diagnostics, report
+
+    runs = {}
+    for file in args.runs:
+        if not Path(file).is_file():
+            raise PplEcmhError(f"no run file {file}")
+        try:
+            idata = diagnostics.load(file)
+        except Exception as error:
+            raise PplEcmhError(f"cannot read {file} as a ppl-ecmh run: {error}") from None
+        if "settings" not in idata.attrs or "completions" not in idata.groups():
+            raise PplEcmhError(f"{file} is not a ppl-ecmh run (no settings or completions)")
+        name = diagnostics.settings(idata)["sampler"]
+        runs[name if name not in runs else f"{name} ({Path(file).stem})"] = idata
+    write = report.write_markdown if args.format == "md" else report.write_html
+    print(f"report written to {write(runs, args.output)}")
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@ Data and statistics are separate layers that meet only through the InferenceData
 
 Groups: `posterior` holds per-draw scalar functionals (log_p = log p(x), log_target = alpha log p(x),
 length); `sample_stats` the kernel's per-draw statistics and wall time; `completions` (a custom
-group) the token ids and decoded texts of every draw; the run settings are attributes (JSON
+group) the token ids, per-position base-model entropies and decoded texts of every draw; the run settings are attributes (JSON
 values), so a NetCDF file round-trips without loss.
 """
 
@@ -20,7 +20,8 @@ POSTERIOR_FIELDS = ("log_target", "length")
 SAMPLE_STATS_FIELDS = ("accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length", "num_generated")
 
 
-def _arviz():
+def import_arviz():
+    """ArviZ without the FutureWarning that 0.23 prints about its coming 1.x API."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.x refactor on import
         import arviz
@@ -32,7 +33,7 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     """InferenceData of a `ppl_ecmh.runner.Run`; `texts` [chains][draws] are the decoded completions."""
     import xarray as xr
 
-    az = _arviz()
+    az = import_arviz()
     chains, draws, positions = run.tokens.shape
     alpha = run.settings["alpha"]
     posterior = {"log_target": run.stats["log_target"], "log_p": run.stats["log_target"] / alpha,
@@ -43,7 +44,8 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
              "initial_tokens_generated": run.initial_tokens_generated}
     idata = az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs)
     completions = xr.Dataset(
-        {"tokens": (("chain", "draw", "position"), run.tokens.astype(np.int32))},
+        {"tokens": (("chain", "draw", "position"), run.tokens.astype(np.int32)),
+         "entropy": (("chain", "draw", "position"), run.entropy.astype(np.float32))},
         coords={"chain": np.arange(chains), "draw": np.arange(draws), "position": np.arange(positions)},
     )
     if texts is not None:
@@ -63,7 +65,7 @@ def save(idata, path) -> None:
 
 
 def load(path):
-    az = _arviz()
+    az = import_arviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return az.from_netcdf(str(path), engine="h5netcdf")
@@ -77,7 +79,7 @@ def summary(idata, var_names=("log_target", "length")):
     """Rank-normalized R-hat, bulk and tail ESS, and ESS per 1,000 generated tokens, per functional."""
     import pandas as pd
 
-    az = _arviz()
+    az = import_arviz()
     rows = {}
     tokens = max(total_tokens(idata), 1)
     for name in var_names:

@@ -29,6 +29,7 @@ from ppl_ecmh.validation import check_positive_int, check_tau
 
 class SequenceKernelState(NamedTuple):
     z: dict  # {site: completion tokens}, the sample field
+    entropy: jax.Array  # [..., T] base-model entropy before each completion token (0 past the end)
     log_target: jax.Array  # alpha * log p(x)
     length: jax.Array  # completion length
     accepted: jax.Array  # float: 1.0/0.0, or the fraction of a block's steps accepted
@@ -105,8 +106,10 @@ class _SequenceKernel(MCMCKernel):
     def _state(self, sampler, info, stage, lm, rng_key) -> SequenceKernelState:
         expose = (lambda a: a) if self._batched else (lambda a: a[0])
         tokens = completion_tokens(sampler.seqs, self._target.pad_id)
+        inside = jnp.arange(sampler.seqs.max_new_tokens)[None, :] < sampler.seqs.length[:, None]
         return SequenceKernelState(
             z={self._target.site: expose(tokens)},
+            entropy=expose(jnp.where(inside, sampler.seqs.entropy, 0.0)),
             log_target=expose(info.log_target),
             length=expose(sampler.seqs.length),
             accepted=expose(info.accepted.astype(jnp.float32)),

@@ -52,10 +52,11 @@ class SamplerSpec:
 
 @dataclasses.dataclass
 class Run:
-    """Draws of one sampler: tokens [chains, draws, T], statistics [chains, draws], settings."""
+    """Draws of one sampler: tokens and entropies [chains, draws, T], statistics [chains, draws]."""
 
     settings: dict
     tokens: np.ndarray
+    entropy: np.ndarray
     stats: dict
     wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
     initial_tokens_generated: int
@@ -77,7 +78,7 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
     state = kernel.init(keys, num_warmup, None, (lm, tuple(prompt)), dict(alpha=alpha, max_new_tokens=max_new_tokens))
     initial = int(np.asarray(state.num_generated).sum())
     step = jax.jit(lambda state: kernel.sample(state, (), {}))
-    tokens, stats, wall = [], {f: [] for f in STAT_FIELDS}, []
+    tokens, entropy, stats, wall = [], [], {f: [] for f in STAT_FIELDS}, []
     generated, started = initial, time.perf_counter()
     bar = tqdm(total=num_warmup + num_draws, desc=description or spec.name, disable=not progress, unit="draw")
     for index in range(num_warmup + num_draws):
@@ -90,6 +91,7 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
                         acc=f"{float(np.mean(state.accept_prob)):.2f}")
         if index >= num_warmup:
             tokens.append(np.asarray(state.z[kernel.target.site]))
+            entropy.append(np.asarray(state.entropy))
             for field in STAT_FIELDS:
                 stats[field].append(np.asarray(getattr(state, field)))
             wall.append(seconds)
@@ -97,15 +99,14 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
     settings = dict(sampler=spec.name, alpha=alpha, tau=kernel.tau, max_new_tokens=max_new_tokens,
                     num_chains=num_chains, num_draws=num_draws, num_warmup=num_warmup, seed=seed,
                     prompt_tokens=list(prompt))
-    if spec.name in ("entropy-cut", "blockwise"):
-        settings["cut"] = repr(kernel.cut)
-    if spec.name == "random-cut":
+    if hasattr(kernel, "cut"):
         settings["cut"] = repr(kernel.cut)
     if spec.name == "blockwise":
         settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
     return Run(
         settings=settings,
         tokens=np.stack(tokens, axis=1),
+        entropy=np.stack(entropy, axis=1),
         stats={f: np.stack(v, axis=1) for f, v in stats.items()},
         wall_time=np.asarray(wall),
         initial_tokens_generated=initial,

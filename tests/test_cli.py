@@ -1,17 +1,74 @@
 """The command line: a real run on the embedded model, and one clear line with exit code 2 on bad input."""
 
+from html.parser import HTMLParser
+
 import pytest
 
 from ppl_ecmh.cli import main
 
 
+class TableParser(HTMLParser):
+    """Counts what a reader sees in the report: tables, rows, headings and embedded images."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.rows, self.images, self.headings, self._heading = 0, 0, [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.tables += tag == "table"
+        self.rows += tag == "tr"
+        self._heading = tag == "h2"
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self._heading:
+            self.headings.append(data)
+            self._heading = False
+
+
 @pytest.mark.slow
-def test_sample_runs_on_the_embedded_model(smollm, capsys):
-    code = main(["sample", "--prompt", "What is 2 + 2?", "--chains", "2", "--draws", "2", "--max-new-tokens", "8",
-                 "--sampler", "entropy-cut", "--no-progress"])
+def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
+    run = tmp_path / "run.nc"
+    code = main(["sample", "--prompt", "What is 2 + 2?", "--chains", "2", "--draws", "3", "--max-new-tokens", "8",
+                 "--sampler", "entropy-cut", "--no-progress", "--out", str(run)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "best completion" in out and "acceptance" in out and "tokens generated" in out
+    assert "best completion" in out and "r_hat" in out and "ess_bulk_per_1k_tokens" in out and run.is_file()
+
+    assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
+    parser = TableParser()
+    parser.feed((tmp_path / "report.html").read_text())
+    assert parser.tables >= 5 and parser.rows > 10
+    assert len(parser.images) >= 4 and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert any("entropy profile" in h for h in parser.headings)
+
+    assert main(["report", str(run), "-o", str(tmp_path / "report.md"), "--format", "md"]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    figures = list((tmp_path / "report_figures").glob("*.png"))
+    assert len(figures) >= 4 and all(f"report_figures/{f.name}" in markdown for f in figures)
+
+
+@pytest.mark.slow
+def test_compare_prints_a_table_and_writes_runs_and_report(smollm, capsys, tmp_path):
+    code = main(["compare", "--prompt", "Say hi.", "--samplers", "ancestral,random-cut", "--chains", "2",
+                 "--draws", "3", "--max-new-tokens", "6", "--no-progress", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ESS/1k tok" in out and "ancestral" in out and "random-cut" in out
+    assert (tmp_path / "ancestral.nc").is_file() and (tmp_path / "random-cut.nc").is_file()
+    parser = TableParser()
+    parser.feed((tmp_path / "report.html").read_text())
+    assert "kernel comparison" in parser.headings
+
+
+def test_report_of_a_missing_or_foreign_file_is_one_line(tmp_path, capsys):
+    foreign = tmp_path / "foreign.nc"
+    foreign.write_bytes(b"not netcdf")
+    for path in ["/no/such/run.nc", str(foreign)]:
+        assert main(["report", path, "-o", str(tmp_path / "r.html")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("ppl-ecmh: error:"), err
 
 
 @pytest.mark.parametrize(

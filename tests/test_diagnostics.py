@@ -22,7 +22,8 @@ def synthetic_run(log_target, alpha=4.0, positions=5):
     }
     settings = {"sampler": "entropy-cut", "alpha": alpha, "tau": 1 / alpha, "cut": "EntropyJump(power=4.0)", "seed": 3}
     tokens = rng.integers(0, 50, size=(chains, draws, positions)).astype(np.int32)
-    return Run(settings, tokens, stats, wall_time=np.full(draws, 0.5), initial_tokens_generated=7)
+    entropy = rng.random((chains, draws, positions)).astype(np.float32)
+    return Run(settings, tokens, entropy, stats, wall_time=np.full(draws, 0.5), initial_tokens_generated=7)
 
 
 def ar1_chains(phi, chains=4, draws=4000, seed=0):
@@ -65,6 +66,7 @@ def test_netcdf_round_trip_keeps_everything(tmp_path):
     assert diagnostics.settings(loaded) == run.settings
     assert loaded.attrs["prompt"] == "What is 2+2?"
     np.testing.assert_array_equal(loaded.completions["tokens"].values, run.tokens)
+    np.testing.assert_array_equal(loaded.completions["entropy"].values, run.entropy)
     assert loaded.completions["text"].values[2, 5] == "chain 2 draw 5 é"
     for field in diagnostics.SAMPLE_STATS_FIELDS:
         np.testing.assert_array_equal(loaded.sample_stats[field].values, run.stats[field])

@@ -1,0 +1,117 @@
+"""Reports of one or more runs: a self-contained HTML file (figures embedded) or Markdown with the
+figures beside it. Numbers come from `diagnostics`, figures from `plots`, both from InferenceData."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ppl_ecmh import diagnostics, plots
+
+SAMPLE_COMPLETIONS = 4
+
+
+def comparison_table(runs: dict) -> list[dict]:
+    """One row per run: acceptance, ESS per 1k tokens, R-hat, tokens, wall time."""
+    rows = []
+    for name, idata in runs.items():
+        summary = diagnostics.summary(idata, var_names=("log_target",)).loc["log_target"]
+        rows.append({
+            "sampler": name,
+            "acceptance": float(idata.sample_stats["accepted"].mean()),
+            "ess_bulk_per_1k_tokens": float(summary["ess_bulk_per_1k_tokens"]),
+            "r_hat": float(summary["r_hat"]),
+            "mean_alpha_log_p": float(summary["mean"]),
+            "tokens": diagnostics.total_tokens(idata),
+            "wall_time_s": float(idata.sample_stats["wall_time"].values[0].sum()),
+        })
+    return rows
+
+
+def _figures(runs: dict) -> list[tuple[str, object]]:
+    figures = []
+    if len(runs) > 1:
+        figures.append(("kernel comparison", plots.kernel_comparison(runs)))
+    figures.append(("cut positions", plots.cut_distribution(runs)))
+    for name, idata in runs.items():
+        figures.append((f"{name}: trace of alpha log p", plots.log_target_trace(idata, title=name)))
+        figures.append((f"{name}: acceptance by cut position", plots.acceptance_by_cut(idata)))
+        figures.append((f"{name}: entropy profile", plots.entropy_profile(idata)))
+    return figures
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def _sections(runs: dict):
+    """(title, header, rows) tables of the report, shared by both formats."""
+    table = comparison_table(runs)
+    yield "Samplers", list(table[0]), [[_fmt(v) for v in row.values()] for row in table]
+    for name, idata in runs.items():
+        summary = diagnostics.summary(idata)
+        yield (f"{name}: diagnostics", ["functional"] + list(summary.columns),
+               [[index] + [_fmt(v) for v in row] for index, row in summary.iterrows()])
+        acceptance = diagnostics.acceptance_by_chain(idata)
+        yield (f"{name}: acceptance per chain", ["chain", "acceptance"],
+               [[str(c), _fmt(float(a))] for c, a in enumerate(acceptance)])
+        settings = diagnostics.settings(idata) | {"model": idata.attrs.get("model", ""), "prompt": idata.attrs.get("prompt", "")}
+        yield f"{name}: settings", ["setting", "value"], [[k, _fmt(v)] for k, v in settings.items() if k != "prompt_tokens"]
+        if "text" in idata.completions:
+            texts = idata.completions["text"].values
+            log_target = idata.posterior["log_target"].values
+            yield (f"{name}: completions (last draw of each chain)", ["chain", "alpha log p", "completion"],
+                   [[str(c), _fmt(float(log_target[c, -1])), str(texts[c, -1])]
+                    for c in range(min(SAMPLE_COMPLETIONS, texts.shape[0]))])
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_html(runs: dict, path) -> Path:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ppl-ecmh report</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;"
+             "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+             "img{max-width:100%}</style></head><body><h1>ppl-ecmh report</h1>"]
+    for title, header, rows in _sections(runs):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
+        parts.append("</table>")
+    for title, figure in _figures(runs):
+        data = base64.b64encode(_png(figure)).decode()
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def write_markdown(runs: dict, path) -> Path:
+    path = Path(path)
+    figure_dir = path.with_suffix("").name + "_figures"
+    (path.parent / figure_dir).mkdir(parents=True, exist_ok=True)
+    lines = ["# ppl-ecmh report", ""]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    for title, header, rows in _sections(runs):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+        lines.append("")
+    for index, (title, figure) in enumerate(_figures(runs)):
+        name = f"{figure_dir}/figure_{index:02d}.png"
+        (path.parent / name).write_bytes(_png(figure))
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
