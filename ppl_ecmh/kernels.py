@@ -22,7 +22,7 @@ from numpyro.infer.mcmc import MCMCKernel
 
 from ppl_ecmh import baselines, blockwise, mh
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
-from ppl_ecmh.lm.generation import completion_tokens, new_sequences, prefill
+from ppl_ecmh.lm.generation import completion_tokens, new_sequences, prefill, sequence_log_prob
 from ppl_ecmh.target import find_power_target
 from ppl_ecmh.validation import check_positive_int, check_tau
 
@@ -99,7 +99,7 @@ class _SequenceKernel(MCMCKernel):
             old_suffix_length=jnp.zeros(keys.shape[0], jnp.int32),
             new_suffix_length=sampler.seqs.length,
             num_generated=sampler.seqs.length,
-            log_target=self._target.alpha * mh.sequence_log_prob(sampler.seqs),
+            log_target=self._target.alpha * sequence_log_prob(sampler.seqs),
         )
         return self._state(sampler, info, jnp.zeros(keys.shape[0], jnp.int32), self._target.lm, rng_key)
 
@@ -203,19 +203,12 @@ class BlockwiseMH(_SequenceKernel):
             old_suffix_length=jnp.sum(steps.old_suffix_length, axis=0),
             new_suffix_length=jnp.sum(steps.new_suffix_length, axis=0),
             num_generated=block.extension_generated + jnp.sum(steps.num_generated, axis=0),
-            log_target=self._target.alpha * mh.sequence_log_prob(state.seqs),
+            log_target=self._target.alpha * sequence_log_prob(state.seqs),
         )
         return state, info, stage
 
 
 class _IndependentSampler(_SequenceKernel):
-    def _tau(self) -> float:
-        raise NotImplementedError
-
-    @property
-    def tau(self) -> float:
-        return self._tau()
-
     def _advance(self, rng_key, state, lm, stage):
         state, info = baselines.independent_step(
             rng_key, state, lm, tau=self.tau, alpha=self._target.alpha, limit=self._limit(stage.shape[0])
@@ -226,13 +219,10 @@ class _IndependentSampler(_SequenceKernel):
 class AncestralSampler(_IndependentSampler):
     """Baseline: every draw a fresh completion from the base model (tau = 1); exact for p, not pi_alpha."""
 
-    def _tau(self):
-        return 1.0
+    def __init__(self, model):
+        super().__init__(model, tau=1.0)
 
 
 class LowTemperatureSampler(_IndependentSampler):
     """Baseline: every draw a fresh completion at per-token temperature tau (default 1/alpha).
     It sharpens each conditional, not the joint: it does not sample pi_alpha."""
-
-    def _tau(self):
-        return check_tau(self._tau_argument, self._target.alpha)

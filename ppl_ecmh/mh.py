@@ -21,8 +21,6 @@ import jax.numpy as jnp
 
 from ppl_ecmh.lm.generation import Sequences, extend, prefill, sequence_log_prob, teacher_force
 
-__all__ = ["SuffixMHInfo", "SuffixMHState", "build_kernel", "init", "init_from_completions", "sequence_log_prob", "suffix_mh_step"]
-
 
 class SuffixMHState(NamedTuple):
     seqs: Sequences  # tokens, lengths and per-token log p, log q, entropy of every row

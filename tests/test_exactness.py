@@ -14,7 +14,7 @@ import pytest
 
 from ppl_ecmh import baselines, blockwise, cuts, mh
 from ppl_ecmh.lm import generation, toy
-from tests.exact import Comparison, chains_from_exact, final_draws
+from tests.exact import Comparison, chains_from_exact, exact_draws, final_draws
 
 ALPHAS = [1.0, 2.0, 4.0]
 CUTS = {
@@ -131,7 +131,7 @@ def test_published_early_stop_at_eos_is_not_exact():
 @pytest.mark.slow
 def test_entropy_cut_puts_cuts_at_high_entropy_positions():
     """Mean entropy H_{t+1} at the chosen cut: the entropy cut's exceeds the uniform cut's."""
-    completions, _ = exact_draws_for(PROBLEM, 2.0, 4000)
+    completions, _ = exact_draws(PROBLEM, 2.0, 4000, seed=7)
     seqs = generation.new_sequences([PROBLEM.prompt] * 4000, PROBLEM.max_new_tokens)
     state = mh.init_from_completions(PROBLEM.lm, seqs, completions, 0.5)
     entropy = np.asarray(state.seqs.entropy)
@@ -142,12 +142,6 @@ def test_entropy_cut_puts_cuts_at_high_entropy_positions():
         means[name] = entropy[np.arange(4000), t].mean()
     assert means["entropy"] > means["uniform"] + 0.1, means
     assert means["entropy_jump"] > means["uniform"] + 0.1, means
-
-
-def exact_draws_for(problem, alpha, num):
-    from tests.exact import exact_draws
-
-    return exact_draws(problem, alpha, num, seed=7)
 
 
 def test_tv_bound_and_chi_square_accept_exact_draws():
