@@ -37,6 +37,8 @@ def _sampling_options() -> argparse.ArgumentParser:
     options.add_argument("--chains", type=int, default=4)
     options.add_argument("--draws", type=int, default=10, help="draws kept per chain (MH steps, or blocks)")
     options.add_argument("--warmup", type=int, default=0, help="draws discarded first")
+    options.add_argument("--token-budget", type=int, default=None,
+                         help="stop a sampler once its chains have decoded this many tokens (at most --draws)")
     options.add_argument("--max-new-tokens", type=int, default=128)
     options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
     options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
@@ -122,7 +124,7 @@ def _run(model, prompt, text, spec, args):
 
     run = run_sampler(model.lm, prompt, spec, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
-                      progress=not args.no_progress)
+                      token_budget=args.token_budget, progress=not args.no_progress, description=spec.name)
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]
@@ -154,6 +156,8 @@ def _sample(args) -> None:
     print()
     print(diagnostics.summary(idata).round(3).to_string())
     print("\nacceptance per chain: " + " ".join(f"{a:.2f}" for a in diagnostics.acceptance_by_chain(idata)))
+    agreement, answer = diagnostics.answer_agreement(idata)
+    print(f"final completions agreeing across chains: {agreement:.0%} ({answer[:60]!r})")
     tokens, seconds = diagnostics.total_tokens(idata), float(idata.sample_stats["wall_time"].values[0].sum())
     print(f"{tokens} tokens generated in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)")
     if args.out:
@@ -176,10 +180,11 @@ def _compare(args) -> None:
         runs[name] = _run(model, prompt, text, spec, args)
         diagnostics.save(runs[name], out / f"{name}.nc")
     rows = report.comparison_table(runs)
-    print(f"\n{'sampler':>12} {'acceptance':>10} {'ESS/1k tok':>10} {'R-hat':>6} {'tokens':>7} {'wall s':>7}")
+    print(f"\n{'sampler':>12} {'draws':>5} {'acceptance':>10} {'ESS/1k tok':>10} {'R-hat':>6} {'agree':>5} "
+          f"{'tokens':>7} {'wall s':>7}")
     for row in rows:
-        print(f"{row['sampler']:>12} {row['acceptance']:10.2f} {row['ess_bulk_per_1k_tokens']:10.2f} "
-              f"{row['r_hat']:6.2f} {row['tokens']:7d} {row['wall_time_s']:7.1f}")
+        print(f"{row['sampler']:>12} {row['draws']:5d} {row['acceptance']:10.2f} {row['ess_bulk_per_1k_tokens']:10.2f} "
+              f"{row['r_hat']:6.2f} {row['answer_agreement']:5.2f} {row['tokens']:7d} {row['wall_time_s']:7.1f}")
     path = report.write_html(runs, out / "report.html")
     print(f"\nruns and report written to {out}/ (open {path})")
 

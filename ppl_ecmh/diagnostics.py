@@ -94,3 +94,15 @@ def summary(idata, var_names=("log_target", "length")):
 
 def acceptance_by_chain(idata) -> np.ndarray:
     return idata.sample_stats["accepted"].mean("draw").values
+
+
+def answer_agreement(idata, extract=None) -> tuple[float, str]:
+    """Share of chains whose last draw gives the most common answer, and that answer.
+
+    `extract(text) -> answer` maps a completion to its final answer (a task's extractor); by default
+    the whitespace-normalized completion itself is the answer.
+    """
+    extract = extract or (lambda text: " ".join(text.split()))
+    answers = [extract(str(text)) for text in idata.completions["text"].values[:, -1]]
+    values, counts = np.unique(np.asarray(answers, dtype=str), return_counts=True)
+    return float(counts.max() / len(answers)), str(values[np.argmax(counts)])

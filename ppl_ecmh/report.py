@@ -17,16 +17,19 @@ SAMPLE_COMPLETIONS = 4
 
 
 def comparison_table(runs: dict) -> list[dict]:
-    """One row per run: acceptance, ESS per 1k tokens, R-hat, tokens, wall time."""
+    """One row per run: draws, acceptance, ESS per 1k tokens, R-hat, agreement of the chains' final
+    completions, tokens, wall time."""
     rows = []
     for name, idata in runs.items():
         summary = diagnostics.summary(idata, var_names=("log_target",)).loc["log_target"]
         rows.append({
             "sampler": name,
+            "draws": int(idata.posterior.sizes["draw"]),
             "acceptance": float(idata.sample_stats["accepted"].mean()),
             "ess_bulk_per_1k_tokens": float(summary["ess_bulk_per_1k_tokens"]),
             "r_hat": float(summary["r_hat"]),
             "mean_alpha_log_p": float(summary["mean"]),
+            "answer_agreement": diagnostics.answer_agreement(idata)[0],
             "tokens": diagnostics.total_tokens(idata),
             "wall_time_s": float(idata.sample_stats["wall_time"].values[0].sum()),
         })

@@ -68,11 +68,16 @@ class Run:
 
 def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, max_new_tokens: int,
                 num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
-                progress: bool = True, description: str | None = None) -> Run:
+                token_budget: int | None = None, progress: bool = True, description: str | None = None) -> Run:
+    """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
+    kept draw at which all chains together have decoded at least that many tokens (warmup and the
+    initial draw included), so samplers can be compared at equal cost."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws)
     num_warmup = check_positive_int("warmup", num_warmup, minimum=0)
+    if token_budget is not None:
+        token_budget = check_positive_int("token_budget", token_budget)
     kernel = spec.make_kernel()
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     state = kernel.init(keys, num_warmup, None, (lm, tuple(prompt)), dict(alpha=alpha, max_new_tokens=max_new_tokens))
@@ -95,9 +100,12 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
             for field in STAT_FIELDS:
                 stats[field].append(np.asarray(getattr(state, field)))
             wall.append(seconds)
+            if token_budget is not None and generated >= token_budget:
+                break
     bar.close()
     settings = dict(sampler=spec.name, alpha=alpha, tau=kernel.tau, max_new_tokens=max_new_tokens,
-                    num_chains=num_chains, num_draws=num_draws, num_warmup=num_warmup, seed=seed,
+                    num_chains=num_chains, num_draws=len(wall), num_warmup=num_warmup, seed=seed,
+                    token_budget=token_budget,
                     prompt_tokens=list(prompt))
     if hasattr(kernel, "cut"):
         settings["cut"] = repr(kernel.cut)

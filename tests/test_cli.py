@@ -52,10 +52,19 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
 @pytest.mark.slow
 def test_compare_prints_a_table_and_writes_runs_and_report(smollm, capsys, tmp_path):
     code = main(["compare", "--prompt", "Say hi.", "--samplers", "ancestral,random-cut", "--chains", "2",
-                 "--draws", "3", "--max-new-tokens", "6", "--no-progress", "--out-dir", str(tmp_path)])
+                 "--draws", "6", "--token-budget", "30", "--max-new-tokens", "6", "--no-progress",
+                 "--out-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "ESS/1k tok" in out and "ancestral" in out and "random-cut" in out
+    from ppl_ecmh import diagnostics
+
+    for name in ("ancestral", "random-cut"):
+        idata = diagnostics.load(tmp_path / f"{name}.nc")
+        tokens, draws = diagnostics.total_tokens(idata), idata.posterior.sizes["draw"]
+        # the budget stops the run at the first draw that reaches it (or at --draws)
+        assert draws == 6 or tokens >= 30
+        assert tokens - int(idata.sample_stats["num_generated"].values[:, -1].sum()) < 30 or draws == 1
     assert (tmp_path / "ancestral.nc").is_file() and (tmp_path / "random-cut.nc").is_file()
     parser = TableParser()
     parser.feed((tmp_path / "report.html").read_text())

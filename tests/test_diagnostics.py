@@ -73,3 +73,12 @@ def test_netcdf_round_trip_keeps_everything(tmp_path):
     np.testing.assert_allclose(loaded.posterior["log_p"].values, run.stats["log_target"] / 4.0)
     assert diagnostics.total_tokens(loaded) == 4 * 20 * 10 + 7
     np.testing.assert_allclose(diagnostics.acceptance_by_chain(loaded), run.stats["accepted"].mean(axis=1))
+
+
+def test_answer_agreement_counts_chains_with_the_modal_answer():
+    run = synthetic_run(ar1_chains(0.3, draws=3))
+    texts = [["x", "x", "The answer is 4"], ["y", "y", "the answer is  4"], ["z", "z", "42"], ["w", "w", "4"]]
+    idata = diagnostics.to_inference_data(run, texts=texts)
+    assert diagnostics.answer_agreement(idata) == (0.25, "4")  # all four texts differ; a tie reports the smallest
+    last_number = lambda text: text.split()[-1]
+    assert diagnostics.answer_agreement(idata, extract=last_number) == (0.75, "4")
