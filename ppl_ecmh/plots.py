@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,7 +17,9 @@ from ppl_ecmh import diagnostics  # noqa: E402
 def log_target_trace(idata, title: str = ""):
     """Trace and per-chain density of alpha * log p(x), ArviZ's own trace plot."""
     az = diagnostics.import_arviz()
-    axes = az.plot_trace(idata, var_names=["log_target"], compact=False, figsize=(9, 2.6))
+    with warnings.catch_warnings():  # a chain that never moved has no density to estimate: expected
+        warnings.filterwarnings("ignore", "Your data appears to have a single value", UserWarning)
+        axes = az.plot_trace(idata, var_names=["log_target"], compact=False, figsize=(9, 2.6))
     figure = axes.ravel()[0].figure
     figure.suptitle(title or "alpha * log p(x) per chain")
     figure.tight_layout()
@@ -67,7 +71,7 @@ def entropy_profile(idata, chain: int = 0, draw: int = -1):
         ax2.set_ylabel("cuts", color="C3")
     ax.set_xlabel("completion position")
     ax.set_ylabel("entropy (nats)")
-    ax.set_title(f"entropy profile of chain {chain}, draw {draw % entropy.shape[0] if draw < 0 else draw}")
+    ax.set_title(f"entropy profile of chain {chain}, draw {draw % idata.posterior.sizes['draw']}")
     figure.tight_layout()
     return figure
 

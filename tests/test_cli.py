@@ -42,6 +42,10 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert parser.tables >= 5 and parser.rows > 10
     assert len(parser.images) >= 4 and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert any("entropy profile" in h for h in parser.headings)
+    from ppl_ecmh import diagnostics, plots
+
+    figure = plots.entropy_profile(diagnostics.load(run))
+    assert figure.axes[0].get_title() == "entropy profile of chain 0, draw 2"  # the last of 3 draws
 
     assert main(["report", str(run), "-o", str(tmp_path / "report.md"), "--format", "md"]) == 0
     markdown = (tmp_path / "report.md").read_text()
