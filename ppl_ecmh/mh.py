@@ -77,7 +77,10 @@ def suffix_mh_step(
     rng_key, state: SuffixMHState, lm, *, cut, alpha, tau, limit, active=None, drop_cut_ratio=False
 ) -> tuple[SuffixMHState, SuffixMHInfo]:
     """One MH step on every row. `limit` [B]: completion length cap (T_max, or the block-wise stage
-    cap); `active` [B]: rows to move (inactive rows keep their state and decode nothing)."""
+    cap); `active` [B]: rows to move (inactive rows keep their state and decode nothing).
+
+    The model is an argument, never closed over, so jit does not compile its weights in as constants.
+    """
     seqs = state.seqs
     batch = seqs.length.shape[0]
     active = jnp.ones(batch, bool) if active is None else active
@@ -103,22 +106,6 @@ def suffix_mh_step(
         log_target=alpha * sequence_log_prob(new_state.seqs),
     )
     return new_state, info
-
-
-def build_kernel(cut, alpha: float, tau: float, drop_cut_ratio: bool = False):
-    """BlackJAX-style: `step(rng_key, state, lm, limit, active=None) -> (state, info)`.
-
-    The model is an argument rather than closed over, so its weights are not compiled into the
-    program as constants.
-    """
-
-    def step(rng_key, state, lm, limit, active=None):
-        return suffix_mh_step(
-            rng_key, state, lm, cut=cut, alpha=alpha, tau=tau, limit=limit, active=active,
-            drop_cut_ratio=drop_cut_ratio,
-        )
-
-    return step
 
 
 def init(rng_key, lm, seqs: Sequences, tau, limit=None) -> SuffixMHState:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ppl_ecmh.errors import PromptTooLongError
+
 
 def check_alpha(alpha) -> float:
     alpha = float(alpha)
@@ -27,8 +29,9 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
 
 
 def check_fits_context(lm, prompt_length: int, max_new_tokens: int) -> None:
+    """PromptTooLongError (a ValueError) when prompt + completion exceed the model's context."""
     if prompt_length + max_new_tokens > lm.max_length:
-        raise ValueError(
+        raise PromptTooLongError(
             f"max_new_tokens: prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) "
             f"exceeds the model's context of {lm.max_length} tokens"
         )

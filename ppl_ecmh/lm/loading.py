@@ -6,11 +6,12 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from ppl_ecmh.errors import ModelNotFoundError, PromptTooLongError
+from ppl_ecmh.errors import ModelNotFoundError
 from ppl_ecmh.lm.gguf_checkpoint import load_gguf
 from ppl_ecmh.lm.hf_checkpoint import download_from_hub, load_hf_folder
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 from ppl_ecmh.lm.transformer import Transformer
+from ppl_ecmh.validation import check_fits_context
 
 
 @dataclasses.dataclass
@@ -41,11 +42,7 @@ class LoadedModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def check_fits(self, prompt_length: int, max_new_tokens: int) -> None:
-        if prompt_length + max_new_tokens > self.lm.max_length:
-            raise PromptTooLongError(
-                f"prompt of {prompt_length} tokens plus {max_new_tokens} new tokens exceeds the "
-                f"context of {self.lm.max_length}"
-            )
+        check_fits_context(self.lm, prompt_length, max_new_tokens)
 
 
 def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
