@@ -87,3 +87,28 @@ def test_csv_and_parquet_sources_load(tmp_path):
     except ImportError:
         pytest.skip("no parquet engine installed")
     assert [p.answer for p in GSM8K().load(str(tmp_path / "gsm.parquet"))] == ["2", "4"]
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "gpqa_sample.csv"
+
+
+def test_gpqa_choices_are_shuffled_reproducibly_and_graded_by_letter():
+    from ppl_ecmh.tasks import GPQA
+
+    problems = GPQA().load(str(FIXTURE))
+    assert [p.id for p in problems] == ["recA", "recB", "recC"]
+    again = GPQA().load(str(FIXTURE))
+    assert [p.metadata["choices"] for p in problems] == [p.metadata["choices"] for p in again]
+    other_seed = [GPQA(shuffle_seed=s).load(str(FIXTURE))[0].answer for s in range(12)]
+    assert len(set(other_seed)) > 1  # the correct answer's letter moves with the seed
+    first = problems[0]
+    assert first.metadata["choices"]["ABCD".index(first.answer)] == "Photon"
+    prompt = GPQA().prompt(first)
+    assert f"{first.answer}) Photon" in prompt and prompt.endswith("within \\boxed{}.")
+    wrong = "ABCD"[("ABCD".index(first.answer) + 1) % 4]
+    task = GPQA()
+    assert task.grade(f"... \\boxed{{{first.answer}}}", first) == (first.answer, True)
+    assert task.grade(f"... \\boxed{{({first.answer})}}", first)[1]
+    assert task.grade(f"so the answer is ({first.answer}).", first)[1]
+    assert task.grade(f"\\boxed{{{wrong}}}", first) == (wrong, False)
+    assert task.grade("\\boxed{Photon}", first) == (None, False)

@@ -2,8 +2,9 @@
 
 from ppl_ecmh.tasks.base import Problem, Task
 from ppl_ecmh.tasks.math import AIME, GSM8K, MATH500
+from ppl_ecmh.tasks.multiple_choice import GPQA
 
-TASKS = {task.name: task for task in (MATH500(), GSM8K(), AIME())}
+TASKS = {task.name: task for task in (MATH500(), GSM8K(), AIME(), GPQA())}
 
 
 def get_task(name: str) -> Task:
@@ -12,4 +13,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["AIME", "GSM8K", "MATH500", "TASKS", "Problem", "Task", "get_task"]
+__all__ = ["AIME", "GPQA", "GSM8K", "MATH500", "TASKS", "Problem", "Task", "get_task"]
