@@ -27,7 +27,7 @@ class SamplerSpec:
 
     name: str
     tau: float | None = None
-    cut: str = "entropy_jump"
+    cut: str = "mixture"  # EntropyCutMH's default: 10% uniform mixed into the published entropy jump
     cut_params: tuple[tuple[str, float], ...] = ()
     block_size: int = 192
     num_mcmc_steps: int = 10

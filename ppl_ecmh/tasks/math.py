@@ -85,9 +85,9 @@ class AIME(BoxedMathTask):
         return number is not None and re.fullmatch(r"-?\d+", number) is not None and int(number) == int(problem.answer)
 
 
-class GSM8K(Task):
+class GSM8K(BoxedMathTask):
     """GSM8K: the reference follows '####'; a completion's answer is its last boxed value or, failing
-    that, its last number."""
+    that, its last number; compared as numbers."""
 
     name = "gsm8k"
     default_source = "openai/gsm8k"
@@ -96,9 +96,6 @@ class GSM8K(Task):
     def to_problem(self, index, record):
         answer = str(record["answer"]).split("####")[-1].strip().replace(",", "")
         return Problem(str(index), record["question"], answer)
-
-    def prompt(self, problem):
-        return f"{problem.question}\n{BOXED_INSTRUCTION}"
 
     def extract(self, completion):
         boxed = last_boxed(completion)
