@@ -22,7 +22,13 @@ from numpyro.infer.mcmc import MCMCKernel
 
 from ppl_ecmh import baselines, blockwise, mh
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
-from ppl_ecmh.lm.generation import completion_tokens, new_sequences, prefill, sequence_log_prob
+from ppl_ecmh.lm.generation import (
+    completion_tokens,
+    new_sequences,
+    prefill,
+    sequence_log_prob,
+    within_completion,
+)
 from ppl_ecmh.target import find_power_target
 from ppl_ecmh.validation import check_positive_int, check_tau
 
@@ -106,10 +112,9 @@ class _SequenceKernel(MCMCKernel):
     def _state(self, sampler, info, stage, lm, rng_key) -> SequenceKernelState:
         expose = (lambda a: a) if self._batched else (lambda a: a[0])
         tokens = completion_tokens(sampler.seqs, self._target.pad_id)
-        inside = jnp.arange(sampler.seqs.max_new_tokens)[None, :] < sampler.seqs.length[:, None]
         return SequenceKernelState(
             z={self._target.site: expose(tokens)},
-            entropy=expose(jnp.where(inside, sampler.seqs.entropy, 0.0)),
+            entropy=expose(jnp.where(within_completion(sampler.seqs), sampler.seqs.entropy, 0.0)),
             log_target=expose(info.log_target),
             length=expose(sampler.seqs.length),
             accepted=expose(info.accepted.astype(jnp.float32)),

@@ -127,12 +127,16 @@ def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, t
     return end.seqs, end.cache
 
 
+def within_completion(seqs: Sequences) -> jax.Array:
+    """[B, T] mask of the completion indices each row actually has (i < n_b)."""
+    return jnp.arange(seqs.max_new_tokens)[None, :] < seqs.length[:, None]
+
+
 def completion_tokens(seqs: Sequences, pad_id: int) -> jax.Array:
     """Completions as [B, T] arrays, padded with `pad_id` after each row's length."""
-    index = jnp.arange(seqs.max_new_tokens)
-    positions = seqs.prompt_length[:, None] + index[None, :]
+    positions = seqs.prompt_length[:, None] + jnp.arange(seqs.max_new_tokens)[None, :]
     tokens = jnp.take_along_axis(seqs.tokens, positions, axis=1, mode="clip")
-    return jnp.where(index[None, :] < seqs.length[:, None], tokens, pad_id)
+    return jnp.where(within_completion(seqs), tokens, pad_id)
 
 
 def completion_length(lm, completions: jax.Array) -> jax.Array:
@@ -155,13 +159,12 @@ def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Seq
     logits, cache = lm.forward(cache, tokens, all_positions)
     predicting = jnp.take_along_axis(logits, (positions - 1)[..., None], axis=1)  # [B, T, V]
     stats = token_statistics(predicting, completions, tau)
-    valid = index[None, :] < length[:, None]
+    seqs = Sequences(tokens, seqs.prompt_length, length, stats.logp, stats.logq, stats.entropy)
+    valid = within_completion(seqs)
     mask = lambda x: jnp.where(valid, x, 0.0)
-    seqs = Sequences(tokens, seqs.prompt_length, length, mask(stats.logp), mask(stats.logq), mask(stats.entropy))
-    return seqs, cache
+    return seqs._replace(logp=mask(seqs.logp), logq=mask(seqs.logq), entropy=mask(seqs.entropy)), cache
 
 
 def sequence_log_prob(seqs: Sequences) -> jax.Array:
     """log p(x | c) of each row's completion: the sum of its per-token log-probs."""
-    valid = jnp.arange(seqs.max_new_tokens)[None, :] < seqs.length[:, None]
-    return jnp.sum(jnp.where(valid, seqs.logp, 0.0), axis=-1)
+    return jnp.sum(jnp.where(within_completion(seqs), seqs.logp, 0.0), axis=-1)
