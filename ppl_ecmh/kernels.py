@@ -78,6 +78,14 @@ class _SequenceKernel(MCMCKernel):
     def tau(self) -> float:
         return check_tau(self._tau_argument, self._target.alpha)
 
+    def _to_rows(self, array):
+        """Flatten exposed [chains, (prompts,) ...] arrays to the sampler's rows."""
+        return array.reshape((-1,) + array.shape[self._exposed_batch_ndim:])
+
+    @property
+    def _exposed_batch_ndim(self) -> int:
+        return int(self._batched) + len(self._target.sequence.batch_shape)
+
     def _limit(self, batch):
         return jnp.full(batch, self._target.max_new_tokens, jnp.int32)
 
@@ -92,25 +100,29 @@ class _SequenceKernel(MCMCKernel):
         self.tau  # validate now, with a message naming the parameter
         self._batched = _is_batched_key(rng_key)
         keys = rng_key if self._batched else rng_key[None]
-        seqs = new_sequences([self._target.prompt] * keys.shape[0], self._target.max_new_tokens, self._target.pad_id)
+        sequence = self._target.sequence
+        seqs = new_sequences(sequence.rows(keys.shape[0]), sequence.max_new_tokens, sequence.pad_id)
+        rows = seqs.tokens.shape[0]
         if init_params is not None:
-            completions = jnp.asarray(init_params[self._target.site]).reshape(keys.shape[0], -1)
+            completions = jnp.asarray(init_params[self._target.site]).reshape(rows, -1)
             sampler = mh.init_from_completions(self._target.lm, seqs, completions, self.tau)
         else:
             sampler = jax.jit(self._start)(keys[0], seqs, self._target.lm)
         info = mh.SuffixMHInfo(
-            accepted=jnp.ones(keys.shape[0], bool),
-            accept_prob=jnp.ones(keys.shape[0]),
-            cut=jnp.zeros(keys.shape[0], jnp.int32),
-            old_suffix_length=jnp.zeros(keys.shape[0], jnp.int32),
+            accepted=jnp.ones(rows, bool),
+            accept_prob=jnp.ones(rows),
+            cut=jnp.zeros(rows, jnp.int32),
+            old_suffix_length=jnp.zeros(rows, jnp.int32),
             new_suffix_length=sampler.seqs.length,
             num_generated=sampler.seqs.length,
             log_target=self._target.alpha * sequence_log_prob(sampler.seqs),
         )
-        return self._state(sampler, info, jnp.zeros(keys.shape[0], jnp.int32), self._target.lm, rng_key)
+        return self._state(sampler, info, jnp.zeros(rows, jnp.int32), self._target.lm, rng_key)
 
     def _state(self, sampler, info, stage, lm, rng_key) -> SequenceKernelState:
-        expose = (lambda a: a) if self._batched else (lambda a: a[0])
+        """Expose row arrays as [chains, (prompts,) ...], or [(prompts,) ...] for a single chain."""
+        shape = ((-1,) if self._batched else ()) + self._target.sequence.batch_shape
+        expose = lambda a: a.reshape(shape + a.shape[1:])
         tokens = completion_tokens(sampler.seqs, self._target.pad_id)
         return SequenceKernelState(
             z={self._target.site: expose(tokens)},
@@ -134,7 +146,7 @@ class _SequenceKernel(MCMCKernel):
         pairs = jax.vmap(jax.random.split)(keys)
         step_key = pairs[0, 1]  # one key drives the batched sampler; rows draw independent noise
         new_keys = pairs[:, 0] if self._batched else pairs[0, 0]
-        stage = state.stage if self._batched else state.stage[None]
+        stage = self._to_rows(state.stage)
         sampler, info, stage = self._advance(step_key, state.sampler, state.lm, stage)
         return self._state(sampler, info, stage, state.lm, new_keys)
 

@@ -34,41 +34,54 @@ def _prompt_tokens(prompt) -> tuple[int, ...]:
     return tokens
 
 
+def _prompt_batch(prompt) -> tuple[tuple[tuple[int, ...], ...], bool]:
+    """One prompt (a token sequence) or a batch of them (a sequence of token sequences, ragged
+    allowed): the prompts as tuples, and whether it was a batch."""
+    batched = len(prompt) > 0 and np.ndim(prompt[0]) > 0
+    return (tuple(_prompt_tokens(p) for p in prompt) if batched else (_prompt_tokens(prompt),)), batched
+
+
 class LanguageModelSequence(Distribution):
     """Completions of `prompt` under the language model: sample = ancestral generation (until EOS
     or max_new_tokens), log_prob = log p(x | prompt). Values are [..., max_new_tokens] token arrays
-    padded with EOS after the first EOS."""
+    padded with EOS after the first EOS. A batch of prompts (independent problems, as in an
+    evaluation) gives batch_shape (num_prompts,)."""
 
     support = constraints.nonnegative_integer
     is_discrete = True
     pytree_data_fields = ("lm",)
-    pytree_aux_fields = ("prompt", "max_new_tokens")
+    pytree_aux_fields = ("prompts", "max_new_tokens")
 
-    def __init__(self, lm, prompt: Sequence[int], max_new_tokens: int, validate_args=None):
+    def __init__(self, lm, prompt: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int, validate_args=None):
         self.lm = lm
-        self.prompt = _prompt_tokens(prompt)
+        self.prompts, batched = _prompt_batch(prompt)
         self.max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
-        check_fits_context(lm, len(self.prompt), self.max_new_tokens)
-        super().__init__(batch_shape=(), event_shape=(self.max_new_tokens,), validate_args=validate_args)
+        check_fits_context(lm, max(len(p) for p in self.prompts), self.max_new_tokens)
+        batch_shape = (len(self.prompts),) if batched else ()
+        super().__init__(batch_shape=batch_shape, event_shape=(self.max_new_tokens,), validate_args=validate_args)
 
     @property
     def pad_id(self) -> int:
         return self.lm.eos_token_ids[0]
 
+    def rows(self, num: int) -> list[tuple[int, ...]]:
+        """The prompt of every row of `num` samples of this distribution, sample-major."""
+        return [prompt for _ in range(num) for prompt in self.prompts]
+
     def _empty(self, num: int):
-        return new_sequences([self.prompt] * num, self.max_new_tokens, pad_id=self.pad_id)
+        return new_sequences(self.rows(num), self.max_new_tokens, pad_id=self.pad_id)
 
     def sample(self, key, sample_shape=()):
         num = math.prod(sample_shape) if sample_shape else 1
         state = mh.init(key, self.lm, self._empty(num), tau=1.0)
         tokens = completion_tokens(state.seqs, self.pad_id)
-        return tokens.reshape(tuple(sample_shape) + self.event_shape)
+        return tokens.reshape(tuple(sample_shape) + self.batch_shape + self.event_shape)
 
     def log_prob(self, value):
         value = jnp.asarray(value, jnp.int32)
         batch_shape = value.shape[:-1]
         flat = value.reshape(-1, self.max_new_tokens)
-        scored, _ = teacher_force(self.lm, self._empty(flat.shape[0]), flat, tau=1.0)
+        scored, _ = teacher_force(self.lm, self._empty(flat.shape[0] // len(self.prompts)), flat, tau=1.0)
         return sequence_log_prob(scored).reshape(batch_shape)
 
 
@@ -91,10 +104,16 @@ class PowerTarget:
     """What the kernels read off a model: the sequence site and the exponent."""
 
     site: str
-    lm: object
-    prompt: tuple[int, ...]
-    max_new_tokens: int
+    sequence: LanguageModelSequence
     alpha: float
+
+    @property
+    def lm(self):
+        return self.sequence.lm
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.sequence.max_new_tokens
 
     @property
     def pad_id(self) -> int:
@@ -112,7 +131,7 @@ def find_power_target(model, model_args=(), model_kwargs=None) -> PowerTarget:
     def placeholder(site):
         fn = site["fn"]
         if isinstance(fn, LanguageModelSequence):
-            return jnp.full(fn.event_shape, fn.pad_id, jnp.int32)
+            return jnp.full(fn.shape(), fn.pad_id, jnp.int32)
         return None
 
     traced = handlers.trace(handlers.seed(handlers.substitute(model, substitute_fn=placeholder), 0))
@@ -133,6 +152,5 @@ def find_power_target(model, model_args=(), model_kwargs=None) -> PowerTarget:
             f"`sharpen` factor (see ppl_ecmh.power_model); found sequence sites {sequences}, "
             f"{len(exponents)} sharpen factors and other sites {others}"
         )
-    fn = trace[sequences[0]]["fn"]
     alpha = exponents[0] if exponents else 1.0
-    return PowerTarget(sequences[0], fn.lm, fn.prompt, fn.max_new_tokens, check_alpha(alpha))
+    return PowerTarget(sequences[0], trace[sequences[0]]["fn"], check_alpha(alpha))

@@ -1,5 +1,6 @@
 """The NumPyro layer: the power model, its log density, and the MCMCKernel adapters."""
 
+import dataclasses
 import math
 
 import jax
@@ -13,7 +14,7 @@ from numpyro.infer.util import log_density
 from ppl_ecmh import kernels
 from ppl_ecmh.lm import toy
 from ppl_ecmh.target import LanguageModelSequence, find_power_target, power_model
-from tests.exact import Comparison
+from tests.exact import Comparison, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)
 FIELDS = ("accepted", "accept_prob", "cut", "log_target", "length", "num_generated", "old_suffix_length",
@@ -169,3 +170,25 @@ def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm):
     for draw, fast in zip(draws, tracked):
         exact, _ = log_density(power_model, (smollm.lm, prompt), dict(alpha=4.0, max_new_tokens=16), {"x": draw})
         assert abs(float(exact) - float(fast)) < 1e-3 * max(1.0, abs(float(exact)))
+
+
+def test_a_batch_of_prompts_samples_each_prompts_own_power_target():
+    """Problems batched through the model (as in an evaluation) are independent targets: each
+    prompt's column of draws keeps its own exact pi_alpha, so rows are not mixed up."""
+    first = toy.markov_problem(seed=3)
+    second = dataclasses.replace(first, prompt=(1,))
+    alpha, chains = 2.0, 3000
+    pis = [problem.power_distribution(alpha) for problem in (first, second)]
+    assert pis[0] != pis[1]
+    start = jnp.stack([exact_draws(problem, alpha, chains, seed)[0] for seed, problem in enumerate((first, second))], 1)
+    kernel = kernels.EntropyCutMH(power_model)
+    state = kernel.init(jax.random.split(jax.random.PRNGKey(0), chains), 0, {"x": start},
+                        (first.lm, [first.prompt, second.prompt]), dict(alpha=alpha, max_new_tokens=first.max_new_tokens))
+    step = jax.jit(lambda state: kernel.sample(state, (), {}))
+    for _ in range(6):
+        state = step(state)
+    assert state.z["x"].shape == (chains, 2, first.max_new_tokens)
+    for column, pi in enumerate(pis):
+        tokens, lengths = np.asarray(state.z["x"][:, column]), np.asarray(state.length[:, column])
+        draws = [tuple(int(t) for t in tokens[row, : lengths[row]]) for row in range(chains)]
+        assert Comparison(draws, pi).consistent(), column
