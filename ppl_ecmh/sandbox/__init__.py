@@ -1,0 +1,161 @@
+"""Run untrusted Python (model-written code) in a confined subprocess, never in this process.
+
+The program runs in a fresh temporary directory, in a new process session, with a clean environment
+and the confinement layers of `ppl_ecmh.sandbox.child` (Linux: pids cgroup, network namespace,
+Landlock, resource limits). Output goes to files capped by the file-size limit; on timeout the whole
+process group (and cgroup) is killed. `ExecutionResult.layers` says which layers held, so a result
+is never silently less confined than it looks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = Path(__file__).with_name("child.py")
+OUTPUT_TAIL = 2000  # characters of stdout/stderr kept in a result
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    file_size_mb: int = 16
+    open_files: int = 64
+    processes: int = 16
+
+    def for_child(self) -> dict:
+        return dict(memory_mb=self.memory_mb, cpu_seconds=math.ceil(self.timeout_s) + 1,
+                    file_size_mb=self.file_size_mb, open_files=self.open_files, processes=self.processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionResult:
+    status: str  # "passed" (exit code 0), "failed" (non-zero exit or killed by a limit) or "timeout"
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    layers: tuple[str, ...]  # confinement layers that were in force
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
+    """Run `program` as a script under `limits`; its exit code decides passed or failed."""
+    with tempfile.TemporaryDirectory(prefix="ppl-ecmh-run-") as private, \
+            tempfile.TemporaryDirectory(prefix="ppl-ecmh-sandbox-") as workdir:
+        program_path = Path(workdir, "program.py")
+        program_path.write_text(program, encoding="utf-8")
+        cgroup = _PidsCgroup.create(limits.processes)
+        config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
+                      cgroup_procs=cgroup.procs_file if cgroup else None)
+        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+               "PYTHONIOENCODING": "utf-8"}
+        out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
+        started = time.perf_counter()
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(CHILD), json.dumps(config)], cwd=workdir, env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+            try:
+                returncode = process.wait(timeout=limits.timeout_s)
+                status = "passed" if returncode == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                returncode, status = None, "timeout"
+            finally:
+                _kill_group(process)
+                if cgroup:
+                    cgroup.kill_and_remove()
+        seconds = time.perf_counter() - started
+        header, _, stdout = _read_tail(out_path, whole=True).partition("\n")
+        try:
+            layers = tuple(json.loads(header))
+        except ValueError:  # the child died before confining itself: nothing ran
+            layers, stdout = (), header + stdout
+        return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers)
+
+
+def _read_tail(path: Path, whole: bool = False) -> str:
+    data = path.read_bytes()
+    return data.decode("utf-8", "replace") if whole else data[-OUTPUT_TAIL:].decode("utf-8", "replace")
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def _interpreter_paths() -> list[str]:
+    """What the confined interpreter may read: its standard library and the system's shared libraries."""
+    paths = {sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"), os.path.realpath(sys.executable),
+             "/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache", "/etc/localtime",
+             "/usr/share/zoneinfo", "/dev/null", "/dev/urandom"}
+    return sorted(path for path in paths if path)
+
+
+@dataclasses.dataclass
+class _PidsCgroup:
+    """A pids cgroup (v1 or v2) capping the sandbox's processes, where this process may make one;
+    resource limits alone do not stop a fork bomb when running as root."""
+
+    path: Path
+
+    @property
+    def procs_file(self) -> str:
+        return str(self.path / "cgroup.procs")
+
+    @classmethod
+    def create(cls, max_processes: int) -> "_PidsCgroup | None":
+        for parent in _pids_cgroup_parents():
+            try:
+                path = Path(tempfile.mkdtemp(prefix="ppl-ecmh-", dir=parent))
+                (path / "pids.max").write_text(str(max_processes))
+                return cls(path)
+            except OSError:
+                continue
+        return None
+
+    def kill_and_remove(self) -> None:
+        for _ in range(100):
+            try:
+                pids = [int(pid) for pid in Path(self.procs_file).read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def _pids_cgroup_parents() -> list[Path]:
+    v1 = Path("/sys/fs/cgroup/pids")
+    if v1.is_dir():
+        return [v1]
+    try:  # cgroup v2: our own cgroup, if the pids controller is delegated to it
+        own = Path("/sys/fs/cgroup") / Path(open("/proc/self/cgroup").read().split("::", 1)[1].strip()).relative_to("/")
+    except (OSError, IndexError, ValueError):
+        return []
+    return [own] if "pids" in (own / "cgroup.subtree_control").read_text(errors="ignore") else []

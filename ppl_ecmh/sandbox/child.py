@@ -1,0 +1,110 @@
+"""The sandbox's first code in the child interpreter: confine this process, then run the program.
+
+Runs as `python -I -S -B child.py CONFIG_JSON` in a fresh working directory, standard library only.
+Each confinement layer is applied when the kernel allows it and named on the first line of stdout
+(a JSON list) before any untrusted code runs, so the parent knows what held:
+
+- pids-cgroup: join a cgroup whose pids.max caps processes (fork bombs), when the parent made one;
+- network-namespace: a new, empty network namespace (no interface is up, so nothing is reachable);
+- landlock: writes only below the working directory, reads only of the interpreter's own files
+  (not the parent's environment in /proc, not the user's files), no execve, no TCP, no signals or
+  abstract sockets beyond the sandbox;
+- rlimits: address space, CPU seconds, file size, open files, processes, no core dumps.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import sys
+
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+PR_SET_NO_NEW_PRIVS = 38
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_RULE_PATH_BENEATH = 1
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
+FILE_ONLY_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | (1 << 14) | (1 << 15)
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def join_cgroup(procs_file):
+    with open(procs_file, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
+
+
+def enter_network_namespace():
+    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+    return libc.unshare(flags) == 0
+
+
+def landlock(workdir, readable):
+    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, 1)
+    if abi < 1:
+        return False
+    all_fs = FS_RIGHTS_BY_ABI[max(level for level in FS_RIGHTS_BY_ABI if level <= abi)]
+    attr = RulesetAttr(all_fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+                       SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
+    if ruleset < 0:
+        return False
+    read_only = FS_READ_FILE | FS_READ_DIR
+    for path, rights in [(workdir, all_fs & ~FS_EXECUTE)] + [(path, read_only) for path in readable]:
+        if not os.path.exists(path):
+            continue
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        allowed = rights if os.path.isdir(path) else rights & FILE_ONLY_RIGHTS
+        rule = PathBeneathAttr(allowed, fd)
+        if libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:
+            return False
+        os.close(fd)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) == 0
+
+
+def set_limits(limits):
+    megabyte = 1 << 20
+    for name, value in [("RLIMIT_AS", limits["memory_mb"] * megabyte), ("RLIMIT_CPU", limits["cpu_seconds"]),
+                        ("RLIMIT_FSIZE", limits["file_size_mb"] * megabyte), ("RLIMIT_NOFILE", limits["open_files"]),
+                        ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_CORE", 0)]:
+        resource.setrlimit(getattr(resource, name), (value, value))
+    return True
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    workdir = os.getcwd()
+    layers = []
+    if config["cgroup_procs"] and join_cgroup(config["cgroup_procs"]):
+        layers.append("pids-cgroup")
+    if enter_network_namespace():
+        layers.append("network-namespace")
+    if landlock(workdir, config["readable"]):
+        layers.append("landlock")
+    if set_limits(config["limits"]):
+        layers.append("rlimits")
+    print(json.dumps(layers), flush=True)
+    with open(config["program"], encoding="utf-8") as handle:
+        code = compile(handle.read(), config["program"], "exec")
+    sys.argv = [config["program"]]
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+
+
+if __name__ == "__main__":
+    main()

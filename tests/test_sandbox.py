@@ -1,0 +1,107 @@
+"""Model-written code runs confined: every malicious program fails its grade and the parent is unharmed."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from ppl_ecmh.sandbox import Limits, run_python
+
+LIMITS = Limits(timeout_s=3.0, memory_mb=512)
+SECRET = "PPL_ECMH_PARENT_SECRET"
+
+
+def test_a_correct_program_passes_and_a_wrong_one_fails():
+    assert run_python("assert sum(range(4)) == 6\nprint('ok')", LIMITS).passed
+    result = run_python("assert sum(range(4)) == 7", LIMITS)
+    assert result.status == "failed" and "AssertionError" in result.stderr
+
+
+def test_ordinary_standard_library_code_runs():
+    program = "import collections, functools, hashlib, heapq, itertools, json, math, random, re, string\n" \
+              "assert math.gcd(12, 18) == 6 and hashlib.md5(b'').hexdigest().startswith('d41d')"
+    assert run_python(program, LIMITS).passed
+
+
+def test_an_infinite_loop_is_killed_at_the_time_limit():
+    started = time.perf_counter()
+    result = run_python("while True:\n    pass", LIMITS)
+    assert result.status == "timeout" and time.perf_counter() - started < LIMITS.timeout_s + 2
+
+
+def test_a_detached_child_process_does_not_outlive_the_timeout():
+    program = ("import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(60)\n"
+               "print(pid, flush=True)\ntime.sleep(60)")
+    result = run_python(program, LIMITS)
+    assert result.status == "timeout"
+    _require("pids-cgroup", result)  # setsid leaves the process group; only the cgroup still holds it
+    orphan = int(result.stdout.split()[0])
+    time.sleep(0.2)
+    assert not _alive(orphan)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_fork_bomb_fails_without_exhausting_the_machine():
+    result = run_python("import os\nwhile True:\n    os.fork()", LIMITS)
+    assert not result.passed
+    assert os.fork  # the parent can still create processes
+    assert run_python("print(1)", LIMITS).passed
+
+
+def test_a_huge_allocation_fails():
+    result = run_python("block = bytearray(8 * 1024 ** 3)\nprint(len(block))", LIMITS)
+    assert result.status == "failed" and "MemoryError" in result.stderr
+
+
+def test_a_huge_file_fails_at_the_file_size_limit():
+    result = run_python("open('big', 'wb').write(b'x' * (64 * 1024 * 1024))", LIMITS)
+    assert result.status == "failed"
+
+
+def test_writing_outside_the_working_directory_fails(tmp_path):
+    target = tmp_path / "escaped.txt"
+    result = run_python(f"open({str(target)!r}, 'w').write('escaped')", LIMITS)
+    _require("landlock", result)
+    assert result.status == "failed" and not target.exists()
+
+
+def test_writing_inside_the_working_directory_works():
+    assert run_python("open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'", LIMITS).passed
+
+
+def test_opening_a_socket_fails():
+    with socket.socket() as listener:  # a server the sandbox must not reach
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", LIMITS)
+    _require("network-namespace", result)
+    assert result.status == "failed"
+
+
+def test_the_parents_environment_is_not_readable(monkeypatch):
+    monkeypatch.setenv(SECRET, "hunter2")
+    program = (f"import os\nassert os.environ.get({SECRET!r}) is None\n"
+               "data = open(f'/proc/{os.getppid()}/environ', 'rb').read()\n"
+               "assert b'hunter2' not in data\n")
+    result = run_python(program, LIMITS)
+    _require("landlock", result)
+    assert result.status == "failed" and "hunter2" not in result.stdout + result.stderr
+
+
+def test_signalling_the_parent_fails():
+    result = run_python("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)", LIMITS)
+    assert result.status == "failed"
+
+
+def _require(layer: str, result) -> None:
+    if layer not in result.layers:
+        pytest.skip(f"this kernel does not provide the {layer} layer (have {result.layers})")
