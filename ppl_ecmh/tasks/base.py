@@ -36,7 +36,8 @@ class Task:
     def to_problem(self, index: int, record: dict) -> Problem:
         raise NotImplementedError
 
-    def prompt(self, problem: Problem) -> str:
+    def prompt(self, problem: Problem, chat: bool = True) -> str:
+        """The prompt text; `chat` says whether the model's chat template will wrap it."""
         raise NotImplementedError
 
     def extract(self, completion: str) -> str | None:

@@ -50,7 +50,7 @@ def math_equal(given: str, reference: str) -> bool:
 
 
 class BoxedMathTask(Task):
-    def prompt(self, problem: Problem) -> str:
+    def prompt(self, problem: Problem, chat=True) -> str:
         return f"{problem.question}\n{BOXED_INSTRUCTION}"
 
     def extract(self, completion: str) -> str | None:

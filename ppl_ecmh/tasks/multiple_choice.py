@@ -34,7 +34,7 @@ class GPQA(Task):
         return Problem(identifier, str(first_present(record, ("Question",))).strip(),
                        LETTERS[choices.index(correct)], {"choices": choices})
 
-    def prompt(self, problem):
+    def prompt(self, problem, chat=True):
         options = "\n".join(f"{letter}) {choice}" for letter, choice in zip(LETTERS, problem.metadata["choices"]))
         return (f"{problem.question}\n\n{options}\n\nPlease reason step by step, and put the letter of your final "
                 "answer within \\boxed{}.")
