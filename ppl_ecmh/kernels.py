@@ -24,7 +24,6 @@ from ppl_ecmh import baselines, blockwise, mh
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
 from ppl_ecmh.lm.generation import (
     completion_tokens,
-    new_sequences,
     prefill,
     sequence_log_prob,
     within_completion,
@@ -65,6 +64,7 @@ class _SequenceKernel(MCMCKernel):
         self._tau_argument = tau
         self._target = None
         self._batched = True
+        self._jitted_start = jax.jit(self._start)  # one compiled program across inits of equal shapes
 
     @property
     def model(self):
@@ -101,13 +101,13 @@ class _SequenceKernel(MCMCKernel):
         self._batched = _is_batched_key(rng_key)
         keys = rng_key if self._batched else rng_key[None]
         sequence = self._target.sequence
-        seqs = new_sequences(sequence.rows(keys.shape[0]), sequence.max_new_tokens, sequence.pad_id)
+        seqs = sequence.empty_sequences(keys.shape[0])
         rows = seqs.tokens.shape[0]
         if init_params is not None:
             completions = jnp.asarray(init_params[self._target.site]).reshape(rows, -1)
             sampler = mh.init_from_completions(self._target.lm, seqs, completions, self.tau)
         else:
-            sampler = jax.jit(self._start)(keys[0], seqs, self._target.lm)
+            sampler = self._jitted_start(keys[0], seqs, self._target.lm)
         info = mh.SuffixMHInfo(
             accepted=jnp.ones(rows, bool),
             accept_prob=jnp.ones(rows),

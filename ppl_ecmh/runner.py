@@ -4,6 +4,7 @@ progress bar with tokens/s, and every draw's tokens and statistics kept."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Sequence
 
@@ -52,39 +53,62 @@ class SamplerSpec:
 
 @dataclasses.dataclass
 class Run:
-    """Draws of one sampler: tokens and entropies [chains, draws, T], statistics [chains, draws]."""
+    """Draws of one sampler: tokens and entropies [chains, draws, (prompts,) T], statistics
+    [chains, draws, (prompts)] (the prompts axis when a batch of prompts was given)."""
 
     settings: dict
     tokens: np.ndarray
     entropy: np.ndarray
     stats: dict
     wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
-    initial_tokens_generated: int
+    initial_generated: np.ndarray  # tokens decoded by each row's initial completion [chains, (prompts)]
+
+    @property
+    def initial_tokens_generated(self) -> int:
+        return int(self.initial_generated.sum())
 
     @property
     def total_tokens(self) -> int:
         return int(self.stats["num_generated"].sum()) + self.initial_tokens_generated
 
 
-def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, max_new_tokens: int,
-                num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
-                token_budget: int | None = None, progress: bool = True, description: str | None = None) -> Run:
+def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
+                max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
+                token_budget: int | None = None, prompt_block: int | None = None, progress: bool = True,
+                description: str | None = None) -> Run:
     """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
     kept draw at which all chains together have decoded at least that many tokens (warmup and the
-    initial draw included), so samplers can be compared at equal cost."""
+    initial draw included), so samplers can be compared at equal cost. `num_draws=0` (no warmup)
+    keeps the initial completion as the only draw: one ancestral or low-temperature sample each.
+    A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
+    runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
-    num_draws = check_positive_int("draws", num_draws)
+    num_draws = check_positive_int("draws", num_draws, minimum=0)
     num_warmup = check_positive_int("warmup", num_warmup, minimum=0)
+    if num_draws == 0 and num_warmup:
+        raise ValueError("draws: must be >= 1 when warmup draws are discarded")
     if token_budget is not None:
         token_budget = check_positive_int("token_budget", token_budget)
-    kernel = spec.make_kernel()
+    kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
-    state = kernel.init(keys, num_warmup, None, (lm, tuple(prompt)), dict(alpha=alpha, max_new_tokens=max_new_tokens))
-    initial = int(np.asarray(state.num_generated).sum())
-    step = jax.jit(lambda state: kernel.sample(state, (), {}))
+    tick = time.perf_counter()
+    state = kernel.init(keys, num_warmup, None, (lm, prompt),
+                        dict(alpha=alpha, max_new_tokens=max_new_tokens, prompt_block=prompt_block))
+    initial = np.asarray(state.num_generated)
     tokens, entropy, stats, wall = [], [], {f: [] for f in STAT_FIELDS}, []
-    generated, started = initial, time.perf_counter()
+
+    def keep(state, seconds):
+        tokens.append(np.asarray(state.z[kernel.target.site]))
+        entropy.append(np.asarray(state.entropy))
+        for field in STAT_FIELDS:
+            stats[field].append(np.asarray(getattr(state, field)))
+        wall.append(seconds)
+
+    if num_draws == 0:  # the initial completion is the draw, and its tokens are counted there
+        keep(jax.block_until_ready(state), time.perf_counter() - tick)
+        initial = np.zeros_like(initial)
+    generated, started = int(initial.sum()), time.perf_counter()
     bar = tqdm(total=num_warmup + num_draws, desc=description or spec.name, disable=not progress, unit="draw")
     for index in range(num_warmup + num_draws):
         tick = time.perf_counter()
@@ -95,18 +119,14 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
         bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.1f}",
                         acc=f"{float(np.mean(state.accept_prob)):.2f}")
         if index >= num_warmup:
-            tokens.append(np.asarray(state.z[kernel.target.site]))
-            entropy.append(np.asarray(state.entropy))
-            for field in STAT_FIELDS:
-                stats[field].append(np.asarray(getattr(state, field)))
-            wall.append(seconds)
+            keep(state, seconds)
             if token_budget is not None and generated >= token_budget:
                 break
     bar.close()
     settings = dict(sampler=spec.name, alpha=alpha, tau=kernel.tau, max_new_tokens=max_new_tokens,
                     num_chains=num_chains, num_draws=len(wall), num_warmup=num_warmup, seed=seed,
                     token_budget=token_budget,
-                    prompt_tokens=list(prompt))
+                    prompt_tokens=_prompt_setting(kernel.target.sequence))
     if hasattr(kernel, "cut"):
         settings["cut"] = repr(kernel.cut)
     if spec.name == "blockwise":
@@ -117,5 +137,19 @@ def run_sampler(lm, prompt: Sequence[int], spec: SamplerSpec, *, alpha: float, m
         entropy=np.stack(entropy, axis=1),
         stats={f: np.stack(v, axis=1) for f, v in stats.items()},
         wall_time=np.asarray(wall),
-        initial_tokens_generated=initial,
+        initial_generated=initial,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _kernel_and_step(spec: SamplerSpec, alpha: float, max_new_tokens: int):
+    """A kernel and its jitted step, kept so that runs with the same settings compile once (what
+    the step reads off the kernel besides array shapes is exactly these settings)."""
+    kernel = spec.make_kernel()
+    return kernel, jax.jit(lambda state: kernel.sample(state, (), {}))
+
+
+def _prompt_setting(sequence) -> list:
+    """The prompt's token ids, or a list of them for a batch of prompts."""
+    prompts = [list(p) for p in sequence.prompts]
+    return prompts if sequence.batch_shape else prompts[0]

@@ -50,13 +50,15 @@ class LanguageModelSequence(Distribution):
     support = constraints.nonnegative_integer
     is_discrete = True
     pytree_data_fields = ("lm",)
-    pytree_aux_fields = ("prompts", "max_new_tokens")
+    pytree_aux_fields = ("prompts", "max_new_tokens", "prompt_block")
 
-    def __init__(self, lm, prompt: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int, validate_args=None):
+    def __init__(self, lm, prompt: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int,
+                 prompt_block: int | None = None, validate_args=None):
         self.lm = lm
         self.prompts, batched = _prompt_batch(prompt)
         self.max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
-        check_fits_context(lm, max(len(p) for p in self.prompts), self.max_new_tokens)
+        self.prompt_block = prompt_block  # padded prompt width (see `new_sequences`); None: the longest prompt
+        check_fits_context(lm, max([len(p) for p in self.prompts] + [prompt_block or 0]), self.max_new_tokens)
         batch_shape = (len(self.prompts),) if batched else ()
         super().__init__(batch_shape=batch_shape, event_shape=(self.max_new_tokens,), validate_args=validate_args)
 
@@ -64,16 +66,15 @@ class LanguageModelSequence(Distribution):
     def pad_id(self) -> int:
         return self.lm.eos_token_ids[0]
 
-    def rows(self, num: int) -> list[tuple[int, ...]]:
-        """The prompt of every row of `num` samples of this distribution, sample-major."""
-        return [prompt for _ in range(num) for prompt in self.prompts]
-
-    def _empty(self, num: int):
-        return new_sequences(self.rows(num), self.max_new_tokens, pad_id=self.pad_id)
+    def empty_sequences(self, num: int):
+        """`Sequences` for `num` samples with empty completions; rows are sample-major (sample i,
+        prompt j is row i * num_prompts + j), matching a reshape of [num, *batch_shape]."""
+        rows = [prompt for _ in range(num) for prompt in self.prompts]
+        return new_sequences(rows, self.max_new_tokens, pad_id=self.pad_id, prompt_block=self.prompt_block)
 
     def sample(self, key, sample_shape=()):
         num = math.prod(sample_shape) if sample_shape else 1
-        state = mh.init(key, self.lm, self._empty(num), tau=1.0)
+        state = mh.init(key, self.lm, self.empty_sequences(num), tau=1.0)
         tokens = completion_tokens(state.seqs, self.pad_id)
         return tokens.reshape(tuple(sample_shape) + self.batch_shape + self.event_shape)
 
@@ -81,7 +82,7 @@ class LanguageModelSequence(Distribution):
         value = jnp.asarray(value, jnp.int32)
         batch_shape = value.shape[:-1]
         flat = value.reshape(-1, self.max_new_tokens)
-        scored, _ = teacher_force(self.lm, self._empty(flat.shape[0] // len(self.prompts)), flat, tau=1.0)
+        scored, _ = teacher_force(self.lm, self.empty_sequences(flat.shape[0] // len(self.prompts)), flat, tau=1.0)
         return sequence_log_prob(scored).reshape(batch_shape)
 
 
@@ -92,9 +93,12 @@ def sharpen(name: str, sequence: LanguageModelSequence, x, alpha: float) -> None
     numpyro.sample(name, unit, obs=unit.sample(None), infer={"is_auxiliary": True, SHARPENING_EXPONENT: alpha})
 
 
-def power_model(lm, prompt: Sequence[int], alpha: float = 4.0, max_new_tokens: int = 256):
-    """The NumPyro model of pi_alpha(x | prompt): one sequence site `x` and the sharpening factor."""
-    sequence = LanguageModelSequence(lm, prompt, max_new_tokens)
+def power_model(lm, prompt: Sequence[int], alpha: float = 4.0, max_new_tokens: int = 256,
+                prompt_block: int | None = None):
+    """The NumPyro model of pi_alpha(x | prompt): one sequence site `x` and the sharpening factor.
+    `prompt` may be a batch of prompts (independent problems); `prompt_block` fixes the padded
+    prompt width so that batches of different prompts share compiled programs."""
+    sequence = LanguageModelSequence(lm, prompt, max_new_tokens, prompt_block)
     x = numpyro.sample("x", sequence)
     sharpen("sharpen", sequence, x, alpha)
 

@@ -23,7 +23,7 @@ def synthetic_run(log_target, alpha=4.0, positions=5):
     settings = {"sampler": "entropy-cut", "alpha": alpha, "tau": 1 / alpha, "cut": "EntropyJump(power=4.0)", "seed": 3}
     tokens = rng.integers(0, 50, size=(chains, draws, positions)).astype(np.int32)
     entropy = rng.random((chains, draws, positions)).astype(np.float32)
-    return Run(settings, tokens, entropy, stats, wall_time=np.full(draws, 0.5), initial_tokens_generated=7)
+    return Run(settings, tokens, entropy, stats, wall_time=np.full(draws, 0.5), initial_generated=np.array([7] + [0] * (chains - 1)))
 
 
 def ar1_chains(phi, chains=4, draws=4000, seed=0):

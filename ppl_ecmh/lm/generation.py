@@ -48,13 +48,20 @@ def token_statistics(logits: jax.Array, token: jax.Array, tau) -> TokenStatistic
     return TokenStatistics(pick(log_p), pick(log_q), entropy)
 
 
-def new_sequences(prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int = 0) -> Sequences:
-    """Right-padded prompts with empty completions (host-side; call once per run)."""
+def new_sequences(prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int = 0,
+                  prompt_block: int | None = None) -> Sequences:
+    """Right-padded prompts with empty completions (host-side; call once per run). The prompt
+    block is as wide as the longest prompt, or `prompt_block` when given: fixing it keeps array
+    shapes, and so the compiled programs, the same across batches of different prompts."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompt: every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
+    if prompt_block is not None:
+        if prompt_block < longest:
+            raise ValueError(f"prompt_block: {prompt_block} is shorter than the longest prompt ({longest} tokens)")
+        longest = prompt_block
     tokens = np.full((len(prompts), longest + max_new_tokens), pad_id, np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = prompt
