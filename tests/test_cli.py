@@ -75,6 +75,31 @@ def test_compare_prints_a_table_and_writes_runs_and_report(smollm, capsys, tmp_p
     assert "kernel comparison" in parser.headings
 
 
+@pytest.mark.slow
+def test_eval_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
+    out = tmp_path / "humaneval"
+    argv = ["eval", "--task", "humaneval", "--limit", "3", "--samplers", "ancestral,entropy-cut", "--seeds", "0,1",
+            "--max-new-tokens", "12", "--mh-steps", "1", "--batch-size", "2", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tokens_vs_ancestral" in printed and "entropy-cut" in printed
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 3
+    assert main(argv) == 0  # a finished run resumes to nothing new
+    assert (out / "records.jsonl").read_text().splitlines() == lines
+
+    assert main(["report", str(out)]) == 0
+    parser = TableParser()
+    parser.feed((out / "report.html").read_text())
+    assert any("Accuracy" in h for h in parser.headings) and any("pass@k" in h for h in parser.headings)
+    assert any("Paired comparisons" in h for h in parser.headings) and len(parser.images) == 3
+
+
+def test_eval_refuses_an_unknown_sampler_before_loading_anything(capsys, tmp_path):
+    assert main(["eval", "--task", "gsm8k", "--samplers", "ancestral,nonsense", "--out", str(tmp_path)]) == 2
+    assert "unknown sampler 'nonsense'" in capsys.readouterr().err
+
+
 def test_report_of_a_missing_or_foreign_file_is_one_line(tmp_path, capsys):
     foreign = tmp_path / "foreign.nc"
     foreign.write_bytes(b"not netcdf")

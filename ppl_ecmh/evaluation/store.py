@@ -1,8 +1,8 @@
 """An append-only JSONL store of evaluation records, one per (sampler, seed, problem).
 
 Every record is written as one line and flushed to disk before the next batch starts, so a run
-killed at any moment loses at most the batch in flight. Reading skips a final line cut short by
-such a kill; appending after one starts on a fresh line. Nothing is ever rewritten.
+killed at any moment loses at most the batch in flight. A final line cut short by such a kill is
+not a record: reading skips it and the next append drops it. Complete records are never rewritten.
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ class RecordStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell():
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":  # a killed run's partial line: leave it, start afresh
-                    handle.write(b"\n")
+            handle.seek(0)
+            content = handle.read()
+            if content and not content.endswith(b"\n"):  # a killed run's partial line
+                handle.truncate(content.rfind(b"\n") + 1)
             handle.write(lines.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())

