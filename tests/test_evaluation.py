@@ -22,7 +22,7 @@ class LetterTask(Task):
     name = "letters"
 
     def load(self, source=None, limit=None):
-        problems = [Problem(f"p{i}", LETTERS[i % 3], LETTERS[i % 3]) for i in range(10)]
+        problems = [Problem(f"p{i}", LETTERS[i % 3], LETTERS[i % 3], {"parity": i % 2}) for i in range(10)]
         return problems[:limit]
 
     def prompt(self, problem, chat=True):
@@ -113,6 +113,14 @@ def test_records_carry_grades_costs_and_acceptance(letters, tmp_path):
         assert record["correct"] == record["completion"].startswith(LETTERS[int(record["problem_id"][1:]) % 3])
         assert record["tokens_generated"] >= record["completion_length"] and record["num_draws"] == 2
         assert 0.0 <= record["acceptance"] <= 1.0 and record["wall_time_s"] > 0
+
+
+def test_where_and_limit_select_problems_by_metadata(letters, tmp_path):
+    settings = dataclasses.replace(letters, where={"parity": "1"}, limit=3)
+    records = run_eval(settings, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel()).read()
+    assert [r["problem_id"] for r in records] == ["p1", "p3", "p5"]
+    with pytest.raises(PplEcmhError, match="matching"):
+        run_eval(dataclasses.replace(letters, where={"parity": "7"}), ["ancestral"], [0], tmp_path / "none")
 
 
 def test_a_directory_with_other_settings_is_refused(letters, tmp_path):

@@ -36,7 +36,8 @@ class EvalSettings:
     task: str
     model: str = "smollm2-135m"
     source: str | None = None  # dataset file or hub id; None: the task's default
-    limit: int | None = None  # the first `limit` problems
+    where: dict | None = None  # keep problems whose metadata match, e.g. {"level": "1"} (MATH500)
+    limit: int | None = None  # the first `limit` problems (after `where`)
     alpha: float = 4.0
     tau: float | None = None  # proposal temperature, default 1/alpha
     max_new_tokens: int = 256
@@ -103,9 +104,7 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     for spec in specs:
         spec.make_kernel()  # bad sampler options fail before the model loads
     task = get_task(settings.task)
-    problems = task.load(settings.source, settings.limit)
-    if not problems:
-        raise PplEcmhError(f"task {settings.task} has no problems in {settings.source or task.default_source}")
+    problems = select_problems(task, settings)
     store = open_results(out_dir, settings)
     done = store.done()
     work = [(spec, seed, [p for p in problems if (spec.name, seed, p.id) not in done]) for spec in specs for seed in seeds]
@@ -131,6 +130,17 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
             bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
     bar.close()
     return store
+
+
+def select_problems(task, settings: EvalSettings) -> list:
+    """The task's problems that match `settings.where`, the first `settings.limit` of them."""
+    problems = task.load(settings.source)
+    for key, value in (settings.where or {}).items():
+        problems = [p for p in problems if str(p.metadata.get(key)) == str(value)]
+    if not problems:
+        raise PplEcmhError(f"task {settings.task} has no problems in {settings.source or task.default_source}"
+                           + (f" matching {settings.where}" if settings.where else ""))
+    return problems[: settings.limit]
 
 
 def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) -> list[dict]:
