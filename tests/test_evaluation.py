@@ -20,6 +20,7 @@ class LetterTask(Task):
     """Ten problems; a completion is right when it starts with the problem's letter."""
 
     name = "letters"
+    default_source = "built-in letters"
 
     def load(self, source=None, limit=None):
         problems = [Problem(f"p{i}", LETTERS[i % 3], LETTERS[i % 3], {"parity": i % 2}) for i in range(10)]
