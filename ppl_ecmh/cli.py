@@ -33,10 +33,14 @@ def _model_options() -> argparse.ArgumentParser:
     options.add_argument("--alpha", type=float, default=4.0, help="sharpening exponent of p(x)^alpha")
     options.add_argument("--tau", type=float, default=None, help="proposal temperature (default 1/alpha)")
     options.add_argument("--cut", default="mixture",
-                         help="cut distribution for entropy-cut/blockwise: uniform, entropy, entropy_jump (the "
+                         help="cut distribution for entropy-cut/blockwise (the presets karan-du and ecmh fix "
+                         "their own): uniform, entropy, entropy_jump (the "
                          "published cut), mixture (eps * uniform + (1 - eps) * entropy_jump, eps=0.1: keeps "
                          "every cut reachable)")
     options.add_argument("--max-new-tokens", type=int, default=128, help="completion length limit (T_max)")
+    options.add_argument("--top-k", type=int, default=None,
+                         help="truncate target and proposal to the k likeliest tokens (published code: 50); "
+                         "default: the exact, untruncated target")
     options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
     options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -156,7 +160,8 @@ def _specs(args, names):
     from ppl_ecmh.runner import SamplerSpec
 
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
-                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps) for name in names}
+                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k)
+             for name in names}
     for spec in specs.values():
         spec.make_kernel()  # validate the sampler options before loading the model
     return specs
@@ -240,7 +245,7 @@ def _eval(args) -> None:
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
         alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
-        mcmc_steps=args.mcmc_steps, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype)
+        mcmc_steps=args.mcmc_steps, top_k=args.top_k, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)
     frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])

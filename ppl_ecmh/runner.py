@@ -14,17 +14,29 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh import kernels
 from ppl_ecmh.cuts import get_cut
+from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.target import power_model
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
-SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise")
+# Published recipes by name (DESIGN section 3): the block-wise schedule with the random cut of
+# Karan & Du, or the entropy-jump cut of ECMH (beta = 4). A preset fixes the cut; the schedule's
+# defaults (B = 192, N_MCMC = 10) are the published ones and can be scaled down. Published runs use
+# alpha = 4 (5 for HumanEval), tau = 1/alpha, max_new_tokens = 3072 (6144 with B = 384 for GPQA, AIME).
+PRESETS = {
+    "karan-du": dict(cut="uniform", cut_params=()),
+    "ecmh": dict(cut="entropy_jump", cut_params=(("power", 4.0),)),
+}
+SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS)
+BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`)."""
+    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`). A
+    preset (`PRESETS`) fixes its cut. `top_k` truncates target and proposal alike
+    (`ppl_ecmh.lm.truncation`); None, the default, is the exact, untruncated target."""
 
     name: str
     tau: float | None = None
@@ -32,10 +44,16 @@ class SamplerSpec:
     cut_params: tuple[tuple[str, float], ...] = ()
     block_size: int = 192
     num_mcmc_steps: int = 10
+    top_k: int | None = None
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler: unknown sampler {self.name!r}; choose from {', '.join(SAMPLERS)}")
+        if self.name in PRESETS:
+            for field, value in PRESETS[self.name].items():
+                object.__setattr__(self, field, value)
+        if self.top_k is not None:
+            check_positive_int("top_k", self.top_k)
 
     def make_kernel(self, model=power_model):
         params = dict(self.cut_params)
@@ -91,6 +109,7 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     if token_budget is not None:
         token_budget = check_positive_int("token_budget", token_budget)
     kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
+    lm = truncate(lm, spec.top_k)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     tick = time.perf_counter()
     state = kernel.init(keys, num_warmup, None, (lm, prompt),
@@ -127,9 +146,10 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
                     num_chains=num_chains, num_draws=len(wall), num_warmup=num_warmup, seed=seed,
                     token_budget=token_budget,
                     prompt_tokens=_prompt_setting(kernel.target.sequence))
+    settings |= dict(preset=spec.name if spec.name in PRESETS else None, top_k=spec.top_k)
     if hasattr(kernel, "cut"):
         settings["cut"] = repr(kernel.cut)
-    if spec.name == "blockwise":
+    if spec.name in BLOCKWISE_SAMPLERS:
         settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
     return Run(
         settings=settings,

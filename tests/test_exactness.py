@@ -5,6 +5,7 @@ its mixing) and run several steps; the final draws are compared with the enumera
 total variation (against a simulated Monte-Carlo bound) and a chi-square test.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -165,3 +166,30 @@ def test_cut_ratio_is_exact_for_uniform_cut():
     proposed = seqs._replace(length=jnp.array([4, 1], jnp.int32))
     log_a = mh.log_acceptance(seqs, proposed, jnp.array([1, 0]), cuts.Uniform(), 2.0)
     np.testing.assert_allclose(log_a, [np.log(2) - np.log(4), np.log(5) - np.log(1)], rtol=1e-6)
+
+
+def top_k_problem(problem, k):
+    """The toy problem under top-k truncation: the model and its exact enumeration both truncated."""
+    from ppl_ecmh.lm.truncation import TopK
+
+    def truncated_logits(context):
+        logits = np.asarray(problem.next_logits(context), np.float64)
+        kth = np.sort(logits)[-k]
+        return np.where(logits >= kth, logits, -np.inf)
+
+    return dataclasses.replace(problem, lm=TopK(problem.lm, k), next_logits=truncated_logits)
+
+
+@pytest.mark.slow
+def test_top_k_truncation_samples_the_truncated_power_distribution_exactly():
+    truncated = top_k_problem(PROBLEM, k=2)
+    support = {x for x, p in truncated.power_distribution(4.0).items() if p > 0}
+    assert len(support) < len(PROBLEM.power_distribution(4.0))  # truncation removed completions
+    draws, pi, acceptance = chains_from_exact(truncated, 4.0, cached_step("entropy_jump"))
+    comparison = Comparison(draws, pi)
+    assert comparison.consistent(), comparison
+    assert acceptance > 0.05
+    # the untruncated kernel run from the same exact draws leaves the truncated support
+    untruncated = dataclasses.replace(truncated, lm=PROBLEM.lm)
+    escaped, _, _ = chains_from_exact(untruncated, 4.0, cached_step("entropy_jump"))
+    assert set(escaped) - support

@@ -192,3 +192,17 @@ def test_a_batch_of_prompts_samples_each_prompts_own_power_target():
         tokens, lengths = np.asarray(state.z["x"][:, column]), np.asarray(state.length[:, column])
         draws = [tuple(int(t) for t in tokens[row, : lengths[row]]) for row in range(chains)]
         assert Comparison(draws, pi).consistent(), column
+
+
+@pytest.mark.parametrize("preset, cut", [("karan-du", "Uniform()"), ("ecmh", "EntropyJump(power=4.0, floor=0.0)")])
+def test_presets_fix_their_cut_and_runs_record_preset_and_truncation(preset, cut):
+    from ppl_ecmh.runner import SamplerSpec, run_sampler
+
+    spec = SamplerSpec(preset, cut="entropy", block_size=2, num_mcmc_steps=2, top_k=3)  # the preset's cut wins
+    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, spec, alpha=4.0, max_new_tokens=4, num_chains=2, num_draws=3,
+                      progress=False)
+    assert run.settings["preset"] == preset and run.settings["top_k"] == 3 and run.settings["cut"] == cut
+    assert run.settings["block_size"] == 2 and run.settings["num_mcmc_steps"] == 2
+    exact = run_sampler(PROBLEM.lm, PROBLEM.prompt, SamplerSpec("entropy-cut"), alpha=4.0, max_new_tokens=4,
+                        num_chains=2, num_draws=1, progress=False)
+    assert exact.settings["preset"] is None and exact.settings["top_k"] is None

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation.store import RecordStore
-from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.runner import BLOCKWISE_SAMPLERS, SamplerSpec, run_sampler
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
@@ -45,6 +45,7 @@ class EvalSettings:
     cut: str = "mixture"  # entropy-cut / blockwise cut distribution
     block_size: int = 192  # blockwise
     mcmc_steps: int = 10  # blockwise: MH steps per block
+    top_k: int | None = None  # truncate target and proposal to the top k tokens; None: exact
     chat: bool = True
     batch_size: int = 8
     dtype: str = "float32"
@@ -60,14 +61,14 @@ class EvalSettings:
 
     def spec(self, sampler: str) -> SamplerSpec:
         return SamplerSpec(sampler, tau=self.tau, cut=self.cut, block_size=self.block_size,
-                           num_mcmc_steps=self.mcmc_steps)
+                           num_mcmc_steps=self.mcmc_steps, top_k=self.top_k)
 
     def num_draws(self, sampler: str) -> int:
-        """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise: one
-        draw per block, the published schedule."""
+        """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
+        its presets: one draw per block, the published schedule."""
         if sampler in INDEPENDENT_SAMPLERS:
             return 0
-        if sampler == "blockwise":
+        if sampler in BLOCKWISE_SAMPLERS:
             return math.ceil(self.max_new_tokens / self.block_size)
         return self.mh_steps
 
