@@ -43,6 +43,11 @@ def _model_options() -> argparse.ArgumentParser:
                          "default: the exact, untruncated target")
     options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
     options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
+    options.add_argument("--particles", type=int, default=16, help="power-smc: particles per chain or problem")
+    options.add_argument("--smc-block-size", type=int, default=1, help="power-smc: tokens per SMC step")
+    options.add_argument("--bon-budget", type=int, default=None,
+                         help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
+                         "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return options
@@ -160,7 +165,9 @@ def _specs(args, names):
     from ppl_ecmh.runner import SamplerSpec
 
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
-                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k)
+                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k,
+                               num_particles=args.particles, smc_block_size=args.smc_block_size,
+                               token_budget=args.bon_budget)
              for name in names}
     for spec in specs.values():
         spec.make_kernel()  # validate the sampler options before loading the model
@@ -245,7 +252,9 @@ def _eval(args) -> None:
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
         alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
-        mcmc_steps=args.mcmc_steps, top_k=args.top_k, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype)
+        mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
+        smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, chat=args.chat, batch_size=args.batch_size,
+        dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)
     frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])

@@ -4,7 +4,8 @@ Data and statistics are separate layers that meet only through the InferenceData
 `to_inference_data` converts a `runner.Run`; `summary` and `acceptance_by_chain` read it.
 
 Groups: `posterior` holds per-draw scalar functionals (log_p = log p(x), log_target = alpha log p(x),
-length); `sample_stats` the kernel's per-draw statistics and wall time; `completions` (a custom
+length); `sample_stats` the kernel's per-draw statistics and wall time (for Power-SMC also the ESS
+after each SMC step and the final particle log weights); `completions` (a custom
 group) the token ids, per-position base-model entropies and decoded texts of every draw; the run settings are attributes (JSON
 values), so a NetCDF file round-trips without loss.
 """
@@ -39,10 +40,13 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     posterior = {"log_target": run.stats["log_target"], "log_p": run.stats["log_target"] / alpha,
                  "length": run.stats["length"]}
     stats = {field: run.stats[field] for field in SAMPLE_STATS_FIELDS}
+    stats |= {field: value for field, value in run.stats.items() if field not in POSTERIOR_FIELDS + SAMPLE_STATS_FIELDS}
+    dims = {"smc_ess": ["smc_step"], "smc_log_weights": ["particle"]}
     stats["wall_time"] = np.broadcast_to(run.wall_time, (chains, draws)).copy()
     attrs = {"settings": json.dumps(run.settings), "model": model or "", "prompt": prompt or "",
              "initial_tokens_generated": run.initial_tokens_generated}
-    idata = az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs)
+    idata = az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs,
+                         dims={field: dim for field, dim in dims.items() if field in stats})
     completions = xr.Dataset(
         {"tokens": (("chain", "draw", "position"), run.tokens.astype(np.int32)),
          "entropy": (("chain", "draw", "position"), run.entropy.astype(np.float32))},

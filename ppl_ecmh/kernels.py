@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 
-from ppl_ecmh import baselines, blockwise, mh
+from ppl_ecmh import baselines, blockwise, mh, smc
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
 from ppl_ecmh.lm.generation import (
     completion_tokens,
@@ -47,6 +47,7 @@ class SequenceKernelState(NamedTuple):
     sampler: mh.SuffixMHState  # batched over chains
     lm: Any
     rng_key: jax.Array
+    extra: dict  # sampler-specific per-draw statistics (Power-SMC: ESS per step, particle weights)
 
 
 def _is_batched_key(rng_key) -> bool:
@@ -55,7 +56,9 @@ def _is_batched_key(rng_key) -> bool:
 
 
 class _SequenceKernel(MCMCKernel):
-    """Shared adapter: subclasses define `_start` (initial sampler state) and `_advance` (one draw)."""
+    """Shared adapter: subclasses define `_start` (initial sampler state) and `_advance` (one draw:
+    new sampler state, SuffixMHInfo, stage, and a dict of extra statistics whose structure
+    `_no_extra` gives for the initial state)."""
 
     sample_field = "z"
 
@@ -95,6 +98,9 @@ class _SequenceKernel(MCMCKernel):
     def _advance(self, rng_key, state: mh.SuffixMHState, lm, stage):
         raise NotImplementedError
 
+    def _no_extra(self, rows: int) -> dict:
+        return {}
+
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         self._target = find_power_target(self._model, model_args, model_kwargs)
         self.tau  # validate now, with a message naming the parameter
@@ -117,9 +123,9 @@ class _SequenceKernel(MCMCKernel):
             num_generated=sampler.seqs.length,
             log_target=self._target.alpha * sequence_log_prob(sampler.seqs),
         )
-        return self._state(sampler, info, jnp.zeros(rows, jnp.int32), self._target.lm, rng_key)
+        return self._state(sampler, info, jnp.zeros(rows, jnp.int32), self._target.lm, rng_key, self._no_extra(rows))
 
-    def _state(self, sampler, info, stage, lm, rng_key) -> SequenceKernelState:
+    def _state(self, sampler, info, stage, lm, rng_key, extra) -> SequenceKernelState:
         """Expose row arrays as [chains, (prompts,) ...], or [(prompts,) ...] for a single chain."""
         shape = ((-1,) if self._batched else ()) + self._target.sequence.batch_shape
         expose = lambda a: a.reshape(shape + a.shape[1:])
@@ -139,6 +145,7 @@ class _SequenceKernel(MCMCKernel):
             sampler=sampler,
             lm=lm,  # passed through, never closed over: jit must not bake the weights in
             rng_key=rng_key,
+            extra={name: expose(value) for name, value in extra.items()},
         )
 
     def sample(self, state: SequenceKernelState, model_args, model_kwargs):
@@ -147,8 +154,8 @@ class _SequenceKernel(MCMCKernel):
         step_key = pairs[0, 1]  # one key drives the batched sampler; rows draw independent noise
         new_keys = pairs[:, 0] if self._batched else pairs[0, 0]
         stage = self._to_rows(state.stage)
-        sampler, info, stage = self._advance(step_key, state.sampler, state.lm, stage)
-        return self._state(sampler, info, stage, state.lm, new_keys)
+        sampler, info, stage, extra = self._advance(step_key, state.sampler, state.lm, stage)
+        return self._state(sampler, info, stage, state.lm, new_keys, extra)
 
     def postprocess_fn(self, model_args, model_kwargs):
         return lambda z: z
@@ -169,7 +176,7 @@ class SuffixMH(_SequenceKernel):
             rng_key, state, lm, cut=self.cut, alpha=self._target.alpha, tau=self.tau,
             limit=self._limit(stage.shape[0]),
         )
-        return state, info, stage
+        return state, info, stage, {}
 
 
 class RandomCutMH(SuffixMH):
@@ -222,7 +229,7 @@ class BlockwiseMH(_SequenceKernel):
             num_generated=block.extension_generated + jnp.sum(steps.num_generated, axis=0),
             log_target=self._target.alpha * sequence_log_prob(state.seqs),
         )
-        return state, info, stage
+        return state, info, stage, {}
 
 
 class _IndependentSampler(_SequenceKernel):
@@ -230,7 +237,7 @@ class _IndependentSampler(_SequenceKernel):
         state, info = baselines.independent_step(
             rng_key, state, lm, tau=self.tau, alpha=self._target.alpha, limit=self._limit(stage.shape[0])
         )
-        return state, info, stage
+        return state, info, stage, {}
 
 
 class AncestralSampler(_IndependentSampler):
@@ -243,3 +250,73 @@ class AncestralSampler(_IndependentSampler):
 class LowTemperatureSampler(_IndependentSampler):
     """Baseline: every draw a fresh completion at per-token temperature tau (default 1/alpha).
     It sharpens each conditional, not the joint: it does not sample pi_alpha."""
+
+
+class PowerSMC(_SequenceKernel):
+    """Power-SMC (`ppl_ecmh.smc`): every draw runs a fresh particle system of `num_particles` per
+    chain with the tau = 1/alpha proposal and returns one particle picked by weight. Draws are
+    independent; `num_generated` counts the tokens of all particles. Extra statistics per draw:
+    `smc_ess` [steps] (ESS after each step), `smc_log_weights` [num_particles] (final, normalized)
+    and `smc_resamples` (how many times the system was resampled)."""
+
+    def __init__(self, model, num_particles=16, block_size=1, ess_threshold=0.5, tau=None):
+        super().__init__(model, tau)
+        self.num_particles = check_positive_int("num_particles", num_particles)
+        self.block_size = check_positive_int("block_size", block_size)
+        if not 0 < ess_threshold <= 1:
+            raise ValueError(f"ess_threshold: must be in (0, 1], got {ess_threshold}")
+        self.ess_threshold = ess_threshold
+
+    def _start(self, rng_key, seqs, lm):
+        return mh.SuffixMHState(seqs, prefill(lm, seqs))
+
+    def _steps(self) -> int:
+        return -(-self._target.max_new_tokens // self.block_size)
+
+    def _no_extra(self, rows):
+        return {"smc_ess": jnp.zeros((rows, self._steps())), "smc_resamples": jnp.zeros(rows, jnp.int32),
+                "smc_log_weights": jnp.full((rows, self.num_particles), -jnp.log(self.num_particles))}
+
+    def _advance(self, rng_key, state, lm, stage):
+        rows, n = stage.shape[0], self.num_particles
+        run_key, draw_key = jax.random.split(rng_key)
+        repeat = lambda leaf: jnp.repeat(leaf, n, axis=0)
+        particles = mh.SuffixMHState(jax.tree.map(repeat, state.seqs)._replace(length=jnp.zeros(rows * n, jnp.int32)),
+                                     jax.tree.map(repeat, state.cache))
+        system, info = smc.power_smc(run_key, particles, lm, num_particles=n, alpha=self._target.alpha, tau=self.tau,
+                                     limit=repeat(self._limit(rows)), block_size=self.block_size,
+                                     ess_threshold=self.ess_threshold)
+        chosen = jax.tree.map(lambda leaf: leaf[smc.draw(draw_key, system, n)], system.particles)
+        ones = jnp.ones(rows)
+        step_info = mh.SuffixMHInfo(
+            accepted=ones, accept_prob=ones, cut=jnp.zeros(rows, jnp.int32), old_suffix_length=state.seqs.length,
+            new_suffix_length=chosen.seqs.length, num_generated=info.num_generated,
+            log_target=self._target.alpha * sequence_log_prob(chosen.seqs))
+        extra = {"smc_ess": info.ess.T, "smc_resamples": info.resampled.sum(axis=0).astype(jnp.int32),
+                 "smc_log_weights": jax.nn.log_softmax(system.log_weights.reshape(rows, n), axis=-1)}
+        return chosen, step_info, stage, extra
+
+
+class BestOfN(_SequenceKernel):
+    """Compute-matched best-of-N (`ppl_ecmh.baselines.best_of_n`): every draw spends `token_budget`
+    tokens per chain on independent completions at temperature tau (default 1: ancestral) and
+    returns the one with the highest mean log p. Set the budget to what the MH run it is matched
+    against decoded per draw."""
+
+    def __init__(self, model, token_budget, tau=1.0):
+        super().__init__(model, tau)
+        self.token_budget = check_positive_int("token_budget", token_budget)
+
+    def _start(self, rng_key, seqs, lm):
+        return mh.SuffixMHState(seqs, prefill(lm, seqs))
+
+    def _advance(self, rng_key, state, lm, stage):
+        rows = stage.shape[0]
+        best, spent = baselines.best_of_n(rng_key, state, lm, tau=self.tau, limit=self._limit(rows),
+                                          budget=jnp.full(rows, self.token_budget, jnp.int32))
+        ones = jnp.ones(rows)
+        info = mh.SuffixMHInfo(
+            accepted=ones, accept_prob=ones, cut=jnp.zeros(rows, jnp.int32), old_suffix_length=state.seqs.length,
+            new_suffix_length=best.seqs.length, num_generated=spent,
+            log_target=self._target.alpha * sequence_log_prob(best.seqs))
+        return best, info, stage, {}

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.lm.generation import Sequences, extend, prefill, sequence_log_prob, teacher_force
+from ppl_ecmh.lm.generation import Sequences, extend, prefill, sequence_log_prob, span_sum, teacher_force
 
 
 class SuffixMHState(NamedTuple):
@@ -51,19 +51,13 @@ def cut_log_probs(cut, seqs: Sequences) -> jax.Array:
     return jax.vmap(cut.log_prob)(seqs.entropy, seqs.length)
 
 
-def _suffix_sum(values: jax.Array, start: jax.Array, stop: jax.Array) -> jax.Array:
-    index = jnp.arange(values.shape[-1])[None, :]
-    inside = (index >= start[:, None]) & (index < stop[:, None])
-    return jnp.sum(jnp.where(inside, values, 0.0), axis=-1)
-
-
 def log_acceptance(current: Sequences, proposed: Sequences, cut_position, cut, alpha, drop_cut_ratio=False):
     """log A of DESIGN section 2 for each row (the cut ratio can be dropped only to test that it matters)."""
     t = cut_position
     log_target_ratio = alpha * (
-        _suffix_sum(proposed.logp, t, proposed.length) - _suffix_sum(current.logp, t, current.length)
+        span_sum(proposed.logp, t, proposed.length) - span_sum(current.logp, t, current.length)
     )
-    log_proposal_ratio = _suffix_sum(current.logq, t, current.length) - _suffix_sum(
+    log_proposal_ratio = span_sum(current.logq, t, current.length) - span_sum(
         proposed.logq, t, proposed.length
     )
     pick = lambda log_probs: jnp.take_along_axis(log_probs, t[:, None], axis=1)[:, 0]

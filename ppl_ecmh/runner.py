@@ -26,7 +26,8 @@ PRESETS = {
     "karan-du": dict(cut="uniform", cut_params=()),
     "ecmh": dict(cut="entropy_jump", cut_params=(("power", 4.0),)),
 }
-SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS)
+SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS) + (
+    "power-smc", "best-of-n")
 BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
@@ -45,6 +46,9 @@ class SamplerSpec:
     block_size: int = 192
     num_mcmc_steps: int = 10
     top_k: int | None = None
+    num_particles: int = 16  # power-smc
+    smc_block_size: int = 1  # power-smc: tokens per SMC step
+    token_budget: int | None = None  # best-of-n: tokens per draw and chain (match it to an MH run's cost)
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -65,6 +69,12 @@ class SamplerSpec:
             return kernels.RandomCutMH(model, tau=self.tau)
         if self.name == "entropy-cut":
             return kernels.EntropyCutMH(model, cut=get_cut(self.cut, **params), tau=self.tau)
+        if self.name == "power-smc":
+            return kernels.PowerSMC(model, num_particles=self.num_particles, block_size=self.smc_block_size, tau=self.tau)
+        if self.name == "best-of-n":
+            if self.token_budget is None:
+                raise ValueError("token_budget: best-of-n needs a token budget per draw (match an MH run's tokens)")
+            return kernels.BestOfN(model, self.token_budget, tau=1.0 if self.tau is None else self.tau)
         return kernels.BlockwiseMH(model, cut=get_cut(self.cut, **params), block_size=self.block_size,
                                    num_mcmc_steps=self.num_mcmc_steps, tau=self.tau)
 
@@ -122,6 +132,8 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         entropy.append(np.asarray(state.entropy))
         for field in STAT_FIELDS:
             stats[field].append(np.asarray(getattr(state, field)))
+        for field, value in state.extra.items():
+            stats.setdefault(field, []).append(np.asarray(value))
         wall.append(seconds)
 
     if num_draws == 0:  # the initial completion is the draw, and its tokens are counted there
@@ -151,6 +163,10 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         settings["cut"] = repr(kernel.cut)
     if spec.name in BLOCKWISE_SAMPLERS:
         settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
+    if spec.name == "power-smc":
+        settings |= dict(num_particles=spec.num_particles, smc_block_size=spec.smc_block_size)
+    if spec.name == "best-of-n":
+        settings |= dict(token_budget_per_draw=spec.token_budget)
     return Run(
         settings=settings,
         tokens=np.stack(tokens, axis=1),

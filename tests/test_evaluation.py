@@ -172,3 +172,16 @@ def test_paired_comparison_detects_a_real_difference_and_not_a_null_one():
     # McNemar's exact p for 6 discordant pairs all one way: 2 * 0.5**6
     six = summary.paired_comparisons(frame_of({"x": [[1]] * 6 + [[0]] * 4, "y": [[0]] * 10})).iloc[0]
     assert six["mcnemar_p"] == pytest.approx(2 * 0.5**6)
+
+
+def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(letters, tmp_path):
+    store = run_eval(letters, ["entropy-cut", "best-of-n", "power-smc"], [0], tmp_path, progress=False,
+                     model=LetterModel())
+    records = store.read()
+    mh_tokens = [r["tokens_generated"] for r in records if r["sampler"] == "entropy-cut"]
+    budget = round(sum(mh_tokens) / len(mh_tokens))
+    bon = [r for r in records if r["sampler"] == "best-of-n"]
+    assert len(bon) == 10 and all(r["token_budget"] == budget and r["tokens_generated"] <= budget for r in bon)
+    assert all(r["num_draws"] == 1 for r in records if r["sampler"] == "power-smc")
+    with pytest.raises(PplEcmhError, match="to match its budget"):
+        run_eval(letters, ["best-of-n"], [1], tmp_path, model=LetterModel())

@@ -26,6 +26,9 @@ from ppl_ecmh.validation import check_alpha, check_positive_int
 
 RECORDS, SETTINGS = "records.jsonl", "settings.json"
 INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
+ONE_DRAW_SAMPLERS = ("power-smc", "best-of-n")  # one draw is the whole method
+# whose cost best-of-n matches when no budget is given, first present first
+MATCHED_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,9 @@ class EvalSettings:
     block_size: int = 192  # blockwise
     mcmc_steps: int = 10  # blockwise: MH steps per block
     top_k: int | None = None  # truncate target and proposal to the top k tokens; None: exact
+    num_particles: int = 16  # power-smc
+    smc_block_size: int = 1  # power-smc: tokens per SMC step
+    bon_budget: int | None = None  # best-of-n tokens per problem; None: the mean of an MH sampler's records
     chat: bool = True
     batch_size: int = 8
     dtype: str = "float32"
@@ -61,13 +67,16 @@ class EvalSettings:
 
     def spec(self, sampler: str) -> SamplerSpec:
         return SamplerSpec(sampler, tau=self.tau, cut=self.cut, block_size=self.block_size,
-                           num_mcmc_steps=self.mcmc_steps, top_k=self.top_k)
+                           num_mcmc_steps=self.mcmc_steps, top_k=self.top_k, num_particles=self.num_particles,
+                           smc_block_size=self.smc_block_size, token_budget=self.bon_budget)
 
     def num_draws(self, sampler: str) -> int:
         """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
         its presets: one draw per block, the published schedule."""
         if sampler in INDEPENDENT_SAMPLERS:
             return 0
+        if sampler in ONE_DRAW_SAMPLERS:
+            return 1
         if sampler in BLOCKWISE_SAMPLERS:
             return math.ceil(self.max_new_tokens / self.block_size)
         return self.mh_steps
@@ -102,8 +111,8 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     """Run what is missing from `out_dir` and return its store. `model` (a LoadedModel) skips
     loading `settings.model`, for callers that hold one already."""
     specs = [settings.spec(name) for name in samplers]
-    for spec in specs:
-        spec.make_kernel()  # bad sampler options fail before the model loads
+    for spec in specs:  # bad sampler options fail before the model loads
+        dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
     task = get_task(settings.task)
     problems = select_problems(task, settings)
     store = open_results(out_dir, settings)
@@ -120,6 +129,8 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     model.check_fits(prompt_block, settings.max_new_tokens)
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
+        if pending and spec.name == "best-of-n" and spec.token_budget is None:
+            spec = dataclasses.replace(spec, token_budget=matched_budget(store.read(), seed))
         correct = 0
         for start in range(0, len(pending), settings.batch_size):
             batch = pending[start : start + settings.batch_size]
@@ -131,6 +142,17 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
             bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
     bar.close()
     return store
+
+
+def matched_budget(records: list[dict], seed: int) -> int:
+    """Best-of-N's budget per problem: the mean tokens per problem of the first MH sampler in
+    MATCHED_SAMPLERS with records for `seed` (so list best-of-n after the sampler it matches)."""
+    for sampler in MATCHED_SAMPLERS:
+        tokens = [r["tokens_generated"] for r in records if r["sampler"] == sampler and r["seed"] == seed]
+        if tokens:
+            return max(1, round(sum(tokens) / len(tokens)))
+    raise PplEcmhError(f"best-of-n: no records of {', '.join(MATCHED_SAMPLERS)} for seed {seed} to match its "
+                       "budget to; list best-of-n after one of them, or give --bon-budget")
 
 
 def select_problems(task, settings: EvalSettings) -> list:
@@ -163,7 +185,7 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) 
             completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
             acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
             num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / len(batch), batch_wall_time_s=seconds,
-            batch_size=len(batch),
+            batch_size=len(batch), token_budget=spec.token_budget,
         ))
     return records
 

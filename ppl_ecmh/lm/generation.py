@@ -172,6 +172,13 @@ def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Seq
     return seqs._replace(logp=mask(seqs.logp), logq=mask(seqs.logq), entropy=mask(seqs.entropy)), cache
 
 
+def span_sum(values: jax.Array, start: jax.Array, stop: jax.Array) -> jax.Array:
+    """Per row, the sum of values[b, t] over start[b] <= t < stop[b] ([B, T] -> [B])."""
+    index = jnp.arange(values.shape[-1])[None, :]
+    inside = (index >= start[:, None]) & (index < stop[:, None])
+    return jnp.sum(jnp.where(inside, values, 0.0), axis=-1)
+
+
 def sequence_log_prob(seqs: Sequences) -> jax.Array:
     """log p(x | c) of each row's completion: the sum of its per-token log-probs."""
     return jnp.sum(jnp.where(within_completion(seqs), seqs.logp, 0.0), axis=-1)

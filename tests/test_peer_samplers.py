@@ -1,0 +1,56 @@
+"""Power-SMC and compute-matched best-of-N through the sampler interface; best-of-N's budget."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ppl_ecmh import baselines, diagnostics
+from ppl_ecmh.lm import generation, toy
+from ppl_ecmh.mh import SuffixMHState
+from ppl_ecmh.runner import SamplerSpec, run_sampler
+
+PROBLEM = toy.random_tree_problem(seed=1)
+
+
+def best_of_n(budgets, seed=0):
+    rows = len(budgets)
+    seqs = generation.new_sequences([PROBLEM.prompt] * rows, PROBLEM.max_new_tokens)
+    state = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
+    return baselines.best_of_n(jax.random.key(seed), state, PROBLEM.lm, tau=1.0, budget=jnp.asarray(budgets), limit=limit)
+
+
+def test_best_of_n_never_exceeds_its_token_budget():
+    budgets = np.tile(np.arange(1, 25), 50)
+    best, spent = best_of_n(budgets)
+    spent = np.asarray(spent)
+    assert np.all(spent <= budgets)
+    assert np.all(spent > budgets - PROBLEM.max_new_tokens)  # it stops only when the next draw would not fit
+    assert np.all(np.asarray(best.seqs.length) >= 1)
+
+
+def test_a_larger_budget_selects_likelier_completions():
+    small, _ = best_of_n(np.full(400, PROBLEM.max_new_tokens))
+    large, _ = best_of_n(np.full(400, 12 * PROBLEM.max_new_tokens))
+    assert float(baselines.mean_log_likelihood(large.seqs).mean()) > float(baselines.mean_log_likelihood(small.seqs).mean()) + 0.1
+
+
+def test_best_of_n_sampler_reports_its_spend_and_refuses_no_budget():
+    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, SamplerSpec("best-of-n", token_budget=9), alpha=4.0,
+                      max_new_tokens=4, num_chains=3, num_draws=2, progress=False)
+    assert np.all(run.stats["num_generated"] <= 9) and run.settings["token_budget_per_draw"] == 9
+    with pytest.raises(ValueError, match="token_budget"):
+        SamplerSpec("best-of-n").make_kernel()
+
+
+def test_power_smc_sampler_exposes_weights_and_ess_per_step_in_inference_data():
+    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, SamplerSpec("power-smc", num_particles=8), alpha=2.0,
+                      max_new_tokens=4, num_chains=2, num_draws=3, progress=False)
+    idata = diagnostics.to_inference_data(run)
+    stats = idata.sample_stats
+    assert stats["smc_ess"].dims == ("chain", "draw", "smc_step") and stats.sizes["smc_step"] == 4
+    assert stats["smc_log_weights"].dims == ("chain", "draw", "particle") and stats.sizes["particle"] == 8
+    np.testing.assert_allclose(np.exp(stats["smc_log_weights"].values).sum(-1), 1.0, rtol=1e-5)
+    assert np.all(stats["num_generated"].values >= 8)  # every particle decodes
+    assert run.settings["num_particles"] == 8

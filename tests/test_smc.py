@@ -1,0 +1,84 @@
+"""Power-SMC: weighted particles estimate the enumerated pi_alpha, and a wrong weight update fails."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ppl_ecmh import smc
+from ppl_ecmh.lm import generation, toy
+from ppl_ecmh.mh import SuffixMHState
+
+PROBLEM = toy.random_tree_problem(seed=1)
+
+
+def forgot_the_proposal(alpha, log_p, log_q):
+    """A plausible bug: weighting by p^alpha alone, as if the particles came from p."""
+    return alpha * log_p
+
+
+@functools.cache
+def weighted_estimates(alpha, num_particles, groups, seed, block_size=1, increment=smc.power_increment):
+    """Per group: the SMC estimate of pi_alpha (normalized weights summed per completion), and the
+    group's effective sample size at the last step."""
+    rows = num_particles * groups
+    seqs = generation.new_sequences([PROBLEM.prompt] * rows, PROBLEM.max_new_tokens)
+    start = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
+    state, info = jax.jit(lambda key, start: smc.power_smc(
+        key, start, PROBLEM.lm, num_particles=num_particles, alpha=alpha, tau=1.0 / alpha, limit=limit,
+        block_size=block_size, increment=increment))(jax.random.key(seed), start)
+    tokens = np.asarray(generation.completion_tokens(state.particles.seqs, -1))
+    lengths = np.asarray(state.particles.seqs.length)
+    weights = np.asarray(jax.nn.softmax(state.log_weights.reshape(groups, num_particles), axis=-1))
+    estimates = []
+    for group in range(groups):
+        estimate = dict.fromkeys(PROBLEM.power_distribution(alpha), 0.0)
+        for j in range(num_particles):
+            row = group * num_particles + j
+            estimate[tuple(int(t) for t in tokens[row, : lengths[row]])] += weights[group, j]
+        estimates.append(estimate)
+    return estimates, np.asarray(info.ess)[-1], info
+
+
+def tv_and_bound(estimate, pi, effective_n, quantile=0.999, seed=0):
+    """TV of the estimate from pi, and the 99.9% TV of `effective_n` exact iid draws (simulated)."""
+    exact = np.array([pi[x] for x in pi])
+    tv = 0.5 * np.abs(np.array([estimate[x] for x in pi]) - exact).sum()
+    rng = np.random.default_rng(seed)
+    n = max(int(effective_n), 1)
+    null = 0.5 * np.abs(rng.multinomial(n, exact, size=2000) / n - exact).sum(axis=1)
+    return tv, float(np.quantile(null, quantile))
+
+
+@pytest.mark.parametrize("alpha, block_size", [(2.0, 1), (4.0, 1), (4.0, 2)])
+def test_weighted_particles_estimate_the_exact_power_distribution(alpha, block_size):
+    (estimate,), ess, _ = weighted_estimates(alpha, 20000, 1, seed=0, block_size=block_size)
+    tv, bound = tv_and_bound(estimate, PROBLEM.power_distribution(alpha), ess[0])
+    assert tv <= bound, f"TV {tv:.4f} above the Monte-Carlo bound {bound:.4f} (ESS {ess[0]:.0f})"
+
+
+@pytest.mark.parametrize("alpha", [2.0, 4.0])
+def test_a_wrong_weight_update_is_detected(alpha):
+    (estimate,), ess, _ = weighted_estimates(alpha, 20000, 1, seed=0, increment=forgot_the_proposal)
+    tv, bound = tv_and_bound(estimate, PROBLEM.power_distribution(alpha), ess[0])
+    assert tv > bound, f"wrong weights passed: TV {tv:.4f}, bound {bound:.4f}"
+
+
+def test_groups_are_independent_particle_systems_that_each_estimate_pi():
+    estimates, ess, info = weighted_estimates(4.0, 5000, 4, seed=1)
+    pi = PROBLEM.power_distribution(4.0)
+    for estimate, group_ess in zip(estimates, ess):
+        tv, bound = tv_and_bound(estimate, pi, group_ess)
+        assert tv <= bound
+    assert info.ess.shape == (PROBLEM.max_new_tokens, 4) and info.num_generated.shape == (4,)
+    assert np.all(np.asarray(info.num_generated) >= 5000)  # every particle decoded at least one token
+
+
+def test_systematic_resampling_keeps_each_particle_in_proportion_to_its_weight():
+    weights = np.array([[0.5, 0.25, 0.125, 0.125] * 4])
+    counts = np.bincount(np.asarray(smc.systematic_resample(jax.random.key(0), jnp.log(weights)))[0], minlength=16)
+    expected = weights[0] * 16 / weights.sum()
+    assert np.all(np.abs(counts - expected) < 1)  # systematic: within one of N * w
