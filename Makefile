@@ -34,3 +34,4 @@ bench: setup
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.mh_step
 	$(PY) -m benchmarks.acceptance
+	$(PY) -m benchmarks.sampler_cost
