@@ -34,13 +34,7 @@ def pass_at_k_curves(passes: pd.DataFrame):
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for sampler, group in passes.groupby("sampler", sort=False):
         axis.plot(group["k"], group["pass_at_k"], marker="o", label=sampler)
-    axis.set_xlabel("k (completions per problem)")
-    axis.set_ylabel("pass@k (unbiased estimate)")
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axis, "k (completions per problem)", "pass@k (unbiased estimate)")
 
 
 def accuracy_against_cost(table: pd.DataFrame):
@@ -50,8 +44,13 @@ def accuracy_against_cost(table: pd.DataFrame):
         axis.errorbar(row["tokens_per_problem"], row["accuracy"], fmt="o", color=f"C{index}", capsize=3,
                       yerr=_error_bars(table.iloc[[index]]), label=row["sampler"])
     axis.set_xscale("log")
-    axis.set_xlabel("tokens generated per problem (log scale)")
-    axis.set_ylabel("accuracy")
+    return _finish(figure, axis, "tokens generated per problem (log scale)", "accuracy")
+
+
+def _finish(figure, axis, xlabel: str, ylabel: str):
+    """Labels, a [0, 1] y axis for rates, a legend of the samplers and a light grid."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
