@@ -2,7 +2,7 @@
 
 The published settings scaled down to fit a CPU (the ratios, not the absolute numbers, carry over):
 T_max = 96 instead of 3072, block size 48 instead of 192, 2 MH steps per block instead of 10, alpha 4,
-tau = 1/alpha; Power-SMC with 8 particles; best-of-N matched to the ecmh preset's mean cost. The run
+tau = 1/alpha; Power-SMC with 8 particles; TMC with 4 candidates x 4 rollouts of 8 tokens; best-of-N matched to the ecmh preset's mean cost. The run
 is an `eval` directory, so it resumes; timings come from one run, so read the ratios.
 
     python -m benchmarks.sampler_cost [--limit 8] [--out runs/sampler-cost]
@@ -13,7 +13,7 @@ import argparse
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
 from ppl_ecmh.evaluation.experiment import RECORDS
 
-SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "best-of-n"]
+SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "tmc", "best-of-n"]
 
 
 def main():

@@ -24,7 +24,7 @@ from ppl_ecmh.evaluation.report import write_eval_report
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
 MODEL = "qwen2.5-coder-0.5b"
-SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "best-of-n"]
+SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "tmc", "best-of-n"]
 SEEDS = [0]
 SETTINGS = dict(model=MODEL, alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4, num_particles=8,
                 batch_size=8, shuffle_seed=0)

@@ -45,6 +45,9 @@ def _model_options() -> argparse.ArgumentParser:
     options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
     options.add_argument("--particles", type=int, default=16, help="power-smc: particles per chain or problem")
     options.add_argument("--smc-block-size", type=int, default=1, help="power-smc: tokens per SMC step")
+    options.add_argument("--candidates", type=int, default=4, help="tmc: likeliest next tokens considered per step")
+    options.add_argument("--rollouts", type=int, default=4, help="tmc: look-ahead rollouts per candidate")
+    options.add_argument("--horizon", type=int, default=8, help="tmc: tokens per look-ahead rollout")
     options.add_argument("--bon-budget", type=int, default=None,
                          help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
                          "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
@@ -170,7 +173,8 @@ def _specs(args, names):
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
                                block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k,
                                num_particles=args.particles, smc_block_size=args.smc_block_size,
-                               token_budget=args.bon_budget)
+                               token_budget=args.bon_budget, num_candidates=args.candidates,
+                               num_rollouts=args.rollouts, horizon=args.horizon)
              for name in names}
     for spec in specs.values():
         spec.make_kernel()  # validate the sampler options before loading the model
@@ -257,7 +261,8 @@ def _eval(args) -> None:
         shuffle_seed=args.shuffle_seed,
         alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
         mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
-        smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, chat=args.chat, batch_size=args.batch_size,
+        smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, tmc_candidates=args.candidates,
+        tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
         dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 
-from ppl_ecmh import baselines, blockwise, mh, smc
+from ppl_ecmh import baselines, blockwise, mh, smc, tmc
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
 from ppl_ecmh.lm.generation import (
     completion_tokens,
@@ -320,3 +320,32 @@ class BestOfN(_SequenceKernel):
             new_suffix_length=best.seqs.length, num_generated=spent,
             log_target=self._target.alpha * sequence_log_prob(best.seqs))
         return best, info, stage, {}
+
+
+class ScalablePowerSampler(_SequenceKernel):
+    """Scalable power sampling ("TMC", `ppl_ecmh.tmc`): every draw generates a fresh completion
+    token by token from the candidates' p^alpha times look-ahead estimates of their futures'
+    mass. Draws are independent; `num_generated` counts the look-ahead rollouts too."""
+
+    def __init__(self, model, num_candidates=4, num_rollouts=4, horizon=8, jackknife=True, tau=None):
+        super().__init__(model, tau)
+        self.num_candidates = check_positive_int("num_candidates", num_candidates)
+        self.num_rollouts = check_positive_int("num_rollouts", num_rollouts)
+        self.horizon = check_positive_int("horizon", horizon, minimum=0)
+        self.jackknife = jackknife
+
+    def _start(self, rng_key, seqs, lm):
+        return mh.SuffixMHState(seqs, prefill(lm, seqs))
+
+    def _advance(self, rng_key, state, lm, stage):
+        rows = stage.shape[0]
+        empty = state._replace(seqs=state.seqs._replace(length=jnp.zeros(rows, jnp.int32)))
+        new, info = tmc.tmc_sample(rng_key, empty, lm, alpha=self._target.alpha, tau=self.tau, limit=self._limit(rows),
+                                   num_candidates=self.num_candidates, num_rollouts=self.num_rollouts,
+                                   horizon=self.horizon, jackknife=self.jackknife)
+        ones = jnp.ones(rows)
+        step_info = mh.SuffixMHInfo(
+            accepted=ones, accept_prob=ones, cut=jnp.zeros(rows, jnp.int32), old_suffix_length=state.seqs.length,
+            new_suffix_length=new.seqs.length, num_generated=info.num_generated,
+            log_target=self._target.alpha * sequence_log_prob(new.seqs))
+        return new, step_info, stage, {}

@@ -27,7 +27,7 @@ PRESETS = {
     "ecmh": dict(cut="entropy_jump", cut_params=(("power", 4.0),)),
 }
 SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS) + (
-    "power-smc", "best-of-n")
+    "power-smc", "tmc", "best-of-n")
 BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
@@ -49,6 +49,9 @@ class SamplerSpec:
     num_particles: int = 16  # power-smc
     smc_block_size: int = 1  # power-smc: tokens per SMC step
     token_budget: int | None = None  # best-of-n: tokens per draw and chain (match it to an MH run's cost)
+    num_candidates: int = 4  # tmc: likeliest next tokens considered per step
+    num_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
+    horizon: int = 8  # tmc: tokens per look-ahead rollout
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -71,6 +74,9 @@ class SamplerSpec:
             return kernels.EntropyCutMH(model, cut=get_cut(self.cut, **params), tau=self.tau)
         if self.name == "power-smc":
             return kernels.PowerSMC(model, num_particles=self.num_particles, block_size=self.smc_block_size, tau=self.tau)
+        if self.name == "tmc":
+            return kernels.ScalablePowerSampler(model, num_candidates=self.num_candidates,
+                                                num_rollouts=self.num_rollouts, horizon=self.horizon, tau=self.tau)
         if self.name == "best-of-n":
             if self.token_budget is None:
                 raise ValueError("token_budget: best-of-n needs a token budget per draw (match an MH run's tokens)")
@@ -165,6 +171,8 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
     if spec.name == "power-smc":
         settings |= dict(num_particles=spec.num_particles, smc_block_size=spec.smc_block_size)
+    if spec.name == "tmc":
+        settings |= dict(num_candidates=spec.num_candidates, num_rollouts=spec.num_rollouts, horizon=spec.horizon)
     if spec.name == "best-of-n":
         settings |= dict(token_budget_per_draw=spec.token_budget)
     return Run(

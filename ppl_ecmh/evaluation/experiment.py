@@ -26,7 +26,7 @@ from ppl_ecmh.validation import check_alpha, check_positive_int
 
 RECORDS, SETTINGS = "records.jsonl", "settings.json"
 INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
-ONE_DRAW_SAMPLERS = ("power-smc", "best-of-n")  # one draw is the whole method
+ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
 # whose cost best-of-n matches when no budget is given, first present first
 MATCHED_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
 
@@ -53,6 +53,9 @@ class EvalSettings:
     num_particles: int = 16  # power-smc
     smc_block_size: int = 1  # power-smc: tokens per SMC step
     bon_budget: int | None = None  # best-of-n tokens per problem; None: the mean of an MH sampler's records
+    tmc_candidates: int = 4  # tmc: candidates per step
+    tmc_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
+    tmc_horizon: int = 8  # tmc: tokens per rollout
     chat: bool = True
     batch_size: int = 8
     dtype: str = "float32"
@@ -69,7 +72,8 @@ class EvalSettings:
     def spec(self, sampler: str) -> SamplerSpec:
         return SamplerSpec(sampler, tau=self.tau, cut=self.cut, block_size=self.block_size,
                            num_mcmc_steps=self.mcmc_steps, top_k=self.top_k, num_particles=self.num_particles,
-                           smc_block_size=self.smc_block_size, token_budget=self.bon_budget)
+                           smc_block_size=self.smc_block_size, token_budget=self.bon_budget,
+                           num_candidates=self.tmc_candidates, num_rollouts=self.tmc_rollouts, horizon=self.tmc_horizon)
 
     def num_draws(self, sampler: str) -> int:
         """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
@@ -90,8 +94,9 @@ def open_results(out_dir, settings: EvalSettings) -> RecordStore:
     path = out / SETTINGS
     if path.exists():
         stored = json.loads(path.read_text())
-        differing = {key: (stored.get(key), value) for key, value in dataclasses.asdict(settings).items()
-                     if stored.get(key) != value}
+        defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
+        differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
+                     if stored.get(key, defaults[key]) != value}
         if differing:
             detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
             raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
