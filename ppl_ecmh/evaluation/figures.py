@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -17,7 +18,7 @@ def accuracy_intervals(table: pd.DataFrame):
     positions = range(len(table))
     axis.errorbar(table["accuracy"], positions, xerr=_error_bars(table), fmt="o", capsize=4, color="C0")
     axis.set_yticks(list(positions), table["sampler"])
-    axis.invert_yaxis()
+    axis.set_ylim(len(table) - 0.5, -0.5)  # first sampler on top, half a row of margin
     axis.set_xlim(0, 1)
     axis.set_xlabel(f"accuracy (95% interval over {int(table['problems'].max())} problems)")
     axis.grid(axis="x", alpha=0.3)
@@ -43,7 +44,13 @@ def accuracy_against_cost(table: pd.DataFrame):
     for index, row in table.reset_index(drop=True).iterrows():
         axis.errorbar(row["tokens_per_problem"], row["accuracy"], fmt="o", color=f"C{index}", capsize=3,
                       yerr=_error_bars(table.iloc[[index]]), label=row["sampler"])
+    # a factor of two either side, ticks at 1-2-5 in plain numbers: readable however close the costs are
+    tokens = table["tokens_per_problem"]
     axis.set_xscale("log")
+    axis.set_xlim(tokens.min() / 2, tokens.max() * 2)
+    axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
     return _finish(figure, axis, "tokens generated per problem (log scale)", "accuracy")
 
 
