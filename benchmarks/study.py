@@ -61,7 +61,7 @@ def summarize(args) -> None:
             print(f"{task}: no records yet in {directory}")
             continue
         frame = summary.records_frame(RecordStore(directory / RECORDS).read())
-        ran = list(dict.fromkeys(frame["sampler"]))
+        ran = set(frame["sampler"])
         out = RESULTS / task
         out.mkdir(parents=True, exist_ok=True)
         result = {

@@ -44,7 +44,8 @@ def accuracy_against_cost(table: pd.DataFrame):
     for index, row in table.reset_index(drop=True).iterrows():
         axis.errorbar(row["tokens_per_problem"], row["accuracy"], fmt="o", color=f"C{index}", capsize=3,
                       yerr=_error_bars(table.iloc[[index]]), label=row["sampler"])
-    # a factor of two either side, ticks at 1-2-5 in plain numbers: readable however close the costs are
+    # a factor of two either side and plain-number labels: 1-2-5 ticks across decades, and within one
+    # decade the locator's linear fallback (50-token steps), so close costs still get readable labels
     tokens = table["tokens_per_problem"]
     axis.set_xscale("log")
     axis.set_xlim(tokens.min() / 2, tokens.max() * 2)
