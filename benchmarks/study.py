@@ -62,6 +62,7 @@ def summarize(args) -> None:
             continue
         frame = summary.records_frame(RecordStore(directory / RECORDS).read())
         ran = set(frame["sampler"])
+        completions = summary.completion_table(frame, SETTINGS["alpha"], SETTINGS["max_new_tokens"])
         out = RESULTS / task
         out.mkdir(parents=True, exist_ok=True)
         result = {
@@ -74,6 +75,7 @@ def summarize(args) -> None:
             "samplers_not_run_yet": [name for name in SAMPLERS if name not in ran],
             "problem_ids": sorted(set(frame["problem_id"])),
             "accuracy": summary.accuracy_table(frame).to_dict(orient="records"),
+            "completions": completions.to_dict(orient="records"),
             "paired": summary.paired_comparisons(frame).to_dict(orient="records"),
         }
         (out / "summary.json").write_text(json.dumps(result, indent=2))

@@ -157,6 +157,16 @@ def test_accuracy_interval_is_wilsons_and_tokens_are_relative_to_ancestral():
     assert table.loc["entropy-cut", "ci_high"] == 1.0 and table.loc["entropy-cut", "tokens_vs_ancestral"] == 1.0
 
 
+def test_completion_table_separates_cut_off_completions_and_scores_log_p_per_token():
+    records = [dict(sampler="s", seed=0, problem_id=f"p{i}", correct=correct, completion_length=length,
+                    alpha_log_p=4.0 * log_p)
+               for i, (correct, length, log_p) in enumerate([(True, 10, -5.0), (False, 10, -10.0), (False, 16, -8.0)])]
+    row = summary.completion_table(summary.records_frame(records), alpha=4.0, max_new_tokens=16).iloc[0]
+    assert row["completion_length"] == pytest.approx(12.0) and row["at_token_limit"] == pytest.approx(1 / 3)
+    assert row["accuracy_when_finished"] == pytest.approx(0.5)  # the cut-off completion is left out
+    assert row["log_p_per_token"] == pytest.approx((-0.5 - 1.0 - 0.5) / 3)
+
+
 def test_pass_at_k_is_the_unbiased_estimator():
     # one problem, 4 seeds, 1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1
     passes = summary.pass_at_k(frame_of({"s": [[1, 0, 0, 0]]})).set_index("k")["pass_at_k"]

@@ -23,10 +23,12 @@ def _table(frame, digits: int = 3):
 
 
 def eval_sections(out_dir, frame, examples: bool = True):
-    settings = dataclasses.asdict(read_settings(out_dir))
-    yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in settings.items()]
+    settings = read_settings(out_dir)
+    yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in dataclasses.asdict(settings).items()]
     yield ("Accuracy (95% Wilson interval over problems; seeds averaged within a problem)",
            *_table(summary.accuracy_table(frame)))
+    yield (f"Completions (share cut off at {settings.max_new_tokens} tokens; log p per token, which p^alpha "
+           "sharpening should raise)", *_table(summary.completion_table(frame, settings.alpha, settings.max_new_tokens)))
     passes = summary.pass_at_k(frame)
     yield "pass@k (unbiased estimator)", *_table(passes)
     pairs = summary.paired_comparisons(frame)

@@ -70,6 +70,22 @@ def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.Data
     return table
 
 
+def completion_table(frame: pd.DataFrame, alpha: float, max_new_tokens: int) -> pd.DataFrame:
+    """Per sampler, what it returned: mean completion length, the share cut off at the token limit
+    (no answer yet), accuracy among the completions that finished, and mean log p per token, the
+    quantity sampling from p^alpha should raise over ancestral sampling."""
+    frame = frame.assign(at_limit=frame["completion_length"] >= max_new_tokens,
+                         log_p_per_token=frame["alpha_log_p"] / alpha / frame["completion_length"].clip(lower=1))
+    rows = []
+    for sampler, group in frame.groupby("sampler", sort=False):
+        finished = group.loc[~group["at_limit"], "correct"]
+        rows.append({"sampler": sampler, "completion_length": float(group["completion_length"].mean()),
+                     "at_token_limit": float(group["at_limit"].mean()),
+                     "accuracy_when_finished": float(finished.mean()) if len(finished) else float("nan"),
+                     "log_p_per_token": float(group["log_p_per_token"].mean())})
+    return pd.DataFrame(rows)
+
+
 def paired_comparisons(frame: pd.DataFrame, num_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Every pair of samplers on the (problem, seed) outcomes both have: the accuracy difference,
     its paired-bootstrap 95% interval over problems, and McNemar's exact test on discordant pairs."""
