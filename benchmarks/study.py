@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
-from ppl_ecmh.evaluation.experiment import RECORDS
+from ppl_ecmh.evaluation.experiment import RECORDS, read_settings
 from ppl_ecmh.evaluation.report import write_eval_report
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
@@ -62,12 +62,13 @@ def summarize(args) -> None:
             continue
         frame = summary.records_frame(RecordStore(directory / RECORDS).read())
         ran = set(frame["sampler"])
-        completions = summary.completion_table(frame, SETTINGS["alpha"], SETTINGS["max_new_tokens"])
+        settings = read_settings(directory)
+        completions = summary.completion_table(frame, settings.alpha, settings.max_new_tokens)
         out = RESULTS / task
         out.mkdir(parents=True, exist_ok=True)
         result = {
             "command": f"python -m benchmarks.study run --task {task}; python -m benchmarks.study summarize",
-            "settings": json.loads((directory / "settings.json").read_text()),
+            "settings": dataclasses.asdict(settings),
             "seeds": SEEDS,
             "model_sha256": EMBEDDED_MODELS[MODEL].sha256,
             "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
