@@ -187,6 +187,18 @@ def test_paired_comparison_detects_a_real_difference_and_not_a_null_one():
     assert six["mcnemar_p"] == pytest.approx(2 * 0.5**6)
 
 
+def test_paired_table_leads_with_ecmh_and_adjusts_p_values_by_holm():
+    frame = frame_of({"ancestral": [[0]] * 10, "ecmh": [[1]] * 6 + [[0]] * 4, "low-temp": [[1]] * 3 + [[0]] * 7})
+    pairs = summary.paired_comparisons(frame)
+    assert list(zip(pairs["sampler"], pairs["versus"])) == [("ecmh", "ancestral"), ("ecmh", "low-temp"),
+                                                            ("ancestral", "low-temp")]
+    assert pairs["accuracy_difference"].tolist()[:2] == pytest.approx([0.6, 0.3])
+    # Holm: sorted p (0.01, 0.03, 0.04) become (3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)); Bonferroni would
+    # give 0.09 and 0.12, an unadjusted table 0.03 and 0.04
+    assert summary.holm_adjusted(np.array([0.01, 0.04, 0.03])) == pytest.approx([0.03, 0.06, 0.06])
+    assert (pairs["mcnemar_p_holm"] >= pairs["mcnemar_p"]).all()
+
+
 def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(letters, tmp_path):
     store = run_eval(letters, ["entropy-cut", "best-of-n", "power-smc"], [0], tmp_path, progress=False,
                      model=LetterModel())

@@ -34,7 +34,7 @@ def eval_sections(out_dir, frame, examples: bool = True):
     pairs = summary.paired_comparisons(frame)
     if not pairs.empty:
         yield ("Paired comparisons (difference = sampler - versus; bootstrap 95% interval over problems; "
-               "McNemar exact p on discordant pairs)", *_table(pairs))
+               "McNemar exact p on discordant pairs, and Holm-adjusted over the table)", *_table(pairs))
     for sampler, group in frame.groupby("sampler", sort=False) if examples else ():
         rows = [[str(r.problem_id), str(r.seed), str(r.correct), str(r.answer)[:80],
                  str(r.completion)[:COMPLETION_CHARACTERS]] for r in group.head(EXAMPLES_PER_SAMPLER).itertuples()]

@@ -86,12 +86,20 @@ def completion_table(frame: pd.DataFrame, alpha: float, max_new_tokens: int) -> 
     return pd.DataFrame(rows)
 
 
-def paired_comparisons(frame: pd.DataFrame, num_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+def paired_comparisons(frame: pd.DataFrame, lead: str = "ecmh", num_resamples: int = 10_000,
+                       seed: int = 0) -> pd.DataFrame:
     """Every pair of samplers on the (problem, seed) outcomes both have: the accuracy difference,
-    its paired-bootstrap 95% interval over problems, and McNemar's exact test on discordant pairs."""
+    its paired-bootstrap 95% interval over problems, and McNemar's exact test on discordant pairs.
+
+    Pairs with `lead` (when it ran) come first and read as lead - other, the comparisons a study of
+    it is about. `mcnemar_p_holm` is Holm's adjustment over every row, the p-value to read when
+    the whole table is looked at at once."""
     outcomes = frame.pivot_table(index=["problem_id", "seed"], columns="sampler", values="correct", aggfunc="first")
+    samplers = list(dict.fromkeys(frame["sampler"]))
+    if lead in samplers:
+        samplers.insert(0, samplers.pop(samplers.index(lead)))
     rows = []
-    for first, second in itertools.combinations(list(dict.fromkeys(frame["sampler"])), 2):
+    for first, second in itertools.combinations(samplers, 2):
         both = outcomes[[first, second]].dropna().astype(float)
         if both.empty:
             continue
@@ -104,7 +112,20 @@ def paired_comparisons(frame: pd.DataFrame, num_resamples: int = 10_000, seed: i
         rows.append({"sampler": first, "versus": second, "pairs": len(both),
                      "accuracy_difference": float(difference.mean()), "ci_low": low, "ci_high": high,
                      "only_sampler_right": only_first, "only_versus_right": only_second, "mcnemar_p": float(p_value)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["mcnemar_p_holm"] = holm_adjusted(table["mcnemar_p"].to_numpy())
+    return table
+
+
+def holm_adjusted(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment: the i-th smallest of m p-values is multiplied by m - i + 1 and
+    kept monotone, which controls the family-wise error rate with no assumption on dependence."""
+    order = np.argsort(p_values)
+    scaled = (len(p_values) - np.arange(len(p_values))) * np.asarray(p_values, float)[order]
+    adjusted = np.empty(len(p_values))
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
 
 
 def _bootstrap_mean_interval(values: np.ndarray, num_resamples: int, seed: int) -> tuple[float, float]:
