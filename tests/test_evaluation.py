@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, run_eval, summary
+from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, figures, run_eval, summary
 from ppl_ecmh.lm import toy
 from ppl_ecmh.tasks.base import Problem, Task
 
@@ -197,6 +197,11 @@ def test_paired_table_leads_with_ecmh_and_adjusts_p_values_by_holm():
     # give 0.09 and 0.12, an unadjusted table 0.03 and 0.04
     assert summary.holm_adjusted(np.array([0.01, 0.04, 0.03])) == pytest.approx([0.03, 0.06, 0.06])
     assert (pairs["mcnemar_p_holm"] >= pairs["mcnemar_p"]).all()
+    left, right = figures.paired_differences(pairs).axes
+    assert [label.get_text() for label in left.get_yticklabels()] == ["ecmh - ancestral", "ecmh - low-temp",
+                                                                      "ancestral - low-temp"]
+    assert [label.get_text() for label in right.get_yticklabels()] == [
+        f"10 pairs, Holm p {p:.2g}" for p in pairs["mcnemar_p_holm"]]
 
 
 def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(letters, tmp_path):

@@ -22,7 +22,7 @@ def _table(frame, digits: int = 3):
     return header, rows
 
 
-def eval_sections(out_dir, frame, examples: bool = True):
+def eval_sections(out_dir, frame, pairs, examples: bool = True):
     settings = read_settings(out_dir)
     yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in dataclasses.asdict(settings).items()]
     yield ("Accuracy (95% Wilson interval over problems; seeds averaged within a problem)",
@@ -31,7 +31,6 @@ def eval_sections(out_dir, frame, examples: bool = True):
            "sharpening should raise)", *_table(summary.completion_table(frame, settings.alpha, settings.max_new_tokens)))
     passes = summary.pass_at_k(frame)
     yield "pass@k (unbiased estimator)", *_table(passes)
-    pairs = summary.paired_comparisons(frame)
     if not pairs.empty:
         yield ("Paired comparisons (difference = sampler - versus; bootstrap 95% interval over problems; "
                "McNemar exact p on discordant pairs, and Holm-adjusted over the table)", *_table(pairs))
@@ -41,10 +40,12 @@ def eval_sections(out_dir, frame, examples: bool = True):
         yield f"{sampler}: first completions", ["problem", "seed", "correct", "answer", "completion"], rows
 
 
-def eval_figures(frame):
+def eval_figures(frame, pairs):
     table = summary.accuracy_table(frame)
     result = [("accuracy", figures.accuracy_intervals(table)),
               ("accuracy against tokens spent", figures.accuracy_against_cost(table))]
+    if not pairs.empty:
+        result.append(("paired differences", figures.paired_differences(pairs)))
     passes = summary.pass_at_k(frame)
     if passes["k"].max() > 1:
         result.append(("pass@k", figures.pass_at_k_curves(passes)))
@@ -57,4 +58,6 @@ def write_eval_report(out_dir, path=None, format: str = "html", examples: bool =
     frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read())
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     title = f"ppl-ecmh evaluation: {read_settings(out_dir).task}"
-    return write_document(title, eval_sections(out_dir, frame, examples), eval_figures(frame), path, format)
+    pairs = summary.paired_comparisons(frame)
+    return write_document(title, eval_sections(out_dir, frame, pairs, examples), eval_figures(frame, pairs), path,
+                          format)
