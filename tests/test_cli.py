@@ -92,7 +92,7 @@ def test_eval_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     parser = TableParser()
     parser.feed((out / "report.html").read_text())
     assert any("Accuracy" in h for h in parser.headings) and any("pass@k" in h for h in parser.headings)
-    assert any("Paired comparisons" in h for h in parser.headings) and len(parser.images) == 3
+    assert any("Paired comparisons" in h for h in parser.headings) and len(parser.images) == 4  # accuracy, cost, pairs, pass@k
 
 
 def test_eval_refuses_an_unknown_sampler_before_loading_anything(capsys, tmp_path):
