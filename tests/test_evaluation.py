@@ -204,6 +204,15 @@ def test_paired_table_leads_with_ecmh_and_adjusts_p_values_by_holm():
         f"10 pairs, Holm p {p:.2g}" for p in pairs["mcnemar_p_holm"]]
 
 
+def test_interval_figures_keep_their_axis_label_inside_the_figure():
+    frame = frame_of({"ancestral": [[0]] * 10, "ecmh": [[1]] * 6 + [[0]] * 4})
+    for figure in (figures.accuracy_intervals(summary.accuracy_table(frame)),
+                   figures.paired_differences(summary.paired_comparisons(frame))):
+        figure.canvas.draw()
+        label = figure.axes[0].xaxis.label
+        assert label.get_text() and label.get_window_extent().y0 >= 0  # not cut off at the bottom
+
+
 def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(letters, tmp_path):
     store = run_eval(letters, ["entropy-cut", "best-of-n", "power-smc"], [0], tmp_path, progress=False,
                      model=LetterModel())

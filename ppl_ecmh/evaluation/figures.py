@@ -15,9 +15,8 @@ import pandas as pd  # noqa: E402
 
 def accuracy_intervals(table: pd.DataFrame):
     """Accuracy of each sampler with its 95% interval, one row per sampler."""
-    figure, axis = _interval_rows(table["sampler"], table["accuracy"], table["ci_low"], table["ci_high"])
-    axis.set_xlim(0, 1)
-    axis.set_xlabel(f"accuracy (95% interval over {int(table['problems'].max())} problems)")
+    figure, _ = _interval_rows(table["sampler"], table["accuracy"], table["ci_low"], table["ci_high"], (0, 1),
+                               f"accuracy (95% interval over {int(table['problems'].max())} problems)")
     return figure
 
 
@@ -25,10 +24,9 @@ def paired_differences(pairs: pd.DataFrame):
     """Each paired accuracy difference with its bootstrap 95% interval against the line of no
     difference, and the Holm-adjusted McNemar p at the end of its row."""
     labels = [f"{first} - {second}" for first, second in zip(pairs["sampler"], pairs["versus"])]
-    figure, axis = _interval_rows(labels, pairs["accuracy_difference"], pairs["ci_low"], pairs["ci_high"], width=9)
+    figure, axis = _interval_rows(labels, pairs["accuracy_difference"], pairs["ci_low"], pairs["ci_high"], (-1, 1),
+                                  "paired accuracy difference (bootstrap 95% interval over problems)", width=9)
     axis.axvline(0, color="0.3", linewidth=1)
-    axis.set_xlim(-1, 1)
-    axis.set_xlabel("paired accuracy difference (bootstrap 95% interval over problems)")
     right = axis.twinx()  # tick labels on the right, so the layout makes room for them
     right.set_ylim(axis.get_ylim())
     right.set_yticks(range(len(pairs)), [f"{count} pairs, Holm p {p_value:.2g}"
@@ -37,13 +35,16 @@ def paired_differences(pairs: pd.DataFrame):
     return figure
 
 
-def _interval_rows(labels, values, lows, highs, width: float = 7):
-    """One labelled row per estimate with its interval, the first on top, and a light grid."""
+def _interval_rows(labels, values, lows, highs, xlim, xlabel: str, width: float = 7):
+    """One labelled row per estimate with its interval, the first on top, and a light grid; the
+    axis is labelled before the layout is fitted, so the label keeps its room."""
     figure, axis = plt.subplots(figsize=(width, 0.5 * len(values) + 1.4))
     positions = list(range(len(values)))
     axis.errorbar(values, positions, xerr=_error_bars(values, lows, highs), fmt="o", capsize=4, color="C0")
     axis.set_yticks(positions, list(labels))
     axis.set_ylim(len(values) - 0.5, -0.5)  # half a row of margin
+    axis.set_xlim(*xlim)
+    axis.set_xlabel(xlabel)
     axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     return figure, axis
