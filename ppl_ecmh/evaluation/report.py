@@ -22,8 +22,7 @@ def _table(frame, digits: int = 3):
     return header, rows
 
 
-def eval_sections(out_dir, frame, pairs, examples: bool = True):
-    settings = read_settings(out_dir)
+def eval_sections(settings, frame, pairs, examples: bool = True):
     yield "Settings", ["setting", "value"], [[key, str(value)] for key, value in dataclasses.asdict(settings).items()]
     yield ("Accuracy (95% Wilson interval over problems; seeds averaged within a problem)",
            *_table(summary.accuracy_table(frame)))
@@ -57,7 +56,7 @@ def write_eval_report(out_dir, path=None, format: str = "html", examples: bool =
     are committed without raw model output)."""
     frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read())
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
-    title = f"ppl-ecmh evaluation: {read_settings(out_dir).task}"
+    settings = read_settings(out_dir)
     pairs = summary.paired_comparisons(frame)
-    return write_document(title, eval_sections(out_dir, frame, pairs, examples), eval_figures(frame, pairs), path,
-                          format)
+    return write_document(f"ppl-ecmh evaluation: {settings.task}", eval_sections(settings, frame, pairs, examples),
+                          eval_figures(frame, pairs), path, format)
