@@ -114,6 +114,9 @@ def test_records_carry_grades_costs_and_acceptance(letters, tmp_path):
         assert record["correct"] == record["completion"].startswith(LETTERS[int(record["problem_id"][1:]) % 3])
         assert record["tokens_generated"] >= record["completion_length"] and record["num_draws"] == 2
         assert 0.0 <= record["acceptance"] <= 1.0 and record["wall_time_s"] > 0
+        assert 0 < record["mh_suffix_tokens"] <= record["tokens_generated"]
+    independent = run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel()).read()
+    assert all(r["mh_suffix_tokens"] is None for r in independent if r["sampler"] == "ancestral")
 
 
 def test_where_and_limit_select_problems_by_metadata(letters, tmp_path):

@@ -27,8 +27,8 @@ from ppl_ecmh.validation import check_alpha, check_positive_int
 RECORDS, SETTINGS = "records.jsonl", "settings.json"
 INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
 ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
-# whose cost best-of-n matches when no budget is given, first present first
-MATCHED_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
+# the suffix-resampling MH samplers; without a budget, best-of-n matches the first one present
+MH_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +152,12 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
 
 def matched_budget(records: list[dict], seed: int) -> int:
     """Best-of-N's budget per problem: the mean tokens per problem of the first MH sampler in
-    MATCHED_SAMPLERS with records for `seed` (so list best-of-n after the sampler it matches)."""
-    for sampler in MATCHED_SAMPLERS:
+    MH_SAMPLERS with records for `seed` (so list best-of-n after the sampler it matches)."""
+    for sampler in MH_SAMPLERS:
         tokens = [r["tokens_generated"] for r in records if r["sampler"] == sampler and r["seed"] == seed]
         if tokens:
             return max(1, round(sum(tokens) / len(tokens)))
-    raise PplEcmhError(f"best-of-n: no records of {', '.join(MATCHED_SAMPLERS)} for seed {seed} to match its "
+    raise PplEcmhError(f"best-of-n: no records of {', '.join(MH_SAMPLERS)} for seed {seed} to match its "
                        "budget to; list best-of-n after one of them, or give --bon-budget")
 
 
@@ -193,6 +193,8 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) 
             tokens_generated=int(run.stats["num_generated"][0, :, column].sum() + run.initial_generated[0, column]),
             completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
             acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
+            mh_suffix_tokens=(int(run.stats["new_suffix_length"][0, :, column].sum())
+                              if spec.name in MH_SAMPLERS else None),
             num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / len(batch), batch_wall_time_s=seconds,
             batch_size=len(batch), token_budget=spec.token_budget,
         ))
