@@ -190,19 +190,21 @@ def test_paired_comparison_detects_a_real_difference_and_not_a_null_one():
     assert six["mcnemar_p"] == pytest.approx(2 * 0.5**6)
 
 
-def test_paired_table_leads_with_ecmh_and_adjusts_p_values_by_holm():
-    frame = frame_of({"ancestral": [[0]] * 10, "ecmh": [[1]] * 6 + [[0]] * 4, "low-temp": [[1]] * 3 + [[0]] * 7})
+def test_paired_table_leads_with_ecmh_reads_other_pairs_winner_first_and_adjusts_p_values_by_holm():
+    frame = frame_of({"ancestral": [[0]] * 10, "ecmh": [[1]] * 6 + [[0]] * 4, "low-temp": [[1]] * 3 + [[0]] * 7,
+                      "karan-du": [[1]] * 8 + [[0]] * 2})
     pairs = summary.paired_comparisons(frame)
-    assert list(zip(pairs["sampler"], pairs["versus"])) == [("ecmh", "ancestral"), ("ecmh", "low-temp"),
-                                                            ("ancestral", "low-temp")]
-    assert pairs["accuracy_difference"].tolist()[:2] == pytest.approx([0.6, 0.3])
+    assert list(zip(pairs["sampler"], pairs["versus"]))[:4] == [("ecmh", "ancestral"), ("ecmh", "low-temp"),
+                                                                ("ecmh", "karan-du"), ("low-temp", "ancestral")]
+    assert pairs["accuracy_difference"].tolist()[:4] == pytest.approx([0.6, 0.3, -0.2, 0.3])
+    assert (pairs["accuracy_difference"].iloc[3:] >= 0).all()
     # Holm: sorted p (0.01, 0.03, 0.04) become (3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)); Bonferroni would
     # give 0.09 and 0.12, an unadjusted table 0.03 and 0.04
     assert summary.holm_adjusted(np.array([0.01, 0.04, 0.03])) == pytest.approx([0.03, 0.06, 0.06])
     assert (pairs["mcnemar_p_holm"] >= pairs["mcnemar_p"]).all()
     left, right = figures.paired_differences(pairs).axes
-    assert [label.get_text() for label in left.get_yticklabels()] == ["ecmh - ancestral", "ecmh - low-temp",
-                                                                      "ancestral - low-temp"]
+    assert [label.get_text() for label in left.get_yticklabels()] == [
+        f"{a} - {b}" for a, b in zip(pairs["sampler"], pairs["versus"])]
     assert [label.get_text() for label in right.get_yticklabels()] == [
         f"10 pairs, Holm p {p:.2g}" for p in pairs["mcnemar_p_holm"]]
 
