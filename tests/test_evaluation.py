@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, figures, run_eval, summary
+from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, figures, report, run_eval, summary
 from ppl_ecmh.lm import toy
 from ppl_ecmh.tasks.base import Problem, Task
 
@@ -158,6 +158,17 @@ def test_accuracy_interval_is_wilsons_and_tokens_are_relative_to_ancestral():
     assert table.loc["ancestral", "ci_low"] == pytest.approx(expected.low)
     assert table.loc["ancestral", "ci_high"] == pytest.approx(expected.high)
     assert table.loc["entropy-cut", "ci_high"] == 1.0 and table.loc["entropy-cut", "tokens_vs_ancestral"] == 1.0
+
+
+def test_mh_suffix_tokens_are_averaged_for_mh_samplers_and_left_out_when_no_record_has_them():
+    frame = frame_of({"ancestral": [[1]] * 4, "entropy-cut": [[1]] * 4})
+    assert "mh_suffix_tokens_per_problem" not in summary.accuracy_table(frame)  # records from before the field
+    frame["mh_suffix_tokens"] = np.where(frame["sampler"] == "entropy-cut", [3, 5, 7, 9] * 2, None)
+    table = summary.accuracy_table(frame).set_index("sampler")
+    assert table.loc["entropy-cut", "mh_suffix_tokens_per_problem"] == pytest.approx(6.0)
+    assert np.isnan(table.loc["ancestral", "mh_suffix_tokens_per_problem"])
+    header, rows = report._table(table.reset_index())
+    assert rows[0][header.index("mh_suffix_tokens_per_problem")] == ""  # an empty cell, not "nan"
 
 
 def test_completion_table_separates_cut_off_completions_and_scores_log_p_per_token():

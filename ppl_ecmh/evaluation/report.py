@@ -4,6 +4,7 @@ few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.report.write_
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from ppl_ecmh.evaluation import figures, summary
@@ -17,7 +18,8 @@ COMPLETION_CHARACTERS = 400
 
 def _table(frame, digits: int = 3):
     header = list(frame.columns)
-    rows = [[f"{value:.{digits}g}" if isinstance(value, float) else str(value) for value in row]
+    rows = [[("" if math.isnan(value) else f"{value:.{digits}g}") if isinstance(value, float) else str(value)
+             for value in row]
             for row in frame.itertuples(index=False)]
     return header, rows
 

@@ -53,7 +53,9 @@ def pass_at_k(frame: pd.DataFrame, ks=None) -> pd.DataFrame:
 def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.DataFrame:
     """Per sampler: problems, seeds, accuracy with its 95% Wilson interval over problems, mean
     tokens and wall time per returned completion, tokens relative to `reference` (when present),
-    and mean acceptance."""
+    and mean acceptance; with MH records that carry it, the tokens MH proposals decoded after
+    their cuts (`mh_suffix_tokens_per_problem`, the part of the cost the cut distribution sets)."""
+    suffix_tokens = "mh_suffix_tokens" in frame and frame["mh_suffix_tokens"].notna().any()
     rows = []
     for sampler, group in frame.groupby("sampler", sort=False):
         per_problem = group.groupby("problem_id")["correct"].mean()
@@ -63,6 +65,8 @@ def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.Data
                      "tokens_per_problem": float(group["tokens_generated"].mean()),
                      "wall_s_per_problem": float(group["wall_time_s"].mean()),
                      "acceptance": float(group["acceptance"].mean())})
+        if suffix_tokens:
+            rows[-1]["mh_suffix_tokens_per_problem"] = float(group["mh_suffix_tokens"].astype(float).mean())
     table = pd.DataFrame(rows)
     if reference in set(table["sampler"]):
         base = float(table.loc[table["sampler"] == reference, "tokens_per_problem"].iloc[0])
