@@ -96,8 +96,8 @@ def paired_comparisons(frame: pd.DataFrame, lead: str = "ecmh", num_resamples: i
     its paired-bootstrap 95% interval over problems, and McNemar's exact test on discordant pairs.
 
     Pairs with `lead` (when it ran) come first and read as lead - other, the comparisons a study of
-    it is about; the other pairs read winner - loser. `mcnemar_p_holm` is Holm's adjustment over every row, the p-value to read when
-    the whole table is looked at at once."""
+    it is about; the other pairs read winner - loser. `mcnemar_p_holm` is Holm's adjustment over
+    every row, the p-value to read when the whole table is looked at at once."""
     outcomes = frame.pivot_table(index=["problem_id", "seed"], columns="sampler", values="correct", aggfunc="first")
     samplers = list(dict.fromkeys(frame["sampler"]))
     if lead in samplers:
@@ -107,17 +107,13 @@ def paired_comparisons(frame: pd.DataFrame, lead: str = "ecmh", num_resamples: i
         both = outcomes[[first, second]].dropna().astype(float)
         if both.empty:
             continue
-
-        def per_problem_difference(a, b):
-            return (both[a] - both[b]).groupby(level="problem_id").mean().to_numpy()
-
-        if lead not in (first, second) and per_problem_difference(first, second).mean() < 0:
-            first, second = second, first
+        difference = (both[first] - both[second]).groupby(level="problem_id").mean().to_numpy()
+        if lead not in (first, second) and difference.mean() < 0:
+            first, second, difference = second, first, -difference
         only_first = int(((both[first] == 1) & (both[second] == 0)).sum())
         only_second = int(((both[first] == 0) & (both[second] == 1)).sum())
         discordant = only_first + only_second
         p_value = stats.binomtest(only_first, discordant, 0.5).pvalue if discordant else 1.0
-        difference = per_problem_difference(first, second)
         low, high = _bootstrap_mean_interval(difference, num_resamples, seed)
         rows.append({"sampler": first, "versus": second, "pairs": len(both),
                      "accuracy_difference": float(difference.mean()), "ci_low": low, "ci_high": high,
