@@ -190,7 +190,10 @@ def _kernel_and_step(spec: SamplerSpec, alpha: float, max_new_tokens: int):
     """A kernel and its jitted step, kept so that runs with the same settings compile once (what
     the step reads off the kernel besides array shapes is exactly these settings)."""
     kernel = spec.make_kernel()
-    return kernel, jax.jit(lambda state: kernel.sample(state, (), {}))
+    # The weights go in as an argument and are not returned: an output of a compiled program is a
+    # fresh buffer, so returning the state's weights would copy the whole model on every draw.
+    advance = jax.jit(lambda state, lm: kernel.sample(state._replace(lm=lm), (), {})._replace(lm=None))
+    return kernel, lambda state: advance(state._replace(lm=None), state.lm)._replace(lm=state.lm)
 
 
 def _prompt_setting(sequence) -> list:
