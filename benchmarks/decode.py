@@ -1,10 +1,10 @@
 """Decode and prefill throughput of the JAX runtime on the embedded model.
 
-Prints tokens/s for batched decode (batch 1, 4, 16; float32 and bfloat16), prefill tokens/s, and
-compile times. Every figure comes from one run on the same machine, so ratios between them are
+Prints tokens/s for batched decode (batch 1, 4, 16; float32 and bfloat16 by default), prefill
+tokens/s, and compile times. Every figure comes from one run on the same machine, so ratios between them are
 meaningful even where absolute numbers are noisy.
 
-    python -m benchmarks.decode [--new-tokens 64] [--context 512] [--prompt-tokens 128]
+    python -m benchmarks.decode [--model smollm2-135m] [--batches 1 4 16] [--dtypes float32 bfloat16]
 """
 
 import argparse
@@ -31,6 +31,8 @@ def timed(fn, *args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="a registered model, GGUF path or HF folder")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--context", type=int, default=512, help="KV cache length (prompt + new tokens)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
@@ -38,8 +40,8 @@ def main():
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; cache of {args.context} positions")
     print(f"{'dtype':>9} {'batch':>5} {'compile s':>9} {'decode tok/s':>12} {'ms/step':>8} {'prefill tok/s':>13}")
-    for dtype in ("float32", "bfloat16"):
-        model = load_model("smollm2-135m", dtype=dtype)
+    for dtype in args.dtypes:
+        model = load_model(args.model, dtype=dtype)
         words = model.encode(" ".join(["Write a short story about a robot who learns to paint."] * 64))
         prompt = words[: args.prompt_tokens]
         for batch in args.batches:

