@@ -62,6 +62,14 @@ def run(args) -> None:
     run_eval(settings, args.samplers, SEEDS, directory)
 
 
+def export_outcomes(records: list[dict], path) -> RecordStore:
+    """Write `records` without their completion text to `path` (replacing it): small enough to commit."""
+    Path(path).unlink(missing_ok=True)
+    store = RecordStore(path)
+    store.append({key: value for key, value in record.items() if key != "completion"} for record in records)
+    return store
+
+
 def restore_outcomes(committed: RecordStore, runs: RecordStore) -> int:
     """Append to `runs` the committed outcomes it lacks; returns how many."""
     done = runs.done()
@@ -97,9 +105,7 @@ def summarize(args) -> None:
             "paired": summary.paired_comparisons(frame).to_dict(orient="records"),
         }
         (out / "summary.json").write_text(json.dumps(result, indent=2))
-        (out / OUTCOMES).unlink(missing_ok=True)
-        RecordStore(out / OUTCOMES).append({key: value for key, value in record.items() if key != "completion"}
-                                           for record in records)
+        export_outcomes(records, out / OUTCOMES)
         write_eval_report(directory, out / "report.md", "md", examples=False)
         print(f"{task}: {len(frame)} records -> {out}/summary.json, {out}/report.md, {out}/{OUTCOMES}")
 

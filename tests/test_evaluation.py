@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from pandas.testing import assert_frame_equal
 from scipy import stats
 
 from ppl_ecmh.errors import PplEcmhError
@@ -106,6 +107,23 @@ def test_a_completed_run_is_not_redone(letters, tmp_path):
     content = (tmp_path / experiment.RECORDS).read_bytes()
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=None)  # would fail to load a model
     assert (tmp_path / experiment.RECORDS).read_bytes() == content
+
+
+def test_committed_outcomes_let_a_fresh_clone_resume_without_rerunning_or_changing_the_summary(letters, tmp_path,
+                                                                                               monkeypatch):
+    from benchmarks.study import export_outcomes, restore_outcomes
+
+    ran = run_eval(letters, SAMPLERS, [0], tmp_path / "runs", progress=False, model=LetterModel()).read()
+    committed = export_outcomes(ran, tmp_path / "results" / "outcomes.jsonl")
+    assert len(committed.read()) == len(ran) and not any("completion" in r for r in committed.read())
+    fresh = experiment.open_results(tmp_path / "fresh", letters)
+    assert restore_outcomes(committed, fresh) == len(ran)
+    assert restore_outcomes(committed, fresh) == 0
+    monkeypatch.setattr("ppl_ecmh.lm.load_model", lambda *args, **kwargs: pytest.fail("reran restored work"))
+    run_eval(letters, SAMPLERS, [0], tmp_path / "fresh", progress=False)
+    restored = summary.records_frame(fresh.read())
+    assert_frame_equal(summary.accuracy_table(restored), summary.accuracy_table(summary.records_frame(ran)))
+    assert_frame_equal(summary.paired_comparisons(restored), summary.paired_comparisons(summary.records_frame(ran)))
 
 
 def test_records_carry_grades_costs_and_acceptance(letters, tmp_path):
