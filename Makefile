@@ -35,4 +35,5 @@ bench: setup
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.mh_step
 	$(PY) -m benchmarks.acceptance
+	$(PY) -m benchmarks.sampler_overhead
 	$(PY) -m benchmarks.sampler_cost
