@@ -121,6 +121,8 @@ def _write_html(title, sections, figures, path) -> str:
 def _write_markdown(title, sections, figures, path) -> str:
     figure_dir = path.with_suffix("").name + "_figures"
     (path.parent / figure_dir).mkdir(parents=True, exist_ok=True)
+    for stale in (path.parent / figure_dir).glob("figure_*.png"):  # a rewrite with fewer figures leaves none behind
+        stale.unlink()
     lines = [f"# {title}", ""]
     cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
     for heading, header, rows in sections:

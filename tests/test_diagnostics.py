@@ -82,3 +82,15 @@ def test_answer_agreement_counts_chains_with_the_modal_answer():
     assert diagnostics.answer_agreement(idata) == (0.25, "4")  # all four texts differ; a tie reports the smallest
     last_number = lambda text: text.split()[-1]
     assert diagnostics.answer_agreement(idata, extract=last_number) == (0.75, "4")
+
+
+def test_a_rewritten_markdown_report_keeps_only_its_own_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from ppl_ecmh.report import write_document
+
+    table = [("numbers", ["n"], [["1"]])]
+    write_document("two", table, [("a", plt.figure()), ("b", plt.figure())], tmp_path / "report.md", "md")
+    write_document("one", table, [("a", plt.figure())], tmp_path / "report.md", "md")
+    plt.close("all")
+    assert [f.name for f in (tmp_path / "report_figures").iterdir()] == ["figure_00.png"]
