@@ -9,7 +9,6 @@ forward pass for the sharpen factor on every batch.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +47,7 @@ def main():
 
     for fn in (sampler, direct):  # compile both first
         jax.block_until_ready(fn(0))
-    start = time.perf_counter()
-    sampler(1)
-    through_sampler = time.perf_counter() - start
+    _, through_sampler = timed(sampler, 1)
     _, plain = timed(direct, 1)
     print(f"{args.model}, batch {args.batch}, {args.new_tokens} new tokens (prompt block {block})")
     print(f"run_sampler ancestral {through_sampler:.2f} s, prefill + decode {plain:.2f} s, "
