@@ -133,6 +133,7 @@ def test_records_carry_grades_costs_and_acceptance(letters, tmp_path):
         assert record["tokens_generated"] >= record["completion_length"] and record["num_draws"] == 2
         assert 0.0 <= record["acceptance"] <= 1.0 and record["wall_time_s"] > 0
         assert 0 < record["mh_suffix_tokens"] <= record["tokens_generated"]
+        assert record["machine"] == experiment.machine_label()
     independent = run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel()).read()
     assert all(r["mh_suffix_tokens"] is None for r in independent if r["sampler"] == "ancestral")
 
@@ -187,6 +188,15 @@ def test_mh_suffix_tokens_are_averaged_for_mh_samplers_and_left_out_when_no_reco
     assert np.isnan(table.loc["ancestral", "mh_suffix_tokens_per_problem"])
     header, rows = report._table(table.reset_index())
     assert rows[0][header.index("mh_suffix_tokens_per_problem")] == ""  # an empty cell, not "nan"
+
+
+def test_wall_time_machines_flags_a_sampler_whose_wall_time_mixes_machines():
+    frame = frame_of({"ancestral": [[1]] * 4, "entropy-cut": [[1]] * 4})
+    assert "wall_time_machines" not in summary.accuracy_table(frame)  # records from before the field
+    frame["machine"] = ["a"] * 4 + ["a", "b", None, None]  # resumed elsewhere, and partly run before the field
+    table = summary.accuracy_table(frame).set_index("sampler")
+    assert table.loc["ancestral", "wall_time_machines"] == 1
+    assert table.loc["entropy-cut", "wall_time_machines"] == 3  # a, b and one unknown
 
 
 def test_completion_table_separates_cut_off_completions_and_scores_log_p_per_token():

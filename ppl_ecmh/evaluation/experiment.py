@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -133,6 +136,7 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
     model.check_fits(prompt_block, settings.max_new_tokens)
+    machine = machine_label()
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
         if pending and spec.name == "best-of-n" and spec.token_budget is None:
@@ -141,7 +145,7 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
         for start in range(0, len(pending), settings.batch_size):
             batch = pending[start : start + settings.batch_size]
             bar.set_description(f"{spec.name} seed {seed}")
-            records = _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task)
+            records = _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, machine)
             store.append(records)
             correct += sum(record["correct"] for record in records)
             bar.update(len(batch))
@@ -161,6 +165,22 @@ def matched_budget(records: list[dict], seed: int) -> int:
                        "budget to; list best-of-n after one of them, or give --bon-budget")
 
 
+def machine_label() -> str:
+    """What wall times are measured on: CPU model, cores, JAX device, host and boot. Every record
+    carries it, so a summary can tell when a sampler's wall time mixes machines (a run resumed
+    elsewhere). A reboot counts as another machine: the hardware behind a VM can change with it."""
+    models = [line.split(":", 1)[1].strip() for line in _text_or_empty("/proc/cpuinfo").splitlines()
+              if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor() or platform.machine()
+    boot = _text_or_empty("/proc/sys/kernel/random/boot_id").strip()[:8] or "unknown"
+    return f"{cpu}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}, host {platform.node()}, boot {boot}"
+
+
+def _text_or_empty(path: str) -> str:
+    """A /proc file's text, or "" where there is no /proc (macOS, Windows)."""
+    return Path(path).read_text() if Path(path).is_file() else ""
+
+
 def select_problems(task, settings: EvalSettings) -> list:
     """The task's problems that match `settings.where`, the first `settings.limit` of them."""
     problems = task.load(settings.source)
@@ -175,7 +195,7 @@ def select_problems(task, settings: EvalSettings) -> list:
     return problems[: settings.limit]
 
 
-def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) -> list[dict]:
+def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, machine) -> list[dict]:
     padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # equal shapes: one compiled program
     started = time.perf_counter()
     run = run_sampler(model.lm, [prompts[p.id] for p in padded], spec, alpha=settings.alpha,
@@ -196,7 +216,7 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task) 
             mh_suffix_tokens=(int(run.stats["new_suffix_length"][0, :, column].sum())
                               if spec.name in MH_SAMPLERS else None),
             num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / len(batch), batch_wall_time_s=seconds,
-            batch_size=len(batch), token_budget=spec.token_budget,
+            batch_size=len(batch), token_budget=spec.token_budget, machine=machine,
         ))
     return records
 

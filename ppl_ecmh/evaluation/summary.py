@@ -54,8 +54,11 @@ def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.Data
     """Per sampler: problems, seeds, accuracy with its 95% Wilson interval over problems, mean
     tokens and wall time per returned completion, tokens relative to `reference` (when present),
     and mean acceptance; with MH records that carry it, the tokens MH proposals decoded after
-    their cuts (`mh_suffix_tokens_per_problem`, the part of the cost the cut distribution sets)."""
+    their cuts (`mh_suffix_tokens_per_problem`, the part of the cost the cut distribution sets);
+    with records that carry `machine`, how many machines the wall time was measured on (records
+    without one count as one unknown machine): above 1, that wall time mixes machines."""
     suffix_tokens = "mh_suffix_tokens" in frame and frame["mh_suffix_tokens"].notna().any()
+    machines = "machine" in frame and frame["machine"].notna().any()
     rows = []
     for sampler, group in frame.groupby("sampler", sort=False):
         per_problem = group.groupby("problem_id")["correct"].mean()
@@ -67,6 +70,8 @@ def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.Data
                      "acceptance": float(group["acceptance"].mean())})
         if suffix_tokens:
             rows[-1]["mh_suffix_tokens_per_problem"] = float(group["mh_suffix_tokens"].astype(float).mean())
+        if machines:
+            rows[-1]["wall_time_machines"] = int(group["machine"].fillna("unknown").nunique())
     table = pd.DataFrame(rows)
     if reference in set(table["sampler"]):
         base = float(table.loc[table["sampler"] == reference, "tokens_per_problem"].iloc[0])
