@@ -18,6 +18,35 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
     assert result.status == "failed" and "AssertionError" in result.stderr
 
 
+# Each exits with status 0 before the line after it runs; none of them may count as a pass.
+EARLY_EXITS = {
+    "os._exit": "import os\nos._exit(0)",
+    "sys.exit": "import sys\nsys.exit(0)",
+    "SystemExit": "raise SystemExit(0)",
+    "exit": "exit()",
+    "quit": "quit()",
+    "exit in a function": "def check():\n    exit(0)\ncheck()",
+    "exit in a __main__ block": "if __name__ == '__main__':\n    exit()",
+    "atexit handler": "import atexit, os\natexit.register(lambda: os._exit(0))\nassert False",
+    "excepthook": "import os, sys\nsys.excepthook = lambda *args: os._exit(0)\nassert False",
+    "thread": "import os, threading, time\nthreading.Thread(target=lambda: os._exit(0)).start()\ntime.sleep(5)",
+    "fork": "import os, time\nif os.fork():\n    os._exit(0)\ntime.sleep(5)",
+}
+
+
+@pytest.mark.parametrize("program", EARLY_EXITS.values(), ids=EARLY_EXITS.keys())
+def test_an_exit_with_status_zero_before_the_end_is_a_fail(program):
+    result = run_python(program + "\nprint('reached the end')", LIMITS)
+    assert not result.passed and "reached the end" not in result.stdout
+    assert result.status == "failed"
+
+
+def test_a_program_that_runs_to_its_end_passes_whatever_it_left_registered():
+    program = "import atexit, os\natexit.register(lambda: os._exit(3))\nprint('done')"
+    result = run_python(program, LIMITS)  # the harness leaves before atexit handlers run
+    assert result.passed and result.stdout.strip() == "done"
+
+
 def test_ordinary_standard_library_code_runs():
     program = "import collections, functools, hashlib, heapq, itertools, json, math, random, re, string\n" \
               "assert math.gcd(12, 18) == 6 and hashlib.md5(b'').hexdigest().startswith('d41d')"

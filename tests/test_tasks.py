@@ -132,6 +132,25 @@ def test_humaneval_canonical_solutions_pass_as_bare_continuations(humaneval):
         assert task.grade(problem.answer, problem)[1], problem.id
 
 
+@pytest.mark.parametrize("exit_call", ["exit()", "quit()", "sys.exit(0)", "os._exit(0)", "raise SystemExit(0)"])
+def test_humaneval_a_completion_that_exits_before_the_tests_end_fails(humaneval, exit_call):
+    task, problems = humaneval
+    problem = problems["HumanEval/2"]  # truncate_number
+    at_top_level = f"```python\nimport os, sys\ndef truncate_number(number):\n    return 0.0\n{exit_call}\n```"
+    in_function = f"```python\nimport os, sys\ndef truncate_number(number):\n    {exit_call}\n```"
+    in_main_block = (f"```python\nimport os, sys\ndef truncate_number(number):\n    return 0.0\n"
+                     f"if __name__ == '__main__':\n    {exit_call}\n```")
+    for completion in (at_top_level, in_function, in_main_block):
+        assert not task.grade(completion, problem)[1], completion
+
+
+@pytest.mark.slow
+def test_humaneval_every_canonical_solution_passes():
+    task = HumanEval()
+    failing = [p.id for p in task.load() if not task.grade(p.answer, p)[1]]
+    assert failing == []
+
+
 def test_humaneval_accepts_a_whole_function_in_a_fenced_chat_reply(humaneval):
     task, problems = humaneval
     problem = problems["HumanEval/2"]  # truncate_number

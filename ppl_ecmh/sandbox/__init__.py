@@ -5,6 +5,9 @@ and the confinement layers of `ppl_ecmh.sandbox.child` (Linux: pids cgroup, netw
 Landlock, resource limits). Output goes to files capped by the file-size limit; on timeout the whole
 process group (and cgroup) is killed. `ExecutionResult.layers` says which layers held, so a result
 is never silently less confined than it looks.
+
+A pass means the program ran to its end: the harness reports that through a pipe, stamped with a
+per-run nonce, after the last statement returns. An exit status of 0 alone is not a pass.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +44,7 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionResult:
-    status: str  # "passed" (exit code 0), "failed" (non-zero exit or killed by a limit) or "timeout"
+    status: str  # "passed" (ran to its end), "failed" (an exception, any early exit, a limit) or "timeout"
     returncode: int | None
     stdout: str
     stderr: str
@@ -51,30 +55,47 @@ class ExecutionResult:
     def passed(self) -> bool:
         return self.status == "passed"
 
+    @property
+    def exited_early(self) -> bool:
+        """Exit status 0 without running to the end: `exit()`, `sys.exit(0)`, `os._exit(0)` and kin."""
+        return self.status == "failed" and self.returncode == 0
+
 
 def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
-    """Run `program` as a script under `limits`; its exit code decides passed or failed."""
+    """Run `program` as a script under `limits`. It passes if its last statement returns: an
+    exception, a limit or any exit before the end (whatever its status) is a fail."""
     with tempfile.TemporaryDirectory(prefix="ppl-ecmh-run-") as private, \
             tempfile.TemporaryDirectory(prefix="ppl-ecmh-sandbox-") as workdir:
         program_path = Path(workdir, "program.py")
         program_path.write_text(program, encoding="utf-8")
         cgroup = _PidsCgroup.create(limits.processes)
+        nonce = secrets.token_hex(16).encode()
+        result_read, result_write = os.pipe()
         config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
-                      cgroup_procs=cgroup.procs_file if cgroup else None)
+                      cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write)
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                "PYTHONIOENCODING": "utf-8"}
         out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
         started = time.perf_counter()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(CHILD), json.dumps(config)], cwd=workdir, env=env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             try:
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-B", str(CHILD), json.dumps(config)], cwd=workdir, env=env,
+                    stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write,))
+            finally:
+                os.close(result_write)
+            try:
+                process.stdin.write(nonce)
+                process.stdin.close()
                 returncode = process.wait(timeout=limits.timeout_s)
-                status = "passed" if returncode == 0 else "failed"
+                ran_to_end = _read_available(result_read) == nonce
+                status = "passed" if returncode == 0 and ran_to_end else "failed"
             except subprocess.TimeoutExpired:
                 returncode, status = None, "timeout"
+            except BrokenPipeError:  # the child died before reading its nonce: nothing ran
+                returncode, status = process.wait(), "failed"
             finally:
+                os.close(result_read)
                 _kill_group(process)
                 if cgroup:
                     cgroup.kill_and_remove()
@@ -85,6 +106,16 @@ def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
         except ValueError:  # the child died before confining itself: nothing ran
             layers, stdout = (), header + stdout
         return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers)
+
+
+def _read_available(fd: int) -> bytes:
+    """What a pipe holds now, without waiting for writers that may still hold it open (a forked
+    grandchild): the harness writes its few bytes before it exits."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1024)
+    except BlockingIOError:
+        return b""
 
 
 def _read_tail(path: Path, whole: bool = False) -> str:

@@ -1,6 +1,12 @@
 """The sandbox's first code in the child interpreter: confine this process, then run the program.
 
-Runs as `python -I -S -B child.py CONFIG_JSON` in a fresh working directory, standard library only.
+Runs as `python -I -S -B child.py CONFIG_JSON` in a fresh working directory, standard library only,
+with a per-run nonce on standard input. The program passes only if it runs to its end: then, and
+only then, this harness writes the nonce to the result pipe and leaves with `os._exit(0)`, before
+any `atexit` handler can run. An early `exit(0)`, `os._exit(0)`, `SystemExit` or an exception
+hook that exits 0 leaves the pipe empty, so the parent grades it a fail (the nonce never appears
+in argv, where `sys.orig_argv` or /proc/self/cmdline would show it).
+
 Each confinement layer is applied when the kernel allows it and named on the first line of stdout
 (a JSON list) before any untrusted code runs, so the parent knows what held:
 
@@ -87,8 +93,18 @@ def set_limits(limits):
     return True
 
 
+def read_nonce():
+    """The run's nonce from standard input; then standard input becomes /dev/null for the program."""
+    nonce = sys.stdin.buffer.read()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return nonce
+
+
 def main():
     config = json.loads(sys.argv[1])
+    nonce = read_nonce()
     workdir = os.getcwd()
     layers = []
     if config["cgroup_procs"] and join_cgroup(config["cgroup_procs"]):
@@ -104,6 +120,10 @@ def main():
         code = compile(handle.read(), config["program"], "exec")
     sys.argv = [config["program"]]
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(config["result_fd"], nonce)
+    os._exit(0)
 
 
 if __name__ == "__main__":
