@@ -1,0 +1,12 @@
+"""Continuous batching for MCMC (DESIGN section 7): W slots, each running its own chain, refilled
+from a queue of (problem, chain) work, with randomness keyed by work.
+
+- `schedule`: what each step of a chain does (independent draw, suffix MH, block-wise stages);
+- `slots`: the device loop (one token per slot per iteration, accept/reject as proposals end);
+- `scheduler`: the host queue (admission, collection of finished chains, wall-time shares).
+"""
+
+from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.engine.scheduler import ChainResult, Engine, EngineStats, WorkItem, chain_key
+
+__all__ = ["ChainResult", "Engine", "EngineStats", "Schedule", "WorkItem", "chain_key"]

@@ -1,0 +1,152 @@
+"""The engine's host side: a queue of chains fed into W slots (DESIGN section 7).
+
+The host admits queued chains into free slots (one batched prefill), lets the device loop run
+until a chain finishes or `iterations_per_trip` decode iterations have passed, then collects the
+finished chains and admits more. One host trip per finished chain or per trip, never per token.
+
+    engine = Engine(lm, schedule, width=32, prompt_block=128)
+    for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
+        ...  # ChainResult, in the order chains finish
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+import zlib
+from typing import Any, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl_ecmh.engine import slots as device
+from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.validation import check_positive_int
+
+
+def chain_key(seed: int, sampler: str, problem: int | str, chain: int) -> np.ndarray:
+    """The key of one chain of work: fold_in of the seed, the sampler, the problem and the chain.
+    Problems named by a string (a task's problem id) are folded in by their CRC-32."""
+    key = jax.random.PRNGKey(seed)
+    problem_part = zlib.crc32(problem.encode()) if isinstance(problem, str) else int(problem)
+    for part in (zlib.crc32(sampler.encode()), problem_part, chain):
+        key = jax.random.fold_in(key, part)
+    return np.asarray(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    prompt: Sequence[int]
+    key: np.ndarray  # from `chain_key`
+    tag: Any = None  # the caller's name for this chain, handed back in its result
+    start: Sequence[int] | None = None  # a completion to start the chain from; None: a proposal draw
+
+
+@dataclasses.dataclass
+class ChainResult:
+    item: WorkItem
+    steps: dict  # per step [num_steps]: accepted, accept_prob, cut, old/new_suffix_length
+    tokens: np.ndarray  # [num_draws, T] completion tokens, 0 past each draw's length
+    entropy: np.ndarray  # [num_draws, T]
+    length: np.ndarray  # [num_draws]
+    log_target: np.ndarray  # [num_draws] alpha * log p of each draw
+    seconds: float  # this chain's share of the wall time: its prefill and its busy slot-iterations
+
+
+@dataclasses.dataclass
+class EngineStats:
+    iterations: int = 0  # decode iterations
+    decoded: int = 0  # useful proposal tokens, all slots
+    reencoded: int = 0  # tokens re-encoded after rejections
+    width: int = 0
+    seconds: float = 0.0
+
+    @property
+    def occupancy(self) -> float:
+        """Useful row-tokens per slot-iteration: the share of each decode step that was not idle."""
+        return self.decoded / max(1, self.width * self.iterations)
+
+
+class Engine:
+    """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
+
+    def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64):
+        self.lm, self.schedule = lm, schedule
+        self.width = check_positive_int("width", width)
+        self.prompt_block = check_positive_int("prompt_block", prompt_block)
+        self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
+        self.stats = EngineStats(width=self.width)
+
+    def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
+        """Run every item's chain; yield each result as soon as its chain is done. `progress`, if
+        given, is called with this engine's `stats` after every host trip."""
+        queue = collections.deque(items)
+        for item in queue:
+            if not 1 <= len(item.prompt) <= self.prompt_block:
+                raise ValueError(f"prompt: {len(item.prompt)} tokens; the engine takes 1 to {self.prompt_block}")
+        if len({item.start is None for item in queue}) > 1:
+            raise ValueError("start: give a starting completion for every chain of a run, or for none")
+        schedule, width = self.schedule, self.width
+        slots = _empty(self.lm, width, self.prompt_block, schedule)
+        holder: list[WorkItem | None] = [None] * width
+        charged = np.zeros(width)  # seconds charged to each slot's chain so far
+        seen_iterations = np.zeros(width, np.int64)
+        while queue or any(holder):
+            free = [slot for slot in range(width) if holder[slot] is None][: len(queue)]
+            if free:
+                tick = time.perf_counter()
+                admitted = [queue.popleft() for _ in free]
+                slots = self._admit(slots, free, admitted)
+                for slot, item in zip(free, admitted):
+                    holder[slot], seen_iterations[slot] = item, 0
+                    charged[slot] = (time.perf_counter() - tick) / len(free)
+            tick = time.perf_counter()
+            slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), schedule)
+            busy = np.asarray(slots.busy)
+            seconds = time.perf_counter() - tick
+            iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
+            spent = np.where([h is not None for h in holder], iterations - seen_iterations, 0)
+            charged += seconds * spent / max(1, spent.sum())
+            seen_iterations = iterations
+            counters = slots.counters
+            self.stats.iterations, self.stats.decoded, self.stats.reencoded = (
+                int(counters.iterations), int(counters.decoded), int(counters.reencoded))
+            self.stats.seconds += seconds
+            finished = [slot for slot in range(width) if holder[slot] is not None and not busy[slot]]
+            if finished:
+                index = jnp.asarray(finished)
+                steps, draws = jax.device_get((jax.tree.map(lambda a: a[index], slots.steps),
+                                               jax.tree.map(lambda a: a[index], slots.draws)))
+                for row, slot in enumerate(finished):
+                    yield ChainResult(
+                        holder[slot], {name: values[row] for name, values in steps._asdict().items()},
+                        draws.tokens[row], draws.entropy[row], draws.length[row], draws.log_target[row],
+                        float(charged[slot]),
+                    )
+                    holder[slot] = None
+            if progress is not None:
+                progress(self.stats)
+
+    def _admit(self, slots, free: list[int], items: list[WorkItem]):
+        """Prefill `items` into the slots `free`, in a batch padded to a power of two (few shapes)."""
+        rows = min(self.width, 1 << (len(free) - 1).bit_length())
+        index = np.full(rows, self.width, np.int32)  # padding rows point past the slots: dropped
+        prompts = np.zeros((rows, self.prompt_block), np.int32)
+        lengths = np.ones(rows, np.int32)
+        keys = np.zeros((rows, 2), np.uint32)
+        starts = None if items[0].start is None else np.zeros((rows, self.schedule.max_new_tokens), np.int32)
+        for row, (slot, item) in enumerate(zip(free, items)):
+            index[row], lengths[row], keys[row] = slot, len(item.prompt), item.key
+            prompts[row, : len(item.prompt)] = item.prompt
+            if starts is not None:
+                starts[row, : len(item.start)] = item.start
+        return _admit(slots, self.lm, jnp.asarray(index), jnp.asarray(prompts), jnp.asarray(lengths),
+                      jnp.asarray(keys), None if starts is None else jnp.asarray(starts), self.schedule)
+
+
+# Compiled once per (schedule, shapes). Slots are donated: the device updates them in place.
+_empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
+_admit = jax.jit(device.admit, static_argnums=(7,), donate_argnums=(0,))
+_advance = jax.jit(device.advance, static_argnums=(4,), donate_argnums=(0,))

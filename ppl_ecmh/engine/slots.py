@@ -1,0 +1,229 @@
+"""The engine's device side: W slots, each running its own chain, advanced one token per slot per
+iteration inside one compiled loop (DESIGN section 7).
+
+Every iteration feeds each busy slot one token through the model:
+
+- catching up: after a rejection the cache past the cut holds the rejected proposal's keys and
+  values; when a later cut lies beyond that point, the slot first re-encodes the current state's
+  tokens up to it, one per iteration (`valid` counts the cache positions that agree with the
+  current state). With one cache per slot this is the whole price of rejection;
+- proposing: feed the proposal's last token, draw the next from softmax(logits / tau).
+
+A slot whose proposal ends (EOS or the step's length cap) accepts or rejects it with the ratio of
+`ppl_ecmh.mh.log_acceptance`, records the step, and starts its next step in the same iteration,
+while the other slots go on decoding. A chain that has done all its steps leaves its slot idle
+until the host admits the next (problem, chain) into it (`admit`, a batched prefill).
+
+Randomness is keyed by work: the cut, the acceptance and every proposal token of step s of a chain
+come from fold_in(chain_key, s) and the token's completion index, so a chain's draws do not depend
+on the slot count, on its neighbours or on when it was admitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ppl_ecmh.blockwise import ends_with_eos
+from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.lm.generation import Sequences, is_eos, prefill, sequence_log_prob, teacher_force, token_statistics
+from ppl_ecmh.mh import cut_log_probs, log_acceptance, select_rows
+
+CUT, ACCEPT, TOKEN = 0, 1, 2  # the uses of a step's key
+
+
+class StepRecord(NamedTuple):
+    """Per slot and step [W, num_steps]: what each step did."""
+
+    accepted: jax.Array
+    accept_prob: jax.Array
+    cut: jax.Array
+    old_suffix_length: jax.Array
+    new_suffix_length: jax.Array  # = tokens decoded by the step
+
+
+class DrawRecord(NamedTuple):
+    """Per slot and draw [W, num_draws, ...]: the state a draw keeps."""
+
+    tokens: jax.Array  # [W, D, T] completion tokens (0 past the length)
+    entropy: jax.Array  # [W, D, T]
+    length: jax.Array
+    log_target: jax.Array
+
+
+class Counters(NamedTuple):
+    iterations: jax.Array  # [] decode iterations
+    decoded: jax.Array  # [] proposal tokens decoded, over all slots
+    reencoded: jax.Array  # [] tokens re-encoded after rejections
+    busy_iterations: jax.Array  # [W] iterations each slot's chain has been busy since admission
+
+
+class Slots(NamedTuple):
+    current: Sequences  # [W] each chain's state
+    proposal: Sequences  # [W] the step in flight: current's first `cut` tokens, then new ones
+    cache: Any  # the model's cache, one row per slot
+    valid: jax.Array  # [W] leading cache positions that hold the current state's keys and values, always
+    cut: jax.Array  # [W] kept completion tokens of the step in flight
+    limit: jax.Array  # [W] completion length cap of the step in flight
+    step: jax.Array  # [W] the step in flight
+    busy: jax.Array  # [W] the slot holds a chain with steps left
+    chain_key: jax.Array  # [W, 2] raw PRNG keys, one per chain
+    steps: StepRecord
+    draws: DrawRecord
+    counters: Counters
+
+
+def _step_key(chain_key, step, use):
+    return jax.vmap(lambda k, s: jax.random.fold_in(jax.random.fold_in(k, s), use))(chain_key, step)
+
+
+def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule) -> Slots:
+    """W idle slots for prompts of at most `prompt_block` tokens."""
+    total, steps, draws = schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
+    zeros = jnp.zeros((width, total), jnp.float32)
+    ints = lambda *shape: jnp.zeros(shape, jnp.int32)
+    seqs = Sequences(ints(width, prompt_block + total), jnp.ones(width, jnp.int32), ints(width), zeros, zeros, zeros)
+    return Slots(
+        current=seqs, proposal=seqs, cache=lm.init_cache(width, prompt_block + total),
+        valid=ints(width), cut=ints(width), limit=ints(width), step=ints(width), busy=jnp.zeros(width, bool),
+        chain_key=jnp.zeros((width, 2), jnp.uint32),
+        steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
+                         ints(width, steps), ints(width, steps)),
+        draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
+                         jnp.zeros((width, draws))),
+        counters=Counters(ints(), ints(), ints(), ints(width)),
+    )
+
+
+def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, completions, schedule: Schedule) -> Slots:
+    """Start chains in the slots `slot_index` [R] (out of range: ignored) from prompts
+    [R, prompt_block], prefilled in one forward pass. With `completions` [R, T] (each ending at its
+    first EOS, or T long), the chains start from those, scored in the same pass: step 0 then has
+    nothing to extend, and the chain's first move is its first MH step."""
+    rows, block = prompts.shape
+    total = slots.current.tokens.shape[1]
+    zeros = jnp.zeros((rows, schedule.max_new_tokens), jnp.float32)
+    tokens = jnp.zeros((rows, total), jnp.int32).at[:, :block].set(prompts)
+    fresh = Sequences(tokens, prompt_length, jnp.zeros(rows, jnp.int32), zeros, zeros, zeros)
+    if completions is None:
+        cache = prefill(lm, fresh)
+    else:
+        fresh, cache = teacher_force(lm, fresh, completions, schedule.tau)
+    put = lambda big, new: big.at[slot_index].set(new, mode="drop")
+    first = jnp.zeros(rows, jnp.int32)
+    slots = slots._replace(
+        current=jax.tree.map(put, slots.current, fresh), cache=jax.tree.map(put, slots.cache, cache),
+        valid=put(slots.valid, prompt_length + fresh.length), step=put(slots.step, first),
+        busy=put(slots.busy, jnp.ones(rows, bool)), chain_key=put(slots.chain_key, chain_key),
+        counters=slots.counters._replace(busy_iterations=put(slots.counters.busy_iterations, first)),
+    )
+    return _start_steps(slots, lm, put(jnp.zeros_like(slots.busy), jnp.ones(rows, bool)), schedule)
+
+
+def _start_steps(slots: Slots, lm, starting, schedule: Schedule) -> Slots:
+    """For the slots `starting`, begin their step `slots.step`: choose the cut and reset the proposal."""
+    current, step = slots.current, slots.step
+    extension = schedule.is_extension(step)
+    mh_cut = jax.vmap(jax.random.categorical)(_step_key(slots.chain_key, step, CUT), cut_log_probs(schedule.cut, current))
+    cut = jnp.where(extension, current.length, mh_cut.astype(jnp.int32))
+    limit = schedule.limit(step).astype(jnp.int32)
+    # an extension of a sample that ended, or is already as long as its stage allows, decodes nothing
+    limit = jnp.where(extension & (ends_with_eos(lm, current) | (current.length >= limit)), cut, limit)
+    proposal = select_rows(starting, current._replace(length=cut), slots.proposal)
+    return slots._replace(proposal=proposal, cut=jnp.where(starting, cut, slots.cut),
+                          limit=jnp.where(starting, limit, slots.limit))
+
+
+def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
+    """For the slots `finishing`, accept or reject their proposal, record the step, move on."""
+    current, proposal, cut, step = slots.current, slots.proposal, slots.cut, slots.step
+    rows = jnp.arange(step.shape[0])
+    mh_step = ~schedule.is_extension(step)
+    log_a = log_acceptance(current, proposal, cut, schedule.cut, schedule.alpha, schedule.drop_cut_ratio)
+    uniform = jax.vmap(jax.random.uniform)(_step_key(slots.chain_key, step, ACCEPT))
+    accepted = finishing & (~mh_step | (jnp.log(uniform) < log_a))
+    accept_prob = jnp.where(mh_step, jnp.exp(jnp.minimum(log_a, 0.0)), 1.0)
+    new = select_rows(accepted, proposal, current)
+    # an accepted proposal fed every position before its last token; a rejected one leaves `valid`
+    # where feeding it put it (at most its cut)
+    valid = jnp.where(accepted & (proposal.length > cut), current.prompt_length + proposal.length - 1, slots.valid)
+
+    at = jnp.where(finishing, step, schedule.num_steps)  # out of range: not recorded
+    record = lambda buffer, value: buffer.at[rows, at].set(value, mode="drop")
+    steps = StepRecord(
+        record(slots.steps.accepted, accepted), record(slots.steps.accept_prob, accept_prob),
+        record(slots.steps.cut, cut), record(slots.steps.old_suffix_length, jnp.where(mh_step, current.length - cut, 0)),
+        record(slots.steps.new_suffix_length, proposal.length - cut),
+    )
+    draw = jnp.where(finishing, schedule.draw_index(step), -1)
+    draw = jnp.where(draw >= 0, draw, schedule.num_draws)
+    completion_index = jnp.arange(schedule.max_new_tokens)[None, :]
+    inside = completion_index < new.length[:, None]
+    positions = new.prompt_length[:, None] + completion_index
+    completion = jnp.where(inside, jnp.take_along_axis(new.tokens, positions, axis=1), 0)
+    put = lambda buffer, value: buffer.at[rows, draw].set(value, mode="drop")
+    draws = DrawRecord(put(slots.draws.tokens, completion), put(slots.draws.entropy, jnp.where(inside, new.entropy, 0.0)),
+                       put(slots.draws.length, new.length),
+                       put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
+
+    next_step = step + finishing
+    busy = slots.busy & (next_step < schedule.num_steps)
+    slots = slots._replace(current=new, valid=valid, step=next_step, busy=busy, steps=steps, draws=draws)
+    return _start_steps(slots, lm, finishing & busy, schedule)
+
+
+def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
+    """One decode iteration of every slot (see the module docstring)."""
+    current, proposal = slots.current, slots.proposal
+    rows = jnp.arange(slots.step.shape[0])
+    total = current.tokens.shape[1]
+    prompt_length = current.prompt_length
+    empty = slots.busy & (proposal.length >= slots.limit)  # a step with nothing to decode
+    catching_up = slots.busy & ~empty & (slots.valid < prompt_length + slots.cut - 1)
+    proposing = slots.busy & ~empty & ~catching_up
+
+    last = prompt_length + proposal.length - 1
+    position = jnp.where(catching_up, slots.valid, jnp.where(proposing, last, total))  # idle: out of range
+    token = jnp.where(catching_up, current.tokens[rows, jnp.minimum(slots.valid, total - 1)],
+                      proposal.tokens[rows, jnp.clip(last, 0, total - 1)])
+    logits, cache = lm.forward(slots.cache, token[:, None], position[:, None])
+    logits = logits[:, 0]
+
+    index = proposal.length  # completion index of the token drawn now
+    keys = jax.vmap(jax.random.fold_in)(_step_key(slots.chain_key, slots.step, TOKEN), index)
+    drawn = jax.vmap(jax.random.categorical)(keys, logits / schedule.tau).astype(jnp.int32)
+    stats = token_statistics(logits, drawn, schedule.tau)
+    at = jnp.where(proposing, index, schedule.max_new_tokens)
+    proposal = proposal._replace(
+        tokens=proposal.tokens.at[rows, jnp.where(proposing, last + 1, total)].set(drawn, mode="drop"),
+        length=proposal.length + proposing,
+        logp=proposal.logp.at[rows, at].set(stats.logp, mode="drop"),
+        logq=proposal.logq.at[rows, at].set(stats.logq, mode="drop"),
+        entropy=proposal.entropy.at[rows, at].set(stats.entropy, mode="drop"),
+    )
+    finishing = empty | (proposing & (is_eos(lm, drawn) | (proposal.length >= slots.limit)))
+    # `valid` follows what was fed: a current-state token at `valid` extends it (a catch-up, or the
+    # kept token before the cut), a proposal token past the cut overwrites the current state there
+    past_cut = proposing & (last >= prompt_length + slots.cut)
+    valid = jnp.where((catching_up | proposing) & ~past_cut & (position == slots.valid), slots.valid + 1, slots.valid)
+    valid = jnp.where(past_cut, jnp.minimum(valid, last), valid)
+    counters = slots.counters
+    counters = Counters(counters.iterations + 1, counters.decoded + jnp.sum(proposing),
+                        counters.reencoded + jnp.sum(catching_up), counters.busy_iterations + slots.busy)
+    slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters)
+    return _finish_steps(slots, lm, finishing, schedule)
+
+
+def advance(slots: Slots, lm, max_iterations, stop_when_freed, schedule: Schedule) -> Slots:
+    """Iterate until every slot is idle, or `max_iterations` have run, or (with `stop_when_freed`)
+    a chain has finished, so that the host can admit more work into its slot."""
+    busy_at_start = jnp.sum(slots.busy)
+    start = slots.counters.iterations
+
+    def running(slots):
+        freed = jnp.sum(slots.busy) < busy_at_start
+        return jnp.any(slots.busy) & (slots.counters.iterations - start < max_iterations) & ~(stop_when_freed & freed)
+
+    return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, schedule), slots)

@@ -1,0 +1,204 @@
+"""The continuous-batching engine (DESIGN section 7): the same laws as the lockstep kernels, draws
+keyed by work (not by slot, queue order or interruption), and caches that never go stale."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from ppl_ecmh import cuts
+from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
+from ppl_ecmh.engine import slots as slot_ops
+from ppl_ecmh.lm import generation, toy
+from tests.exact import Comparison, exact_draws
+
+PROBLEM = toy.random_tree_problem(seed=1)  # entropy jumps: every cut's correction term matters
+CUTS = {
+    "uniform": cuts.Uniform(),
+    "entropy": cuts.Entropy(beta=0.5),
+    "entropy_jump": cuts.EntropyJump(power=4.0),
+    "mixture": cuts.Mixture(cuts.EntropyJump(power=4.0), eps=0.2),
+}
+
+
+def completion(tokens, length) -> tuple[int, ...]:
+    return tuple(int(v) for v in tokens[:length])
+
+
+def run_from_exact(schedule: Schedule, alpha: float, num_chains=4000, width=256, seed=0):
+    """Chains started at exact pi_alpha draws and run on the engine with fewer slots than chains
+    (so slots are refilled many times); their last draws, pi_alpha, and the mean acceptance."""
+    starts, pi = exact_draws(PROBLEM, alpha, num_chains, seed)
+    lengths = np.asarray(generation.completion_length(PROBLEM.lm, starts))
+    items = [WorkItem(PROBLEM.prompt, chain_key(seed, "exactness", chain, 0), chain, completion(row, n))
+             for chain, (row, n) in enumerate(zip(np.asarray(starts), lengths))]
+    results = list(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt)).run(items))
+    assert sorted(r.item.tag for r in results) == list(range(num_chains))
+    draws = [completion(r.tokens[-1], r.length[-1]) for r in results]
+    acceptance = np.mean([r.steps["accepted"][1:].mean() for r in results])
+    return draws, pi, acceptance
+
+
+def suffix_schedule(cut_name: str, alpha: float, steps=8, drop_cut_ratio=False) -> Schedule:
+    schedule = Schedule.suffix_mh(PROBLEM.max_new_tokens, steps, cut=CUTS[cut_name], alpha=alpha, tau=1 / alpha)
+    return dataclasses.replace(schedule, drop_cut_ratio=drop_cut_ratio)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_name,alpha", [("uniform", 1.0), ("uniform", 4.0), ("entropy", 2.0),
+                                            ("entropy_jump", 4.0), ("mixture", 4.0)])
+def test_engine_leaves_power_distribution_invariant(cut_name, alpha):
+    draws, pi, acceptance = run_from_exact(suffix_schedule(cut_name, alpha), alpha)
+    comparison = Comparison(draws, pi)
+    assert comparison.consistent(), f"{cut_name} alpha={alpha}: {comparison}"
+    assert 0.05 < acceptance < 1.0  # the chains moved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_name", ["uniform", "entropy_jump"])
+def test_engine_without_cut_ratio_is_rejected(cut_name):
+    draws, pi, _ = run_from_exact(suffix_schedule(cut_name, 4.0, drop_cut_ratio=True), 4.0)
+    comparison = Comparison(draws, pi)
+    assert not comparison.consistent(), f"wrong kernel passed: {cut_name}: {comparison}"
+
+
+@pytest.mark.slow
+def test_engine_blockwise_final_stage_reaches_power_distribution():
+    """The whole block-wise schedule from the prompt (B=2, T=4, 100 MH steps a stage), as the
+    lockstep test in test_exactness does: its last stage is an MH chain on pi_alpha."""
+    alpha = 2.0
+    schedule = Schedule.blockwise(PROBLEM.max_new_tokens, 2, 100, cut=CUTS["uniform"], alpha=alpha, tau=1 / alpha)
+    items = [WorkItem(PROBLEM.prompt, chain_key(3, "blockwise", chain, 0), chain) for chain in range(4000)]
+    results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1).run(items)
+    draws = [completion(r.tokens[-1], r.length[-1]) for r in results]
+    comparison = Comparison(draws, PROBLEM.power_distribution(alpha))
+    assert comparison.consistent(), comparison
+
+
+def test_ancestral_chains_on_the_engine_draw_from_the_model():
+    """Independent schedule at tau 1 is ancestral sampling: exact for p (pi at alpha 1)."""
+    schedule = Schedule.independent(PROBLEM.max_new_tokens, alpha=1.0, tau=1.0)
+    items = [WorkItem(PROBLEM.prompt, chain_key(0, "ancestral", chain, 0), chain) for chain in range(4000)]
+    results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1).run(items))
+    assert all(r.tokens.shape[0] == 1 and r.steps["accepted"].all() for r in results)
+    comparison = Comparison([completion(r.tokens[0], r.length[0]) for r in results], PROBLEM.power_distribution(1.0))
+    assert comparison.consistent(), comparison
+
+
+def chains(schedule, prompts, width, order=None, seed=0, lm=PROBLEM.lm):
+    """Every (prompt, chain) pair's result by tag, run in the given order of work items."""
+    items = [WorkItem(prompt, chain_key(seed, "keyed", problem, chain), (problem, chain))
+             for problem, prompt in enumerate(prompts) for chain in range(3)]
+    items = [items[i] for i in order] if order is not None else items
+    block = max(len(p) for p in prompts)
+    return {r.item.tag: r for r in Engine(lm, schedule, width=width, prompt_block=block).run(items)}
+
+
+def assert_same_records(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for tag in a:
+        np.testing.assert_array_equal(a[tag].tokens, b[tag].tokens, err_msg=str(tag))
+        np.testing.assert_array_equal(a[tag].length, b[tag].length)
+        np.testing.assert_array_equal(a[tag].log_target, b[tag].log_target)
+        for name in a[tag].steps:
+            np.testing.assert_array_equal(a[tag].steps[name], b[tag].steps[name], err_msg=name)
+
+
+@pytest.mark.parametrize("schedule", [
+    Schedule.suffix_mh(4, 6, cut=CUTS["mixture"], alpha=4.0, tau=0.25),
+    Schedule.blockwise(4, 2, 3, cut=CUTS["entropy_jump"], alpha=4.0, tau=0.25),
+], ids=["suffix", "blockwise"])
+def test_records_do_not_depend_on_slot_count_queue_order_or_interruption(schedule):
+    prompts = [(0,), (0, 1), (0, 2, 1), (0, 1, 1)]
+    reference = chains(schedule, prompts, width=2)
+    assert_same_records(reference, chains(schedule, prompts, width=5))
+    order = list(np.random.default_rng(0).permutation(len(reference)))
+    assert_same_records(reference, chains(schedule, prompts, width=3, order=order))
+    # interrupted after half the work, then resumed with the rest: the records are the same
+    first, rest = order[: len(order) // 2], order[len(order) // 2 :]
+    resumed = chains(schedule, prompts, width=3, order=first) | chains(schedule, prompts, width=4, order=rest)
+    assert_same_records(reference, resumed)
+    # and they do depend on the seed
+    other = chains(schedule, prompts, width=2, seed=1)
+    assert any(not np.array_equal(other[t].tokens, reference[t].tokens) for t in reference)
+
+
+def test_a_chain_records_every_step_and_draw_of_its_schedule():
+    schedule = Schedule.blockwise(4, 2, 3, cut=CUTS["uniform"], alpha=2.0, tau=0.5)
+    assert (schedule.num_steps, schedule.num_draws) == (8, 2)
+    result = next(iter(chains(schedule, [(0,)], width=1).values()))
+    assert result.tokens.shape == (2, 4) and result.steps["cut"].shape == (8,)
+    # extensions (steps 0 and 4) are kept; the cut of an MH step lies inside the completion
+    assert result.steps["accepted"][[0, 4]].all()
+    assert result.length[0] <= 2 and result.length[1] <= 4
+    assert (result.steps["cut"][1:4] < result.length[0]).all()
+    assert result.seconds > 0
+
+
+def test_bad_work_is_refused():
+    schedule = Schedule.independent(4, alpha=1.0, tau=1.0)
+    engine = Engine(PROBLEM.lm, schedule, width=2, prompt_block=2)
+    with pytest.raises(ValueError, match="prompt"):
+        list(engine.run([WorkItem((0, 1, 2), chain_key(0, "x", 0, 0))]))
+    with pytest.raises(ValueError, match="start"):
+        list(engine.run([WorkItem((0,), chain_key(0, "x", 0, 0), start=(1,)), WorkItem((0,), chain_key(0, "x", 1, 0))]))
+    with pytest.raises(ValueError, match="width"):
+        Engine(PROBLEM.lm, schedule, width=0, prompt_block=2)
+
+
+def prefix_ids(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The toy model's cache for token rows [W, S]: the id of the string ending at each position."""
+    ids = np.zeros(tokens.shape, np.int64)
+    for position in range(tokens.shape[1]):
+        before = ids[:, position - 1] if position else 0
+        ids[:, position] = before * vocab_size + tokens[:, position] + 1
+    return ids
+
+
+def test_the_cache_always_holds_the_tokens_it_is_read_for():
+    """After every iteration, for every busy slot: the cache agrees with the current state below
+    `valid`, and with the proposal up to its last fed token. The toy model's cache is the id of the
+    prefix at each position, so a stale entry (a rejected proposal's, never re-encoded) shows."""
+    logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # EOS (2) is rare: long completions
+    problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
+    schedule = Schedule.suffix_mh(9, 40, cut=CUTS["uniform"], alpha=4.0, tau=1.0)  # many rejections
+    lm, width = problem.lm, 6
+    slots = slot_ops.empty_slots(lm, width, 1, schedule)
+    keys = np.stack([chain_key(0, "cache", chain, 0) for chain in range(width)])
+    slots = slot_ops.admit(slots, lm, np.arange(width), np.zeros((width, 1), np.int32), np.ones(width, np.int32),
+                           keys, None, schedule)
+    iterate = jax.jit(slot_ops.iterate, static_argnums=2)
+    while np.asarray(slots.busy).any():
+        slots = iterate(slots, lm, schedule)
+        cache, valid, busy = np.asarray(slots.cache), np.asarray(slots.valid), np.asarray(slots.busy)
+        current = prefix_ids(np.asarray(slots.current.tokens), 3)
+        proposal = prefix_ids(np.asarray(slots.proposal.tokens), 3)
+        fed = np.asarray(slots.proposal.length)  # fed positions: up to P + length - 2, P = 1
+        proposing = valid >= np.asarray(slots.cut)  # P + cut - 1 <= valid, with P = 1
+        for row in np.flatnonzero(busy):
+            np.testing.assert_array_equal(cache[row, : valid[row]], current[row, : valid[row]])
+            if proposing[row]:
+                np.testing.assert_array_equal(cache[row, : fed[row]], proposal[row, : fed[row]])
+    counters = slots.counters
+    assert int(counters.reencoded) > 20 and int(counters.decoded) > 500  # catch-ups were exercised
+    assert not np.asarray(slots.steps.accepted)[:, 1:].all()
+
+
+@pytest.mark.slow
+def test_engine_draws_on_a_transformer_match_their_teacher_forced_scores(smollm):
+    """After many rejections and refills, every draw's log p (kept token by token as it was
+    decoded, re-encoding after rejections) equals a fresh scoring of its tokens: no stale cache."""
+    alpha = 4.0
+    schedule = Schedule.suffix_mh(24, 6, cut=CUTS["mixture"], alpha=alpha, tau=1 / alpha)
+    prompts = [smollm.encode(text, chat=False) for text in ("The capital of France is", "1, 2, 3,", "def f(x):")]
+    results = chains(schedule, prompts, width=4, lm=smollm.lm)
+    assert any(not r.steps["accepted"][1:].all() for r in results.values())  # rejections happened
+    block = max(len(p) for p in prompts)
+    for (problem, _), result in results.items():
+        seqs = generation.new_sequences([prompts[problem]] * result.tokens.shape[0], 24, prompt_block=block)
+        scored, _ = generation.teacher_force(smollm.lm, seqs, jax.numpy.asarray(
+            np.where(np.arange(24) < result.length[:, None], result.tokens, smollm.lm.eos_token_ids[0])), 1 / alpha)
+        np.testing.assert_array_equal(np.asarray(scored.length), result.length)
+        np.testing.assert_allclose(alpha * np.asarray(generation.sequence_log_prob(scored)), result.log_target,
+                                   rtol=1e-4, atol=1e-3)
