@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ppl_ecmh import CorruptCheckpointError, ModelNotFoundError, UnsupportedModelError, load_model
-from ppl_ecmh.lm import generation
+from ppl_ecmh.lm import generation, transformer
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
 torch = pytest.importorskip("torch")
@@ -58,7 +58,10 @@ def tiny_pair(request, tmp_path_factory):
     return reference, load_model(str(folder)), request.param
 
 
-def test_tiny_checkpoints_match_transformers_logits(tiny_pair):
+@pytest.mark.parametrize("chunk", [128, 16])
+def test_tiny_checkpoints_match_transformers_logits(tiny_pair, chunk, monkeypatch):
+    """With chunk 16, 40 positions take three chunks of the attention loop, the last overlapping."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", chunk)
     reference, loaded, _ = tiny_pair
     rng = np.random.default_rng(0)
     for length in (1, 7, 40):
@@ -66,6 +69,24 @@ def test_tiny_checkpoints_match_transformers_logits(tiny_pair):
         with torch.no_grad():
             expected = reference(torch.tensor(tokens)[None]).logits[0].numpy()
         assert np.abs(full_logits(loaded.lm, tokens) - expected).max() < 1e-4
+
+
+def test_a_rows_logits_do_not_depend_on_how_far_the_other_rows_reach(tiny_pair, monkeypatch):
+    """The attention loop runs to the furthest position of the batch; for a row whose position is
+    behind, the extra chunks change nothing, bit for bit (what keyed engine records rely on)."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)
+    _, loaded, _ = tiny_pair
+    lm = loaded.lm
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 97, size=(2, 100)), jnp.int32)
+    cache = lm.init_cache(2, 100)
+    _, cache = lm.forward(cache, tokens, jnp.broadcast_to(jnp.arange(100), (2, 100)))
+    step = jax.jit(lambda lm, cache, positions: lm.forward(cache, tokens[:, :1], positions)[0])
+    near = step(lm, cache, jnp.asarray([[5], [6]]))
+    far = step(lm, cache, jnp.asarray([[5], [99]]))
+    idle = step(lm, cache, jnp.asarray([[5], [100]]))  # an idle engine slot: out of range
+    np.testing.assert_array_equal(near[0], far[0])
+    np.testing.assert_array_equal(near[0], idle[0])
+    assert not np.array_equal(near[1], far[1])
 
 
 def test_qwen2_biases_are_loaded(tiny_pair):

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from ppl_ecmh.lm.config import ModelConfig
 
+ATTENTION_CHUNK = 128  # cache slots per step of the attention loop
+
 
 class KVCache(NamedTuple):
     """Keys and values, one [batch, kv_head, slot, head_dim] array per layer.
@@ -83,15 +85,50 @@ def _attention(config, layer_params, x, positions, keys, values, inv_freq):
 
     group = config.num_heads // config.num_kv_heads
     q = q.reshape(batch, steps, config.num_kv_heads, group, config.head_dim)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(config.head_dim))
-    slots = jnp.arange(keys.shape[2])
-    visible = slots[None, None, :] <= positions[:, :, None]  # [B, T, S]
-    scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
-    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", weights, values)
+    out = _attend_live(q, keys, values, positions)
     out = out.reshape(batch, steps, config.num_heads * config.head_dim)
     return linear(out, layer_params["wo"]), keys, values
+
+
+def _attend_live(q, keys, values, positions):
+    """Softmax attention of queries q [B, T, kvh, g, hd] at `positions` [B, T] over the cached
+    slots at or before each position, reading the cache only up to the furthest position: a loop
+    over key/value chunks with an online softmax. A decode step then costs what the live tokens
+    cost, not what the cache holds.
+
+    A chunk that lies wholly past a row's position changes nothing for that row, exactly (its
+    correction factor is 1 and its terms 0), so a row's output does not depend on how far the
+    other rows of the batch reach. Positions >= S (idle rows) do not extend the loop."""
+    size = keys.shape[2]
+    chunk = min(ATTENTION_CHUNK, size)
+    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    live = jnp.where(positions < size, positions, 0)
+    num_chunks = jnp.max(live) // chunk + 1
+    batch, steps, kv_heads, group, _ = q.shape
+    shape = (batch, kv_heads, group, steps)
+
+    def body(index, carry):
+        peak, total, accumulated = carry
+        first = index * chunk
+        start = jnp.minimum(first, size - chunk)  # the last chunk may overlap the one before
+        k = jax.lax.dynamic_slice_in_dim(keys, start, chunk, axis=2)
+        v = jax.lax.dynamic_slice_in_dim(values, start, chunk, axis=2)
+        scores = jnp.einsum("btkgd,bkcd->bkgtc", q, k, preferred_element_type=jnp.float32) * scale
+        slots = start + jnp.arange(chunk)
+        visible = (slots[None, None, :] >= first) & (slots[None, None, :] <= positions[:, :, None])  # [B, T, C]
+        scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
+        new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1))
+        shift = jnp.where(jnp.isfinite(new_peak), new_peak, 0.0)
+        weights = jnp.exp(scores - shift[..., None])
+        correction = jnp.exp(peak - shift)
+        total = total * correction + jnp.sum(weights, axis=-1)
+        update = jnp.einsum("bkgtc,bkcd->bkgtd", weights.astype(values.dtype), v, preferred_element_type=jnp.float32)
+        return new_peak, total, accumulated * correction[..., None] + update
+
+    start = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (values.shape[-1],)))
+    _, total, accumulated = jax.lax.fori_loop(0, num_chunks, body, start)
+    out = accumulated / jnp.where(total > 0, total, 1.0)[..., None]  # [B, kvh, g, T, hd]
+    return out.transpose(0, 3, 1, 2, 4).astype(values.dtype)
 
 
 def _mlp(layer_params, x):
