@@ -25,6 +25,8 @@ def _cut_param(text: str) -> tuple[str, float]:
 
 def _model_options() -> argparse.ArgumentParser:
     """Options of every command that loads a model and samples."""
+    from ppl_ecmh.runner import DEFAULT_WIDTH
+
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--model", default="smollm2-135m",
                          help="registered name, GGUF file, Hugging Face folder or hub id")
@@ -51,6 +53,9 @@ def _model_options() -> argparse.ArgumentParser:
     options.add_argument("--bon-budget", type=int, default=None,
                          help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
                          "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
+    options.add_argument("--batch-size", type=int, default=DEFAULT_WIDTH,
+                         help="slots of the continuous-batching engine: chains decoded side by side (power-smc, "
+                         "tmc, best-of-n: problems per batch)")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return options
@@ -126,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
     evaluate.add_argument("--mh-steps", type=int, default=8,
                           help="random-cut/entropy-cut: MH steps after the initial completion")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="problems decoded together")
     evaluate.add_argument("--out", required=True, help="results directory (created, or resumed)")
     evaluate.set_defaults(handler=_eval)
 
@@ -169,6 +173,9 @@ def _prompt_text(args) -> str:
 
 def _specs(args, names):
     from ppl_ecmh.runner import SamplerSpec
+    from ppl_ecmh.validation import check_positive_int
+
+    check_positive_int("batch_size", args.batch_size)
 
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
                                block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k,
@@ -188,7 +195,8 @@ def _run(model, prompt, text, spec, args):
 
     run = run_sampler(model.lm, prompt, spec, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
-                      token_budget=args.token_budget, progress=not args.no_progress, description=spec.name)
+                      token_budget=args.token_budget, progress=not args.no_progress, description=spec.name,
+                      width=args.batch_size)
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]

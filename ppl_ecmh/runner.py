@@ -1,5 +1,8 @@
-"""Running a sampler on a loaded model: chains batched, one jitted draw per loop iteration, a
-progress bar with tokens/s, and every draw's tokens and statistics kept."""
+"""Running a sampler on a loaded model, with a progress bar and every draw's tokens and statistics
+kept. Samplers whose steps are independent per chain (ancestral, low-temperature, suffix MH, the
+block-wise schedule and its presets) run on the continuous-batching engine (`ppl_ecmh.engine`):
+every (prompt, chain) is a work item for W slots. The others (Power-SMC, TMC, best-of-N) and runs
+with a token budget advance all chains together, one jitted draw per loop iteration."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ppl_ecmh import kernels
-from ppl_ecmh.cuts import get_cut
+from ppl_ecmh.cuts import Uniform, get_cut
+from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.target import power_model
-from ppl_ecmh.validation import check_alpha, check_positive_int
+from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int, check_tau
 
 # Published recipes by name (DESIGN section 3): the block-wise schedule with the random cut of
 # Karan & Du, or the entropy-jump cut of ECMH (beta = 4). A preset fixes the cut; the schedule's
@@ -29,6 +33,11 @@ PRESETS = {
 SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS) + (
     "power-smc", "tmc", "best-of-n")
 BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
+INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
+ENGINE_SAMPLERS = INDEPENDENT_SAMPLERS + ("random-cut", "entropy-cut") + BLOCKWISE_SAMPLERS
+# Slots of the engine by default: where aggregate decode tokens/s stopped growing on a 2-core CPU
+# (benchmarks/engine.py; docs/design.md has the measurement).
+DEFAULT_WIDTH = 32
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
 
@@ -61,6 +70,21 @@ class SamplerSpec:
                 object.__setattr__(self, field, value)
         if self.top_k is not None:
             check_positive_int("top_k", self.top_k)
+
+    def schedule(self, alpha: float, max_new_tokens: int, num_draws: int) -> Schedule:
+        """The engine's description of one chain with `num_draws` draws (warmup included); an
+        independent sampler's chain is one completion (its draws are separate chains)."""
+        if self.name in INDEPENDENT_SAMPLERS:
+            tau = 1.0 if self.name == "ancestral" else check_tau(self.tau, alpha)
+            return Schedule.independent(max_new_tokens, alpha=alpha, tau=tau)
+        tau = check_tau(self.tau, alpha)
+        if self.name in BLOCKWISE_SAMPLERS:
+            return Schedule.blockwise(max_new_tokens, self.block_size, self.num_mcmc_steps, cut=self.make_cut(),
+                                      alpha=alpha, tau=tau, num_stages=num_draws)
+        return Schedule.suffix_mh(max_new_tokens, num_draws, cut=self.make_cut(), alpha=alpha, tau=tau)
+
+    def make_cut(self):
+        return Uniform() if self.name == "random-cut" else get_cut(self.cut, **dict(self.cut_params))
 
     def make_kernel(self, model=power_model):
         params = dict(self.cut_params)
@@ -95,7 +119,8 @@ class Run:
     entropy: np.ndarray
     stats: dict
     wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
-    initial_generated: np.ndarray  # tokens decoded by each row's initial completion [chains, (prompts)]
+    initial_generated: np.ndarray  # tokens decoded before the first kept draw [chains, (prompts)]: the
+    # initial completion (and, on the engine, the warmup draws)
 
     @property
     def initial_tokens_generated(self) -> int:
@@ -109,13 +134,14 @@ class Run:
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
                 max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
                 token_budget: int | None = None, prompt_block: int | None = None, progress: bool = True,
-                description: str | None = None) -> Run:
+                description: str | None = None, width: int = DEFAULT_WIDTH) -> Run:
     """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
     kept draw at which all chains together have decoded at least that many tokens (warmup and the
     initial draw included), so samplers can be compared at equal cost. `num_draws=0` (no warmup)
     keeps the initial completion as the only draw: one ancestral or low-temperature sample each.
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
-    runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program."""
+    runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
+    samplers (`ENGINE_SAMPLERS`, without a token budget) run their chains in `width` slots."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws, minimum=0)
@@ -124,6 +150,10 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         raise ValueError("draws: must be >= 1 when warmup draws are discarded")
     if token_budget is not None:
         token_budget = check_positive_int("token_budget", token_budget)
+    if spec.name in ENGINE_SAMPLERS and token_budget is None:
+        return run_on_engine(lm, prompt, spec, alpha=alpha, max_new_tokens=max_new_tokens, num_chains=num_chains,
+                             num_draws=num_draws, num_warmup=num_warmup, seed=seed, prompt_block=prompt_block,
+                             progress=progress, description=description, width=width)
     kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
     lm = truncate(lm, spec.top_k)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
@@ -164,17 +194,7 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
                     num_chains=num_chains, num_draws=len(wall), num_warmup=num_warmup, seed=seed,
                     token_budget=token_budget,
                     prompt_tokens=_prompt_setting(kernel.target.sequence))
-    settings |= dict(preset=spec.name if spec.name in PRESETS else None, top_k=spec.top_k)
-    if hasattr(kernel, "cut"):
-        settings["cut"] = repr(kernel.cut)
-    if spec.name in BLOCKWISE_SAMPLERS:
-        settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
-    if spec.name == "power-smc":
-        settings |= dict(num_particles=spec.num_particles, smc_block_size=spec.smc_block_size)
-    if spec.name == "tmc":
-        settings |= dict(num_candidates=spec.num_candidates, num_rollouts=spec.num_rollouts, horizon=spec.horizon)
-    if spec.name == "best-of-n":
-        settings |= dict(token_budget_per_draw=spec.token_budget)
+    settings |= _spec_settings(spec, getattr(kernel, "cut", None))
     return Run(
         settings=settings,
         tokens=np.stack(tokens, axis=1),
@@ -183,6 +203,88 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         wall_time=np.asarray(wall),
         initial_generated=initial,
     )
+
+
+def _spec_settings(spec: SamplerSpec, cut) -> dict:
+    """The sampler's own settings, as a run records them."""
+    settings = dict(preset=spec.name if spec.name in PRESETS else None, top_k=spec.top_k)
+    if cut is not None:
+        settings["cut"] = repr(cut)
+    if spec.name in BLOCKWISE_SAMPLERS:
+        settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
+    if spec.name == "power-smc":
+        settings |= dict(num_particles=spec.num_particles, smc_block_size=spec.smc_block_size)
+    if spec.name == "tmc":
+        settings |= dict(num_candidates=spec.num_candidates, num_rollouts=spec.num_rollouts, horizon=spec.horizon)
+    if spec.name == "best-of-n":
+        settings |= dict(token_budget_per_draw=spec.token_budget)
+    return settings
+
+
+def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_draws: int, problem_names=None):
+    """The work of a run: one item per (prompt, chain), or per (prompt, chain, draw) for an
+    independent sampler, whose draws are separate one-completion chains. Keys come from
+    (seed, sampler, problem, chain): a problem's name when given (a task's problem id), else its
+    index."""
+    per_chain = max(1, num_draws) if spec.name in INDEPENDENT_SAMPLERS else 1
+    names = problem_names or range(len(prompts))
+    return [WorkItem(tuple(prompt), chain_key(seed, spec.name, name, chain * per_chain + unit), (index, chain, unit))
+            for index, (name, prompt) in enumerate(zip(names, prompts))
+            for chain in range(num_chains) for unit in range(per_chain)]
+
+
+def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
+                  num_draws: int, num_warmup: int, seed: int, prompt_block: int | None = None, progress: bool = True,
+                  description: str | None = None, width: int = DEFAULT_WIDTH) -> Run:
+    """`run_sampler` for the engine samplers: every chain a work item, `width` slots."""
+    batched = not isinstance(prompt[0], (int, np.integer))
+    prompts = [list(p) for p in prompt] if batched else [list(prompt)]
+    prompt_block = prompt_block or max(len(p) for p in prompts)
+    check_fits_context(lm, prompt_block, max_new_tokens)
+    lm = truncate(lm, spec.top_k)
+    independent = spec.name in INDEPENDENT_SAMPLERS
+    schedule = spec.schedule(alpha, max_new_tokens, 1 if independent else num_warmup + num_draws)
+    items = engine_items(prompts, spec, seed, num_chains, num_warmup + num_draws)
+    engine = Engine(lm, schedule, width=min(check_positive_int("width", width), len(items)), prompt_block=prompt_block)
+    kept = max(1, num_draws)
+    shape = (num_chains, kept, len(prompts))
+    tokens = np.full(shape + (max_new_tokens,), lm.eos_token_ids[0], np.int32)
+    entropy = np.zeros(shape + (max_new_tokens,), np.float32)
+    stats = {name: np.zeros(shape, np.float32 if name.startswith("accept") else np.int32) for name in STAT_FIELDS}
+    stats["log_target"] = np.zeros(shape, np.float32)
+    initial = np.zeros((num_chains, len(prompts)), np.int32)
+    bar = tqdm(total=len(items), desc=description or spec.name, disable=not progress, unit="chain")
+    report = lambda engine_stats: bar.set_postfix(
+        tok_s=f"{engine_stats.decoded / max(engine_stats.seconds, 1e-9):.1f}", occupancy=f"{engine_stats.occupancy:.2f}")
+    for result in engine.run(items, progress=report):
+        index, chain, unit = result.item.tag
+        per_draw = schedule.draw_statistics(result.steps) | dict(log_target=result.log_target, length=result.length)
+        initial[chain, index] += schedule.initial_tokens(result.steps)
+        if independent:  # each unit is one draw of the chain; units before num_warmup are warmup
+            own, at = slice(0, 1), (chain, slice(unit - num_warmup, unit - num_warmup + 1), index)
+            warmup = range(1) if unit < num_warmup else range(0)
+        else:
+            own, at = slice(num_warmup, num_warmup + kept), (chain, slice(None), index)
+            warmup = range(num_warmup)
+        initial[chain, index] += sum(int(per_draw["num_generated"][draw]) for draw in warmup)
+        if not (independent and unit < num_warmup):
+            inside = np.arange(max_new_tokens) < result.length[own, None]
+            tokens[at] = np.where(inside, result.tokens[own], lm.eos_token_ids[0])
+            entropy[at] = result.entropy[own]
+            for name in stats:
+                stats[name][at] = per_draw[name][own]
+        bar.update(1)
+    bar.close()
+    squeeze = (lambda a: a) if batched else (lambda a: a[:, :, 0])
+    settings = dict(sampler=spec.name, alpha=alpha, tau=schedule.tau, max_new_tokens=max_new_tokens,
+                    num_chains=num_chains, num_draws=kept, num_warmup=num_warmup, seed=seed, token_budget=None,
+                    prompt_tokens=prompts if batched else prompts[0])
+    settings |= _spec_settings(spec, None if independent else schedule.cut)
+    settings["engine"] = dict(width=engine.width, occupancy=engine.stats.occupancy, iterations=engine.stats.iterations,
+                              decoded=engine.stats.decoded, reencoded=engine.stats.reencoded)
+    return Run(settings=settings, tokens=squeeze(tokens), entropy=squeeze(entropy),
+               stats={name: squeeze(value) for name, value in stats.items()},
+               wall_time=np.full(kept, engine.stats.seconds / kept), initial_generated=initial if batched else initial[:, 0])
 
 
 @functools.lru_cache(maxsize=4)

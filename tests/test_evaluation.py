@@ -70,36 +70,63 @@ def keys_of(records):
     return [(r["sampler"], r["seed"], r["problem_id"]) for r in records]
 
 
-def test_an_interrupted_run_resumes_to_exactly_one_record_per_sampler_seed_and_problem(letters, monkeypatch, tmp_path):
-    real_batch, calls, kill_at = experiment._run_batch, [], [7]
+# what a record says about its draw; the rest (wall time, machine, engine figures) is about the run
+DRAW_FIELDS = ("completion", "answer", "correct", "tokens_generated", "completion_length", "alpha_log_p",
+               "acceptance", "mh_suffix_tokens", "num_draws")
 
-    def counted_and_killed_on_the_seventh_batch(*args):
-        calls.append(args)
-        if len(calls) in kill_at:
+
+def draws_by_key(records):
+    return {(r["sampler"], r["seed"], r["problem_id"]): tuple(r[f] for f in DRAW_FIELDS) for r in records}
+
+
+def test_an_interrupted_run_resumes_to_the_records_an_uninterrupted_run_writes(letters, monkeypatch, tmp_path):
+    real_append, appended = RecordStore.append, []
+
+    def killed_after_seven_records(store, records):
+        if len(appended) == 7:
             raise Killed
-        return real_batch(*args)
+        appended.append(records)
+        real_append(store, records)
 
-    monkeypatch.setattr(experiment, "_run_batch", counted_and_killed_on_the_seventh_batch)
+    monkeypatch.setattr(RecordStore, "append", killed_after_seven_records)
     with pytest.raises(Killed):
         run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
+    monkeypatch.setattr(RecordStore, "append", real_append)
     before = RecordStore(tmp_path / experiment.RECORDS).read()
-    assert len(before) == 6 * 3 - 2  # six batches of three, minus (10 % 3 = 1)-problem padding: 3+3+3+1+3+3
+    assert len(before) == 7
     with open(tmp_path / experiment.RECORDS, "a") as handle:  # a record cut short by a kill
         handle.write('{"sampler": "ancestral", "seed": 1, "problem_')
 
-    calls.clear()
-    kill_at.clear()
     store = run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
     records = store.read()
-    assert len(calls) == 16 - 6  # only the missing batches ran
     assert sorted(keys_of(records)) == sorted((s, seed, f"p{i}") for s in SAMPLERS for seed in SEEDS for i in range(10))
     assert records[: len(before)] == before  # nothing rewritten
     lines = (tmp_path / experiment.RECORDS).read_text().splitlines()
     assert sum(1 for line in lines if line.endswith("}")) == 40
 
-    fresh = run_eval(letters, SAMPLERS, SEEDS, tmp_path / "fresh", progress=False, model=LetterModel()).read()
-    by_key = {(r["sampler"], r["seed"], r["problem_id"]): r["completion"] for r in fresh}
-    assert {(r["sampler"], r["seed"], r["problem_id"]): r["completion"] for r in records} == by_key
+    # every record equals the one an uninterrupted run writes, even one with another slot count
+    other_width = dataclasses.replace(letters, batch_size=5)
+    fresh = run_eval(other_width, SAMPLERS, SEEDS, tmp_path / "fresh", progress=False, model=LetterModel()).read()
+    assert draws_by_key(records) == draws_by_key(fresh)
+
+
+def test_lockstep_samplers_resume_to_one_record_per_problem(letters, monkeypatch, tmp_path):
+    real_batch, calls = experiment._run_batch, []
+
+    def killed_on_the_third_batch(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise Killed
+        return real_batch(*args)
+
+    monkeypatch.setattr(experiment, "_run_batch", killed_on_the_third_batch)
+    settings = dataclasses.replace(letters, num_particles=2)
+    with pytest.raises(Killed):
+        run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel())
+    assert len(RecordStore(tmp_path / experiment.RECORDS).read()) == 6  # two batches of three
+    monkeypatch.setattr(experiment, "_run_batch", real_batch)
+    records = run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel()).read()
+    assert sorted(keys_of(records)) == sorted(("power-smc", 0, f"p{i}") for i in range(10))
 
 
 def test_a_completed_run_is_not_redone(letters, tmp_path):

@@ -21,6 +21,7 @@ import dataclasses
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 from ppl_ecmh.cuts import CutDistribution, Uniform
 
@@ -98,3 +99,27 @@ class Schedule:
             step = stage * self.steps_per_stage + within + 1
             return range(step, step + 1)
         return range(draw * self.steps_per_stage, (draw + 1) * self.steps_per_stage)
+
+    def draw_statistics(self, steps: dict) -> dict:
+        """Per-draw statistics [num_draws] from one chain's per-step records [num_steps], as the
+        lockstep kernels report them: a draw's MH steps (its extension when it has none) give
+        `accepted` (the fraction), `accept_prob` (the mean), `cut` (the last), the suffix lengths
+        (sums); `num_generated` counts every token the draw decoded."""
+        out = {name: np.zeros(self.num_draws, np.float32 if name.startswith("accept") else np.int32)
+               for name in ("accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length",
+                            "num_generated")}
+        for draw in range(self.num_draws):
+            span = np.asarray(self.steps_of_draw(draw))
+            moves = span[span % self.steps_per_stage != 0]
+            moves = moves if len(moves) else span
+            out["accepted"][draw] = steps["accepted"][moves].mean()
+            out["accept_prob"][draw] = steps["accept_prob"][moves].mean()
+            out["cut"][draw] = steps["cut"][moves[-1]]
+            out["old_suffix_length"][draw] = steps["old_suffix_length"][moves].sum()
+            out["new_suffix_length"][draw] = steps["new_suffix_length"][moves].sum()
+            out["num_generated"][draw] = steps["new_suffix_length"][span].sum()
+        return out
+
+    def initial_tokens(self, steps: dict) -> int:
+        """Tokens decoded before the first draw (suffix MH's initial completion)."""
+        return int(sum(steps["new_suffix_length"][step] for step in self.initial_steps))

@@ -80,7 +80,8 @@ class Engine:
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
-        """Run every item's chain; yield each result as soon as its chain is done. `progress`, if
+        """Run every item's chain; yield each result as soon as its chain is done. The device goes
+        on with the other slots while the caller handles a result (grades it, say). `progress`, if
         given, is called with this engine's `stats` after every host trip."""
         queue = collections.deque(items)
         for item in queue:
@@ -88,46 +89,60 @@ class Engine:
                 raise ValueError(f"prompt: {len(item.prompt)} tokens; the engine takes 1 to {self.prompt_block}")
         if len({item.start is None for item in queue}) > 1:
             raise ValueError("start: give a starting completion for every chain of a run, or for none")
-        schedule, width = self.schedule, self.width
-        slots = _empty(self.lm, width, self.prompt_block, schedule)
+        width = self.width
+        slots = _empty(self.lm, width, self.prompt_block, self.schedule)
         holder: list[WorkItem | None] = [None] * width
         charged = np.zeros(width)  # seconds charged to each slot's chain so far
-        seen_iterations = np.zeros(width, np.int64)
-        while queue or any(holder):
-            free = [slot for slot in range(width) if holder[slot] is None][: len(queue)]
-            if free:
-                tick = time.perf_counter()
-                admitted = [queue.popleft() for _ in free]
-                slots = self._admit(slots, free, admitted)
-                for slot, item in zip(free, admitted):
-                    holder[slot], seen_iterations[slot] = item, 0
-                    charged[slot] = (time.perf_counter() - tick) / len(free)
-            tick = time.perf_counter()
-            slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), schedule)
-            busy = np.asarray(slots.busy)
-            seconds = time.perf_counter() - tick
+        seen = np.zeros(width, np.int64)  # each slot's busy iterations when last read
+        started = tick = time.perf_counter()
+        slots = self._fill(slots, holder, seen, queue)
+        slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
+        while True:
+            busy = np.asarray(slots.busy)  # waits for the device
             iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
-            spent = np.where([h is not None for h in holder], iterations - seen_iterations, 0)
-            charged += seconds * spent / max(1, spent.sum())
-            seen_iterations = iterations
+            now = time.perf_counter()
+            spent = np.where([h is not None for h in holder], iterations - seen, 0)
+            charged += (now - tick) * spent / max(1, spent.sum())
+            tick, seen = now, iterations
             counters = slots.counters
             self.stats.iterations, self.stats.decoded, self.stats.reencoded = (
                 int(counters.iterations), int(counters.decoded), int(counters.reencoded))
-            self.stats.seconds += seconds
+            self.stats.seconds = now - started
             finished = [slot for slot in range(width) if holder[slot] is not None and not busy[slot]]
-            if finished:
-                index = jnp.asarray(finished)
-                steps, draws = jax.device_get((jax.tree.map(lambda a: a[index], slots.steps),
-                                               jax.tree.map(lambda a: a[index], slots.draws)))
-                for row, slot in enumerate(finished):
-                    yield ChainResult(
-                        holder[slot], {name: values[row] for name, values in steps._asdict().items()},
-                        draws.tokens[row], draws.entropy[row], draws.length[row], draws.log_target[row],
-                        float(charged[slot]),
-                    )
-                    holder[slot] = None
+            results = self._collect(slots, finished, [holder[slot] for slot in finished], charged[finished])
+            for slot in finished:
+                holder[slot] = None
+            slots = self._fill(slots, holder, seen, queue)
+            more = any(holder)
+            if more:  # dispatched before the results are handed out: the device runs meanwhile
+                slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
             if progress is not None:
                 progress(self.stats)
+            yield from results
+            if not more:
+                return
+
+    def _fill(self, slots, holder: list, seen: np.ndarray, queue: collections.deque):
+        """Admit queued items into the free slots."""
+        free = [slot for slot in range(self.width) if holder[slot] is None][: len(queue)]
+        if not free:
+            return slots
+        admitted = [queue.popleft() for _ in free]
+        for slot, item in zip(free, admitted):
+            holder[slot], seen[slot] = item, 0
+        return self._admit(slots, free, admitted)
+
+    def _collect(self, slots, finished: list[int], items: list[WorkItem], seconds) -> list[ChainResult]:
+        """The records of the chains in the slots `finished`, copied to the host."""
+        if not finished:
+            return []
+        index = jnp.asarray(finished)
+        steps, draws = jax.device_get((jax.tree.map(lambda a: a[index], slots.steps),
+                                       jax.tree.map(lambda a: a[index], slots.draws)))
+        return [ChainResult(item, {name: values[row] for name, values in steps._asdict().items()},
+                            draws.tokens[row], draws.entropy[row], draws.length[row], draws.log_target[row],
+                            float(seconds[row]))
+                for row, item in enumerate(items)]
 
     def _admit(self, slots, free: list[int], items: list[WorkItem]):
         """Prefill `items` into the slots `free`, in a batch padded to a power of two (few shapes)."""

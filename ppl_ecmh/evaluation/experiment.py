@@ -1,8 +1,12 @@
 """Evaluation runs: every sampler on every problem of a task, for several seeds, graded, stored.
 
-Problems go through the model in batches of `batch_size` (one chain per problem; the last batch
-padded with repeats, so every batch has the same shapes and reuses one compiled program). After a
-batch its records are appended to DIR/records.jsonl; a rerun with the same settings skips every
+The engine samplers (`ppl_ecmh.runner.ENGINE_SAMPLERS`) queue one chain per pending problem into
+`batch_size` slots of the continuous-batching engine; each record is graded and appended to
+DIR/records.jsonl as soon as its chain is done, while the other slots decode. Their randomness is
+keyed by (seed, sampler, problem id), so a record does not depend on the slot count, the order of
+the problems or on a resume. Power-SMC, TMC and best-of-N go through the model in batches of
+`batch_size` problems (the last batch padded with repeats, so every batch reuses one compiled
+program) and append a batch's records after it. A rerun with the same settings skips every
 (sampler, seed, problem) already there, so a killed run resumes where it stopped.
 """
 
@@ -23,12 +27,15 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation.store import RecordStore
-from ppl_ecmh.runner import BLOCKWISE_SAMPLERS, SamplerSpec, run_sampler
+from ppl_ecmh.engine import Engine
+from ppl_ecmh.lm.truncation import truncate
+from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
+                             engine_items, run_sampler)
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
 RECORDS, SETTINGS = "records.jsonl", "settings.json"
-INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
+SPEED_SETTINGS = ("batch_size",)  # change how fast records come, not their law: may differ on a resume
 ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
 # the suffix-resampling MH samplers; without a budget, best-of-n matches the first one present
 MH_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
@@ -60,7 +67,7 @@ class EvalSettings:
     tmc_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
     tmc_horizon: int = 8  # tmc: tokens per rollout
     chat: bool = True
-    batch_size: int = 8
+    batch_size: int = DEFAULT_WIDTH  # engine slots; problems per batch for the lockstep samplers
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -99,7 +106,7 @@ def open_results(out_dir, settings: EvalSettings) -> RecordStore:
         stored = json.loads(path.read_text())
         defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
         differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
-                     if stored.get(key, defaults[key]) != value}
+                     if stored.get(key, defaults[key]) != value and key not in SPEED_SETTINGS}
         if differing:
             detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
             raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
@@ -141,6 +148,10 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     for spec, seed, pending in work:
         if pending and spec.name == "best-of-n" and spec.token_budget is None:
             spec = dataclasses.replace(spec, token_budget=matched_budget(store.read(), seed))
+        bar.set_description(f"{spec.name} seed {seed}")
+        if pending and spec.name in ENGINE_SAMPLERS:
+            _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar)
+            continue
         correct = 0
         for start in range(0, len(pending), settings.batch_size):
             batch = pending[start : start + settings.batch_size]
@@ -219,6 +230,36 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
             batch_size=len(batch), token_budget=spec.token_budget, machine=machine,
         ))
     return records
+
+
+def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar) -> None:
+    """One chain per pending problem through the engine; each record stored as its chain ends."""
+    schedule = spec.schedule(settings.alpha, settings.max_new_tokens, settings.num_draws(spec.name))
+    items = engine_items([prompts[p.id] for p in pending], spec, seed, 1, settings.num_draws(spec.name),
+                         problem_names=[p.id for p in pending])
+    engine = Engine(truncate(model.lm, spec.top_k), schedule, width=min(settings.batch_size, len(items)),
+                    prompt_block=prompt_block)
+    correct = 0
+    for done, result in enumerate(engine.run(items), 1):
+        problem = pending[result.item.tag[0]]
+        per_draw = schedule.draw_statistics(result.steps)
+        length = int(result.length[-1])
+        completion = model.decode(result.tokens[-1, :length])
+        answer, is_correct = task.grade(completion, problem)
+        store.append([dict(
+            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
+            correct=bool(is_correct), reference=problem.answer if settings.task != "humaneval" else None,
+            tokens_generated=int(result.steps["new_suffix_length"].sum()), completion_length=length,
+            alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
+            mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.name in MH_SAMPLERS else None,
+            num_draws=schedule.num_draws, wall_time_s=result.seconds, batch_wall_time_s=None,
+            batch_size=engine.width, token_budget=spec.token_budget, machine=machine,
+            engine=dict(width=engine.width, occupancy=round(engine.stats.occupancy, 4)),
+        )])
+        correct += bool(is_correct)
+        bar.update(1)
+        bar.set_postfix(correct=f"{correct}/{done}", occupancy=f"{engine.stats.occupancy:.2f}",
+                        tok_s=f"{engine.stats.decoded / max(engine.stats.seconds, 1e-9):.0f}")
 
 
 def _batch_seed(seed: int, first_problem: str) -> int:
