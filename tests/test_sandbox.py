@@ -1,11 +1,15 @@
 """Model-written code runs confined: every malicious program fails its grade and the parent is unharmed."""
 
+import fcntl
 import os
 import socket
+import struct
+import tempfile
 import time
 
 import pytest
 
+from ppl_ecmh import sandbox
 from ppl_ecmh.sandbox import Limits, run_python
 
 LIMITS = Limits(timeout_s=3.0, memory_mb=512)
@@ -129,6 +133,53 @@ def test_the_parents_environment_is_not_readable(monkeypatch):
 def test_signalling_the_parent_fails():
     result = run_python("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)", LIMITS)
     assert result.status == "failed"
+
+
+# What only capabilities allow; each is harmless if it ever succeeds (the hostname is set to itself).
+PRIVILEGED = {
+    "mknod": "import os, stat\nos.mknod('kmsg', stat.S_IFCHR | 0o600, os.makedev(1, 11))\nopen('kmsg', 'rb').read(1)",
+    "sethostname": "import socket\nsocket.sethostname(socket.gethostname())",
+    "immutable file": "import fcntl, struct\nwith open('f', 'w') as handle:\n"
+                      "    fcntl.ioctl(handle, 0x40086602, struct.pack('i', 0x10))",  # FS_IOC_SETFLAGS, immutable
+    "raw socket": "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)",
+}
+
+
+@pytest.mark.parametrize("program", PRIVILEGED.values(), ids=PRIVILEGED.keys())
+def test_what_only_capabilities_allow_fails(program):
+    result = run_python(program, LIMITS)
+    if os.geteuid() == 0:
+        assert "no-capabilities" in result.layers, result.layers
+    assert result.status == "failed", result.stderr
+
+
+def _sandbox_directories() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("ppl-ecmh-")}
+
+
+def test_a_failure_of_the_sandbox_itself_is_a_failed_grade_with_its_reason_and_leaves_nothing(monkeypatch):
+    before = _sandbox_directories()
+
+    def no_interpreter(*args, **kwargs):
+        raise OSError("no interpreter")
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", no_interpreter)
+    result = run_python("print(1)", LIMITS)
+    assert result.status == "failed" and "sandbox: no interpreter" in result.stderr
+    assert _sandbox_directories() == before
+
+
+def test_an_immutable_file_left_in_the_sandbox_is_removed(tmp_path):
+    directory = tmp_path / "sandbox"
+    directory.mkdir()
+    locked = directory / "locked"
+    locked.write_text("x")
+    with open(locked) as handle:
+        try:
+            fcntl.ioctl(handle, 0x40086602, struct.pack("i", 0x10))  # chattr +i
+        except OSError:
+            pytest.skip("this file system or user cannot set the immutable flag")
+    assert sandbox._remove_tree(str(directory)) and not directory.exists()
 
 
 def _require(layer: str, result) -> None:

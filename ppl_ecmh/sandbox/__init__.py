@@ -12,12 +12,16 @@ per-run nonce, after the last statement returns. An exit status of 0 alone is no
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import secrets
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 CHILD = Path(__file__).with_name("child.py")
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL, FS_APPEND_FL = 0x80086601, 0x40086602, 0x10, 0x20
 OUTPUT_TAIL = 2000  # characters of stdout/stderr kept in a result
 
 
@@ -63,49 +68,105 @@ class ExecutionResult:
 
 def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
     """Run `program` as a script under `limits`. It passes if its last statement returns: an
-    exception, a limit or any exit before the end (whatever its status) is a fail."""
-    with tempfile.TemporaryDirectory(prefix="ppl-ecmh-run-") as private, \
-            tempfile.TemporaryDirectory(prefix="ppl-ecmh-sandbox-") as workdir:
-        program_path = Path(workdir, "program.py")
-        program_path.write_text(program, encoding="utf-8")
-        cgroup = _PidsCgroup.create(limits.processes)
-        nonce = secrets.token_hex(16).encode()
-        result_read, result_write = os.pipe()
-        config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
-                      cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write)
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-               "PYTHONIOENCODING": "utf-8"}
-        out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
-        started = time.perf_counter()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", str(CHILD), json.dumps(config)], cwd=workdir, env=env,
-                    stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write,))
-            finally:
-                os.close(result_write)
-            try:
-                process.stdin.write(nonce)
-                process.stdin.close()
-                returncode = process.wait(timeout=limits.timeout_s)
-                ran_to_end = _read_available(result_read) == nonce
-                status = "passed" if returncode == 0 and ran_to_end else "failed"
-            except subprocess.TimeoutExpired:
-                returncode, status = None, "timeout"
-            except BrokenPipeError:  # the child died before reading its nonce: nothing ran
-                returncode, status = process.wait(), "failed"
-            finally:
-                os.close(result_read)
-                _kill_group(process)
-                if cgroup:
-                    cgroup.kill_and_remove()
-        seconds = time.perf_counter() - started
-        header, _, stdout = _read_tail(out_path, whole=True).partition("\n")
+    exception, a limit or any exit before the end (whatever its status) is a fail. So is a failure
+    of the sandbox itself, with its reason in `stderr`: grading never raises, and leaves nothing
+    behind in the temporary directory."""
+    private = tempfile.mkdtemp(prefix="ppl-ecmh-run-")
+    workdir = tempfile.mkdtemp(prefix="ppl-ecmh-sandbox-")
+    try:
+        result = _run(program, limits, private, workdir)
+    except OSError as error:
+        result = ExecutionResult("failed", None, "", f"sandbox: {error}", 0.0, ())
+    left = [directory for directory in (workdir, private) if not _remove_tree(directory)]
+    if left:
+        result = dataclasses.replace(result, status="failed",
+                                     stderr=result.stderr + f"\nsandbox: could not remove {', '.join(left)}")
+    return result
+
+
+def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionResult:
+    program_path = Path(workdir, "program.py")
+    program_path.write_text(program, encoding="utf-8")
+    cgroup = _PidsCgroup.create(limits.processes)
+    nonce = secrets.token_hex(16).encode()
+    result_read, result_write = os.pipe()
+    run_as = _unprivileged_uid()
+    if run_as is not None:
+        os.chown(workdir, run_as, run_as)
+    config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
+                  cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write, run_as=run_as)
+    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+           "PYTHONIOENCODING": "utf-8"}
+    out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
+    started = time.perf_counter()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
         try:
-            layers = tuple(json.loads(header))
-        except ValueError:  # the child died before confining itself: nothing ran
-            layers, stdout = (), header + stdout
-        return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers)
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(CHILD), json.dumps(config)], cwd=workdir, env=env,
+                stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write,))
+        except BaseException:
+            os.close(result_read)
+            raise
+        finally:
+            os.close(result_write)
+        try:
+            process.stdin.write(nonce)
+            process.stdin.close()
+            returncode = process.wait(timeout=limits.timeout_s)
+            ran_to_end = _read_available(result_read) == nonce
+            status = "passed" if returncode == 0 and ran_to_end else "failed"
+        except subprocess.TimeoutExpired:
+            returncode, status = None, "timeout"
+        except BrokenPipeError:  # the child died before reading its nonce: nothing ran
+            returncode, status = process.wait(), "failed"
+        finally:
+            os.close(result_read)
+            _kill_group(process)
+            if cgroup:
+                cgroup.kill_and_remove()
+    seconds = time.perf_counter() - started
+    header, _, stdout = _read_tail(out_path, whole=True).partition("\n")
+    try:
+        layers = tuple(json.loads(header))
+    except ValueError:  # the child died before confining itself: nothing ran
+        layers, stdout = (), header + stdout
+    return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers)
+
+
+def _remove_tree(path: str) -> bool:
+    """Remove a sandbox directory whatever the program did to it (read-only modes, immutable or
+    append-only flags); False if something is left."""
+
+    def unlock_and_retry(function, name, _):
+        for target in (os.path.dirname(name), name):
+            _clear_inode_flags(target)
+            try:
+                os.chmod(target, 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
+        function(name)
+
+    try:
+        shutil.rmtree(path, onerror=unlock_and_retry)
+    except OSError:
+        return not os.path.exists(path)
+    return True
+
+
+def _clear_inode_flags(path: str) -> None:
+    """Clear the immutable and append-only flags of a file or directory (chattr -i -a)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags[0] & ~(FS_IMMUTABLE_FL | FS_APPEND_FL)))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_available(fd: int) -> bytes:
@@ -129,6 +190,28 @@ def _kill_group(process: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def _unprivileged_uid() -> int | None:
+    """The uid of `nobody` when this process is root and the interpreter's files are readable by
+    every user (else the child stays uid 0, without capabilities)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        import pwd
+
+        uid = pwd.getpwnam("nobody").pw_uid
+    except (ImportError, KeyError):
+        return None
+    return uid if all(_readable_by_others(Path(path)) for path in _interpreter_paths()) else None
+
+
+def _readable_by_others(path: Path) -> bool:
+    if not path.exists():
+        return True
+    if not os.stat(path).st_mode & (0o005 if path.is_dir() else 0o004):
+        return False
+    return all(os.stat(parent).st_mode & 0o001 for parent in path.resolve().parents)
 
 
 def _interpreter_paths() -> list[str]:

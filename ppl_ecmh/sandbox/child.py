@@ -12,9 +12,14 @@ Each confinement layer is applied when the kernel allows it and named on the fir
 
 - pids-cgroup: join a cgroup whose pids.max caps processes (fork bombs), when the parent made one;
 - network-namespace: a new, empty network namespace (no interface is up, so nothing is reachable);
-- landlock: writes only below the working directory, reads only of the interpreter's own files
-  (not the parent's environment in /proc, not the user's files), no execve, no TCP, no signals or
-  abstract sockets beyond the sandbox;
+- landlock: writes only below the working directory (no device nodes even there), reads only of
+  the interpreter's own files (not the parent's environment in /proc, not the user's files), no
+  execve, no TCP, no signals or abstract sockets beyond the sandbox;
+- unprivileged-uid: when started as root and the interpreter's files are readable by others, run
+  as `nobody` from here on;
+- no-capabilities: every capability dropped (bounding, ambient, effective and permitted sets) and
+  the securebits locked so that uid 0 gains none back: no mknod, sethostname, chattr +i, raw
+  sockets or mounts, even where the process stays uid 0;
 - rlimits: address space, CPU seconds, file size, open files, processes, no core dumps.
 """
 
@@ -31,8 +36,14 @@ LANDLOCK_RULE_PATH_BENEATH = 1
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
 FILE_ONLY_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | (1 << 14) | (1 << 15)
+FS_MAKE_CHAR, FS_MAKE_BLOCK = 1 << 6, 1 << 11  # device nodes: never, not even in the working directory
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+# NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each with its lock, and KEEP_CAPS_LOCKED
+SECUREBITS_LOCKED_DOWN = 0b11101111
+CAPABILITY_VERSION_3 = 0x20080522
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -70,7 +81,8 @@ def landlock(workdir, readable):
     if ruleset < 0:
         return False
     read_only = FS_READ_FILE | FS_READ_DIR
-    for path, rights in [(workdir, all_fs & ~FS_EXECUTE)] + [(path, read_only) for path in readable]:
+    own = all_fs & ~(FS_EXECUTE | FS_MAKE_CHAR | FS_MAKE_BLOCK)
+    for path, rights in [(workdir, own)] + [(path, read_only) for path in readable]:
         if not os.path.exists(path):
             continue
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -82,6 +94,37 @@ def landlock(workdir, readable):
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return False
     return libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) == 0
+
+
+class CapabilityHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapabilityData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def run_as(uid):
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    return os.getuid() == uid
+
+
+def drop_capabilities():
+    """Empty every capability set and lock the securebits, so that uid 0 gains nothing back."""
+    if os.geteuid() == 0 and libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0) != 0:
+        return False
+    capability = 0
+    while libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) == 0:  # EINVAL past the last capability
+        capability += 1
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header, data = CapabilityHeader(CAPABILITY_VERSION_3, 0), (CapabilityData * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0 or libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    with open("/proc/self/status") as status:
+        sets = [line.split()[1] for line in status if line.startswith(("CapEff", "CapPrm", "CapBnd", "CapAmb"))]
+    return all(int(value, 16) == 0 for value in sets)
 
 
 def set_limits(limits):
@@ -111,6 +154,10 @@ def main():
         layers.append("pids-cgroup")
     if enter_network_namespace():
         layers.append("network-namespace")
+    if config["run_as"] is not None and run_as(config["run_as"]):
+        layers.append("unprivileged-uid")
+    if drop_capabilities():
+        layers.append("no-capabilities")
     if landlock(workdir, config["readable"]):
         layers.append("landlock")
     if set_limits(config["limits"]):
