@@ -54,8 +54,8 @@ def _model_options() -> argparse.ArgumentParser:
                          help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
                          "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
     options.add_argument("--batch-size", type=int, default=DEFAULT_WIDTH,
-                         help="slots of the continuous-batching engine: chains decoded side by side (power-smc, "
-                         "tmc, best-of-n: problems per batch)")
+                         help="rows decoded side by side: slots of the continuous-batching engine, one chain "
+                         "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts)")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return options
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mh-steps", type=int, default=8,
                           help="random-cut/entropy-cut: MH steps after the initial completion")
     evaluate.add_argument("--out", required=True, help="results directory (created, or resumed)")
+    evaluate.add_argument("--repair", action="store_true",
+                          help="first move damaged lines of the directory's records to records.quarantine.jsonl")
     evaluate.set_defaults(handler=_eval)
 
     report = commands.add_parser("report", formatter_class=formatter,
@@ -273,7 +275,7 @@ def _eval(args) -> None:
         tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
         dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
-    store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress)
+    store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress, repair=args.repair)
     frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])
     print()
     print(summary.accuracy_table(frame).round(3).to_string(index=False))

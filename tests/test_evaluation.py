@@ -120,13 +120,19 @@ def test_lockstep_samplers_resume_to_one_record_per_problem(letters, monkeypatch
         return real_batch(*args)
 
     monkeypatch.setattr(experiment, "_run_batch", killed_on_the_third_batch)
-    settings = dataclasses.replace(letters, num_particles=2)
+    settings = dataclasses.replace(letters, num_particles=2, batch_size=6)  # three problems of two particles
     with pytest.raises(Killed):
         run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel())
     assert len(RecordStore(tmp_path / experiment.RECORDS).read()) == 6  # two batches of three
     monkeypatch.setattr(experiment, "_run_batch", real_batch)
     records = run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel()).read()
     assert sorted(keys_of(records)) == sorted(("power-smc", 0, f"p{i}") for i in range(10))
+
+
+def test_a_lockstep_batch_holds_as_many_problems_as_fit_its_rows():
+    settings = EvalSettings(task="humaneval", batch_size=64, num_particles=8, tmc_candidates=4, tmc_rollouts=2)
+    assert [settings.problems_per_batch(name) for name in ("power-smc", "tmc", "best-of-n")] == [8, 8, 64]
+    assert dataclasses.replace(settings, batch_size=4).problems_per_batch("power-smc") == 1
 
 
 def test_a_completed_run_is_not_redone(letters, tmp_path):
@@ -182,11 +188,71 @@ def test_a_directory_with_other_settings_is_refused(letters, tmp_path):
         run_eval(dataclasses.replace(letters, alpha=2.0), ["ancestral"], [0], tmp_path, model=LetterModel())
 
 
-def test_a_corrupt_line_inside_the_store_is_an_error_not_silently_skipped(tmp_path):
+def test_a_corrupt_line_inside_the_store_is_an_error_that_repair_resolves_losing_nothing_intact(tmp_path):
     path = tmp_path / "records.jsonl"
-    path.write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\nnot json\n{"sampler": "a", "seed": 1, "problem_id": "p"}\n')
-    with pytest.raises(ValueError, match="records.jsonl:2"):
-        RecordStore(path).read()
+    path.write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\nnot json\n[1, 2]\n'
+                    '{"sampler": "a", "seed": 1, "problem_id": "p"}\n')
+    store = RecordStore(path)
+    with pytest.raises(PplEcmhError, match="records.jsonl:2: not a record; `ppl-ecmh eval` with --repair"):
+        store.read()
+    assert store.repair() == 2
+    assert [r["seed"] for r in store.read()] == [0, 1]
+    assert store.quarantine_path.read_text() == "not json\n[1, 2]\n"
+    assert store.repair() == 0
+
+
+def test_eval_repair_quarantines_damaged_lines_and_resumes(letters, tmp_path):
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    lines = (tmp_path / experiment.RECORDS).read_text().splitlines()
+    (tmp_path / experiment.RECORDS).write_text("\n".join(lines[:3] + ['{"sampler": "anc'] + lines[4:]) + "\n")
+    with pytest.raises(PplEcmhError, match="--repair"):
+        run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    store = run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel(), repair=True)
+    assert sorted(keys_of(store.read())) == sorted(("ancestral", 0, f"p{i}") for i in range(10))
+
+
+def test_a_grader_that_raises_fails_that_record_and_the_run_goes_on(letters, tmp_path, monkeypatch):
+    real_grade = LetterTask.grade
+
+    def breaks_on_p3(task, completion, problem):
+        if problem.id == "p3":
+            raise PermissionError("cleanup failed")
+        return real_grade(task, completion, problem)
+
+    monkeypatch.setattr(LetterTask, "grade", breaks_on_p3)
+    records = {r["problem_id"]: r for r in run_eval(letters, ["ancestral"], [0], tmp_path, progress=False,
+                                                    model=LetterModel()).read()}
+    assert len(records) == 10
+    assert records["p3"]["correct"] is False and records["p3"]["grading_error"] == "PermissionError: cleanup failed"
+    assert all(r["grading_error"] is None for key, r in records.items() if key != "p3")
+
+
+def test_a_second_eval_on_the_same_directory_is_refused_while_the_first_runs(letters, tmp_path):
+    with experiment.locked(tmp_path):
+        with pytest.raises(PplEcmhError, match="in use by another evaluation"):
+            run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    assert not (tmp_path / experiment.RECORDS).exists()
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())  # the lock was released
+
+
+def test_settings_are_written_only_once_the_model_has_loaded(letters, tmp_path, monkeypatch):
+    def no_such_model(*args, **kwargs):
+        raise PplEcmhError("unknown model")
+
+    monkeypatch.setattr("ppl_ecmh.lm.load_model", no_such_model)
+    with pytest.raises(PplEcmhError, match="unknown model"):
+        run_eval(letters, ["ancestral"], [0], tmp_path, progress=False)
+    assert not (tmp_path / experiment.SETTINGS).exists()  # a corrected command is not refused
+    run_eval(dataclasses.replace(letters, alpha=2.0), ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    (tmp_path / experiment.SETTINGS).write_text('{"task": "letters", "alp')
+    with pytest.raises(PplEcmhError, match="settings.json"):
+        run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+
+
+def test_an_out_path_that_is_a_file_is_refused(letters, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PplEcmhError, match="not a directory"):
+        run_eval(letters, ["ancestral"], [0], tmp_path / "file", progress=False, model=LetterModel())
 
 
 def frame_of(outcomes: dict) -> "summary.pd.DataFrame":

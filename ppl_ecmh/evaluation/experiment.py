@@ -1,22 +1,26 @@
 """Evaluation runs: every sampler on every problem of a task, for several seeds, graded, stored.
 
-The engine samplers (`ppl_ecmh.runner.ENGINE_SAMPLERS`) queue one chain per pending problem into
-`batch_size` slots of the continuous-batching engine; each record is graded and appended to
-DIR/records.jsonl as soon as its chain is done, while the other slots decode. Their randomness is
-keyed by (seed, sampler, problem id), so a record does not depend on the slot count, the order of
-the problems or on a resume. Power-SMC, TMC and best-of-N go through the model in batches of
-`batch_size` problems (the last batch padded with repeats, so every batch reuses one compiled
-program) and append a batch's records after it. A rerun with the same settings skips every
+`batch_size` is the number of rows decoded side by side. The engine samplers
+(`ppl_ecmh.runner.ENGINE_SAMPLERS`) queue one chain per pending problem into that many slots of the
+continuous-batching engine; each record is graded and appended to DIR/records.jsonl as soon as its
+chain is done, while the other slots decode. Their randomness is keyed by (seed, sampler, problem
+id), so a record does not depend on the slot count, the order of the problems or on a resume.
+Power-SMC, TMC and best-of-N go through the model in batches of as many problems as fit that many
+rows (`EvalSettings.problems_per_batch`; the last batch padded with repeats, so every batch reuses
+one compiled program) and append a batch's records after it. A rerun with the same settings skips every
 (sampler, seed, problem) already there, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.evaluation.store import RecordStore
+from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
@@ -34,7 +38,7 @@ from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS,
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
-RECORDS, SETTINGS = "records.jsonl", "settings.json"
+RECORDS, SETTINGS, LOCK = "records.jsonl", "settings.json", ".lock"
 SPEED_SETTINGS = ("batch_size",)  # change how fast records come, not their law: may differ on a resume
 ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
 # the suffix-resampling MH samplers; without a budget, best-of-n matches the first one present
@@ -67,7 +71,7 @@ class EvalSettings:
     tmc_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
     tmc_horizon: int = 8  # tmc: tokens per rollout
     chat: bool = True
-    batch_size: int = DEFAULT_WIDTH  # engine slots; problems per batch for the lockstep samplers
+    batch_size: int = DEFAULT_WIDTH  # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`)
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -85,6 +89,12 @@ class EvalSettings:
                            smc_block_size=self.smc_block_size, token_budget=self.bon_budget,
                            num_candidates=self.tmc_candidates, num_rollouts=self.tmc_rollouts, horizon=self.tmc_horizon)
 
+    def problems_per_batch(self, sampler: str) -> int:
+        """Problems a lockstep batch holds: as many as fit `batch_size` rows, with Power-SMC's
+        particles and TMC's look-ahead rollouts each a row of their problem."""
+        rows = {"power-smc": self.num_particles, "tmc": self.tmc_candidates * self.tmc_rollouts}.get(sampler, 1)
+        return max(1, self.batch_size // rows)
+
     def num_draws(self, sampler: str) -> int:
         """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
         its presets: one draw per block, the published schedule."""
@@ -98,44 +108,112 @@ class EvalSettings:
 
 
 def open_results(out_dir, settings: EvalSettings) -> RecordStore:
-    """The record store of `out_dir`, after checking it was made with the same settings."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SETTINGS
-    if path.exists():
-        stored = json.loads(path.read_text())
-        defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
-        differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
-                     if stored.get(key, defaults[key]) != value and key not in SPEED_SETTINGS}
-        if differing:
-            detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
-            raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
-    else:
-        path.write_text(json.dumps(dataclasses.asdict(settings), indent=2))
+    """The record store of `out_dir`, after checking it was made with the same settings (and
+    recording them, for a new directory)."""
+    out = _results_directory(out_dir)
+    if _stored_settings(out) is None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, settings)
+    check_settings(out, settings)
     return RecordStore(out / RECORDS)
 
 
+def check_settings(out: Path, settings: EvalSettings) -> None:
+    """PplEcmhError when `out` holds an evaluation with other settings (speed settings aside)."""
+    stored = _stored_settings(out)
+    if stored is None:
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
+    differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
+                 if stored.get(key, defaults[key]) != value and key not in SPEED_SETTINGS}
+    if differing:
+        detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
+        raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
+
+
+def write_settings(out: Path, settings: EvalSettings) -> None:
+    replace_atomically(out / SETTINGS, json.dumps(dataclasses.asdict(settings), indent=2))
+
+
+def _stored_settings(out: Path) -> dict | None:
+    path = out / SETTINGS
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PplEcmhError(f"{path} cannot be read ({error}); remove it to start the directory afresh") from None
+    if not isinstance(stored, dict):
+        raise PplEcmhError(f"{path} is not a settings object; remove it to start the directory afresh")
+    return stored
+
+
+def _results_directory(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PplEcmhError(f"--out {out} is a file, not a directory")
+    return out
+
+
+@contextlib.contextmanager
+def locked(out_dir):
+    """Hold DIR/.lock while a run writes to DIR: a second run on the same directory is refused
+    instead of doing all the work again. The lock goes with the process that holds it."""
+    out = _results_directory(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PplEcmhError(f"{out} is in use by another evaluation (process {holder}); wait for it to end "
+                               "or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
 def read_settings(out_dir) -> EvalSettings:
-    path = Path(out_dir) / SETTINGS
-    if not path.is_file():
+    stored = _stored_settings(_results_directory(out_dir))
+    if stored is None:
         raise PplEcmhError(f"{out_dir} is not an evaluation directory (no {SETTINGS})")
-    return EvalSettings(**json.loads(path.read_text()))
+    try:
+        return EvalSettings(**stored)
+    except (TypeError, ValueError) as error:
+        raise PplEcmhError(f"{Path(out_dir) / SETTINGS}: {error}") from None
 
 
 def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
-             progress: bool = True, model=None) -> RecordStore:
+             progress: bool = True, model=None, repair: bool = False) -> RecordStore:
     """Run what is missing from `out_dir` and return its store. `model` (a LoadedModel) skips
-    loading `settings.model`, for callers that hold one already."""
+    loading `settings.model`, for callers that hold one already. `repair` first moves damaged
+    lines of the store to its quarantine file. The directory is locked for the run, and its
+    settings are recorded only once the model has loaded and every prompt fits."""
     specs = [settings.spec(name) for name in samplers]
     for spec in specs:  # bad sampler options fail before the model loads
         dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
     task = get_task(settings.task)
     problems = select_problems(task, settings)
-    store = open_results(out_dir, settings)
+    out = _results_directory(out_dir)
+    check_settings(out, settings)
+    with locked(out):
+        store = RecordStore(out / RECORDS)
+        if repair and (moved := store.repair()):
+            print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
+        _run_missing(settings, specs, seeds, task, problems, out, store, progress, model)
+    return store
+
+
+def _run_missing(settings, specs, seeds, task, problems, out, store, progress, model) -> None:
     done = store.done()
     work = [(spec, seed, [p for p in problems if (spec.name, seed, p.id) not in done]) for spec in specs for seed in seeds]
     if not any(pending for _, _, pending in work):
-        return store
+        if _stored_settings(out) is None:
+            write_settings(out, settings)
+        return
     if model is None:
         from ppl_ecmh.lm import load_model
 
@@ -143,6 +221,7 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
     model.check_fits(prompt_block, settings.max_new_tokens)
+    write_settings(out, settings)
     machine = machine_label()
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
@@ -152,9 +231,9 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
         if pending and spec.name in ENGINE_SAMPLERS:
             _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar)
             continue
-        correct = 0
-        for start in range(0, len(pending), settings.batch_size):
-            batch = pending[start : start + settings.batch_size]
+        correct, per_batch = 0, settings.problems_per_batch(spec.name)
+        for start in range(0, len(pending), per_batch):
+            batch = pending[start : start + per_batch]
             bar.set_description(f"{spec.name} seed {seed}")
             records = _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, machine)
             store.append(records)
@@ -162,7 +241,6 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
             bar.update(len(batch))
             bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
     bar.close()
-    return store
 
 
 def matched_budget(records: list[dict], seed: int) -> int:
@@ -207,7 +285,8 @@ def select_problems(task, settings: EvalSettings) -> list:
 
 
 def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, machine) -> list[dict]:
-    padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # equal shapes: one compiled program
+    per_batch = settings.problems_per_batch(spec.name)
+    padded = batch + [batch[-1]] * (per_batch - len(batch))  # equal shapes: one compiled program
     started = time.perf_counter()
     run = run_sampler(model.lm, [prompts[p.id] for p in padded], spec, alpha=settings.alpha,
                       max_new_tokens=settings.max_new_tokens, num_chains=1, num_draws=settings.num_draws(spec.name),
@@ -217,16 +296,17 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
     for column, problem in enumerate(batch):
         length = int(run.stats["length"][0, -1, column])
         completion = model.decode(run.tokens[0, -1, column, :length])
-        answer, correct = task.grade(completion, problem)
+        answer, correct, grading_error = grade(task, completion, problem)
         records.append(dict(
             sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
-            correct=bool(correct), reference=problem.answer if settings.task != "humaneval" else None,
+            correct=bool(correct), grading_error=grading_error,
+            reference=problem.answer if settings.task != "humaneval" else None,
             tokens_generated=int(run.stats["num_generated"][0, :, column].sum() + run.initial_generated[0, column]),
             completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
             acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
             mh_suffix_tokens=(int(run.stats["new_suffix_length"][0, :, column].sum())
                               if spec.name in MH_SAMPLERS else None),
-            num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / len(batch), batch_wall_time_s=seconds,
+            num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / per_batch, batch_wall_time_s=seconds,
             batch_size=len(batch), token_budget=spec.token_budget, machine=machine,
         ))
     return records
@@ -245,10 +325,11 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
         per_draw = schedule.draw_statistics(result.steps)
         length = int(result.length[-1])
         completion = model.decode(result.tokens[-1, :length])
-        answer, is_correct = task.grade(completion, problem)
+        answer, is_correct, grading_error = grade(task, completion, problem)
         store.append([dict(
             sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
-            correct=bool(is_correct), reference=problem.answer if settings.task != "humaneval" else None,
+            correct=bool(is_correct), grading_error=grading_error,
+            reference=problem.answer if settings.task != "humaneval" else None,
             tokens_generated=int(result.steps["new_suffix_length"].sum()), completion_length=length,
             alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
             mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.name in MH_SAMPLERS else None,
@@ -260,6 +341,16 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
         bar.update(1)
         bar.set_postfix(correct=f"{correct}/{done}", occupancy=f"{engine.stats.occupancy:.2f}",
                         tok_s=f"{engine.stats.decoded / max(engine.stats.seconds, 1e-9):.0f}")
+
+
+def grade(task, completion: str, problem) -> tuple[str | None, bool, str | None]:
+    """The task's grade, or a fail with the reason when grading itself raised: one completion that
+    breaks its grader must not stop the evaluation (nor be retried forever on resume)."""
+    try:
+        answer, correct = task.grade(completion, problem)
+    except Exception as error:  # noqa: BLE001 - any grader failure is this record's failed grade
+        return None, False, f"{type(error).__name__}: {error}"
+    return answer, bool(correct), None
 
 
 def _batch_seed(seed: int, first_problem: str) -> int:

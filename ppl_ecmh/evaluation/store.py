@@ -1,8 +1,10 @@
 """An append-only JSONL store of evaluation records, one per (sampler, seed, problem).
 
-Every record is written as one line and flushed to disk before the next batch starts, so a run
-killed at any moment loses at most the batch in flight. A final line cut short by such a kill is
-not a record: reading skips it and the next append drops it. Complete records are never rewritten.
+Every record is written as one line and flushed to disk before the next one, so a run killed at
+any moment loses at most the work in flight. A final line cut short by such a kill is not a
+record: reading skips it and the next append drops it. Complete records are never rewritten. A
+damaged line anywhere else stops reading with an error that offers `repair`, which moves such
+lines to a quarantine file beside the store and keeps every intact record.
 """
 
 from __future__ import annotations
@@ -12,11 +14,23 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from ppl_ecmh.errors import PplEcmhError
+
 KEY_FIELDS = ("sampler", "seed", "problem_id")
+QUARANTINE_SUFFIX = ".quarantine"
 
 
 def record_key(record: dict) -> tuple:
     return tuple(record[field] for field in KEY_FIELDS)
+
+
+def _parse(line: str) -> dict | None:
+    """The record on a line, or None when the line is not one (bad JSON, or lacks the key fields)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and all(field in record for field in KEY_FIELDS) else None
 
 
 class RecordStore:
@@ -32,16 +46,35 @@ class RecordStore:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+            record = _parse(line)
+            if record is None:
                 if number == len(lines):  # the line a killed run was writing
                     continue
-                raise ValueError(f"{self.path}:{number}: not a JSON record") from None
+                raise PplEcmhError(f"{self.path}:{number}: not a record; `ppl-ecmh eval` with --repair moves "
+                                   f"damaged lines to {self.quarantine_path.name} and keeps the intact ones")
             if record_key(record) not in seen:
                 seen.add(record_key(record))
                 records.append(record)
         return records
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.path.with_name(self.path.stem + QUARANTINE_SUFFIX + self.path.suffix)
+
+    def repair(self) -> int:
+        """Move every damaged line (the last one too) to the quarantine file, keep the rest in
+        order; return how many lines moved. The store is replaced atomically."""
+        if not self.path.exists():
+            return 0
+        lines = [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        damaged = [line for line in lines if _parse(line) is None]
+        if not damaged:
+            return 0
+        with open(self.quarantine_path, "a", encoding="utf-8") as quarantine:
+            quarantine.write("".join(line + "\n" for line in damaged))
+        intact = "".join(line + "\n" for line in lines if _parse(line) is not None)
+        replace_atomically(self.path, intact)
+        return len(damaged)
 
     def done(self) -> set[tuple]:
         return {record_key(record) for record in self.read()}
@@ -59,3 +92,13 @@ class RecordStore:
             handle.write(lines.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never half written."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
