@@ -37,3 +37,4 @@ bench: setup
 	$(PY) -m benchmarks.acceptance
 	$(PY) -m benchmarks.sampler_overhead
 	$(PY) -m benchmarks.sampler_cost
+	$(PY) -m benchmarks.engine

@@ -34,8 +34,11 @@ from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 MODEL = "qwen2.5-coder-0.5b"
 SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "tmc", "best-of-n"]
 SEEDS = [0]
+# batch_size: rows decoded together. 64 engine slots; for Power-SMC (8 particles) and TMC (4 x 2
+# rollouts) 8 problems a batch, as in every run recorded so far (those ran ecmh, karan-du and the
+# baselines in lockstep batches of 8 problems, before the engine).
 SETTINGS = dict(model=MODEL, alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4, num_particles=8,
-                tmc_candidates=4, tmc_rollouts=2, tmc_horizon=2, batch_size=8, shuffle_seed=0)
+                tmc_candidates=4, tmc_rollouts=2, tmc_horizon=2, batch_size=64, shuffle_seed=0)
 TASKS = {
     "humaneval": dict(limit=80),
     "gsm8k": dict(limit=100, source=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl")),

@@ -36,8 +36,9 @@ BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
 INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
 ENGINE_SAMPLERS = INDEPENDENT_SAMPLERS + ("random-cut", "entropy-cut") + BLOCKWISE_SAMPLERS
 # Slots of the engine by default: where aggregate decode tokens/s stopped growing on a 2-core CPU
-# (benchmarks/engine.py; docs/design.md has the measurement).
-DEFAULT_WIDTH = 32
+# (benchmarks/engine.py, float32, 160 + 384 cache): qwen2.5-coder-0.5b 14, 43, 68, 83, 101 tokens/s
+# at 1, 8, 16, 32, 64 rows; smollm2-135m 40, 131, 184, 213, 211. docs/design.md section 7.
+DEFAULT_WIDTH = 64
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
 
@@ -150,10 +151,19 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
         raise ValueError("draws: must be >= 1 when warmup draws are discarded")
     if token_budget is not None:
         token_budget = check_positive_int("token_budget", token_budget)
+    options = dict(alpha=alpha, max_new_tokens=max_new_tokens, num_chains=num_chains, num_draws=num_draws,
+                   num_warmup=num_warmup, seed=seed, prompt_block=prompt_block, progress=progress,
+                   description=description)
     if spec.name in ENGINE_SAMPLERS and token_budget is None:
-        return run_on_engine(lm, prompt, spec, alpha=alpha, max_new_tokens=max_new_tokens, num_chains=num_chains,
-                             num_draws=num_draws, num_warmup=num_warmup, seed=seed, prompt_block=prompt_block,
-                             progress=progress, description=description, width=width)
+        return run_on_engine(lm, prompt, spec, width=width, **options)
+    return run_lockstep(lm, prompt, spec, token_budget=token_budget, **options)
+
+
+def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
+                 num_draws: int, num_warmup: int, seed: int, token_budget: int | None = None,
+                 prompt_block: int | None = None, progress: bool = True, description: str | None = None) -> Run:
+    """`run_sampler` through the NumPyro kernel: every chain and prompt a row of one batch, all
+    rows advancing together one jitted draw at a time (a step waits for its longest proposal)."""
     kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
     lm = truncate(lm, spec.top_k)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)

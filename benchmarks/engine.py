@@ -1,0 +1,157 @@
+"""The continuous-batching engine against raw decode and against lockstep batches.
+
+(a) Aggregate decode tokens/s of the embedded models against the batch width, with the cache sized
+    for the study (a 160-token prompt block + T_max 384) and EOS disabled; llama.cpp's batch-1
+    tokens/s on the same GGUF as the reference line, when llama-cpp-python is installed
+    (`pip install "ppl-ecmh[bench]"`, a benchmark dependency only).
+(b) ecmh and karan-du with the study's settings (alpha 4, T_max 384, B 96, N_MCMC 4) on the first
+    `--problems` GSM8K problems, one chain each, on the engine at its default width (capped by the
+    work): occupancy (useful row-tokens / slot-iterations), useful tokens/s and its ratio to raw
+    decode at the same width from (a), and the occupancy the same proposals would have had in
+    lockstep batches of 8 (each step of a batch waits for its longest suffix).
+(c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
+    for the wall-time ratio.
+
+Every ratio is between figures of this one run, on this machine; wall times include compilation.
+
+    python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
+                                [--problems 16] [--samplers ecmh karan-du] [--lockstep] [--json FILE]
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.decode import timed, without_eos
+from ppl_ecmh import load_model
+from ppl_ecmh.engine import Engine
+from ppl_ecmh.lm import generation
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+from ppl_ecmh.runner import DEFAULT_WIDTH, SamplerSpec, engine_items, run_lockstep
+from ppl_ecmh.tasks import get_task
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl"
+STUDY = dict(alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4)
+PROMPT_BLOCK, NEW_TOKENS = 160, 64
+
+
+def decode_rate(lm, width: int) -> float:
+    """Tokens/s of `width` rows decoding NEW_TOKENS tokens each after a PROMPT_BLOCK prompt."""
+    seqs = generation.new_sequences([[1] * PROMPT_BLOCK] * width, STUDY["max_new_tokens"], pad_id=0)
+    lm = without_eos(lm)
+    cache = jax.jit(generation.prefill)(lm, seqs)
+    limit = jnp.full(width, NEW_TOKENS, jnp.int32)
+    decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(
+        lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
+    timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
+    _, seconds = timed(decode, lm, jax.random.key(1), seqs, cache)
+    return width * NEW_TOKENS / seconds
+
+
+def llama_cpp_rate(model_name: str) -> float | None:
+    """llama.cpp's batch-1 decode tokens/s on the model's GGUF (2 threads), or None without it."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(EMBEDDED_MODELS[model_name].locate()), n_ctx=PROMPT_BLOCK + 384, n_threads=2,
+                n_batch=PROMPT_BLOCK, verbose=False)
+    llm.eval([1] * PROMPT_BLOCK)
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        llm.eval([llm.sample(temp=1.0)])
+    return NEW_TOKENS / (time.perf_counter() - start)
+
+
+def lockstep_occupancy(results, batch: int = 8) -> float:
+    """Occupancy of the same proposals in lockstep batches: every step of a batch runs for as many
+    iterations as its longest proposal, for every row."""
+    useful = iterations = 0
+    ordered = sorted(results, key=lambda r: r.item.tag)
+    for start in range(0, len(ordered), batch):
+        lengths = np.stack([r.steps["new_suffix_length"] for r in ordered[start : start + batch]])  # [rows, steps]
+        useful += lengths.sum()
+        iterations += len(lengths) * lengths.max(axis=0).sum()
+    return float(useful / iterations)
+
+
+def gsm8k_prompts(model, count: int):
+    task = get_task("gsm8k")
+    problems = task.load(str(GSM8K) if GSM8K.exists() else None)
+    order = np.random.default_rng(0).permutation(len(problems))  # the study's seeded subset
+    problems = [problems[i] for i in order[:count]]
+    return problems, [model.encode(task.prompt(p, chat=True), chat=True) for p in problems]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    parser.add_argument("--widths", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--study-model", default="qwen2.5-coder-0.5b", help="the model of (b) and (c)")
+    parser.add_argument("--problems", type=int, default=16)
+    parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
+    parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args()
+    figures = dict(decode={}, engine={})
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}\n\n(a) decode tokens/s, cache {PROMPT_BLOCK}+384")
+    print(f"{'model':>20} " + " ".join(f"{'W=' + str(w):>8}" for w in args.widths) + f" {'llama.cpp b=1':>14}")
+    for name in args.models:
+        lm = load_model(name).lm
+        rates = {width: decode_rate(lm, width) for width in args.widths}
+        reference = llama_cpp_rate(name)
+        figures["decode"][name] = dict(rates=rates, llama_cpp_batch1=reference)
+        print(f"{name:>20} " + " ".join(f"{rates[w]:8.1f}" for w in args.widths)
+              + (f" {reference:14.1f}" if reference else f" {'not installed':>14}"), flush=True)
+
+    model = load_model(args.study_model)
+    problems, prompts = gsm8k_prompts(model, args.problems)
+    block = max(len(p) for p in prompts)
+    stages = math.ceil(STUDY["max_new_tokens"] / STUDY["block_size"])
+    width = min(DEFAULT_WIDTH, args.problems)
+    raw = decode_rate(model.lm, width)
+    print(f"\n(b) the engine on {args.problems} GSM8K problems, {args.study_model}, W={width} "
+          f"(raw decode at W={width}: {raw:.1f} tok/s)")
+    print(f"{'sampler':>9} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'re-encoded':>10} "
+          f"{'wall s':>7}")
+    for sampler in args.samplers:
+        spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
+        schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
+        items = engine_items(prompts, spec, 0, 1, stages, problem_names=[p.id for p in problems])
+        engine = Engine(model.lm, schedule, width=width, prompt_block=block)
+        started = time.perf_counter()
+        results = list(engine.run(items))
+        seconds = time.perf_counter() - started
+        stats = engine.stats
+        useful = stats.decoded / seconds
+        figures["engine"][sampler] = dict(width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(
+            results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, reencoded=stats.reencoded,
+            decoded=stats.decoded, wall_s=seconds)
+        row = figures["engine"][sampler]
+        print(f"{sampler:>9} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
+              f"{useful / raw:6.2f} {stats.reencoded:10d} {seconds:7.1f}", flush=True)
+
+    if args.lockstep:
+        spec = SamplerSpec("ecmh", block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
+        started = time.perf_counter()
+        for start in range(0, len(prompts), 8):
+            run_lockstep(model.lm, prompts[start : start + 8], spec, alpha=STUDY["alpha"],
+                         max_new_tokens=STUDY["max_new_tokens"], num_chains=1, num_draws=stages, num_warmup=0, seed=0,
+                         prompt_block=block, progress=False)
+        seconds = time.perf_counter() - started
+        engine_seconds = figures["engine"]["ecmh"]["wall_s"]
+        figures["lockstep_ecmh_wall_s"] = seconds
+        print(f"\n(c) ecmh wall time: lockstep batches of 8 {seconds:.0f} s, engine {engine_seconds:.0f} s: "
+              f"{seconds / engine_seconds:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
