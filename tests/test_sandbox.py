@@ -120,6 +120,19 @@ def test_opening_a_socket_fails():
     assert result.status == "failed"
 
 
+def test_a_unix_socket_of_the_host_cannot_be_reached(tmp_path):
+    path = str(tmp_path / "service.sock")
+    with socket.socket(socket.AF_UNIX) as listener:  # a host service the sandbox must not reach
+        listener.bind(path)
+        listener.listen()
+        listener.settimeout(0.5)
+        result = run_python(f"import socket\nsocket.socket(socket.AF_UNIX).connect({path!r})", LIMITS)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    _require("seccomp", result)
+    assert result.status == "failed" and "PermissionError" in result.stderr
+
+
 def test_the_parents_environment_is_not_readable(monkeypatch):
     monkeypatch.setenv(SECRET, "hunter2")
     program = (f"import os\nassert os.environ.get({SECRET!r}) is None\n"

@@ -1,10 +1,10 @@
 """Run untrusted Python (model-written code) in a confined subprocess, never in this process.
 
 The program runs in a fresh temporary directory, in a new process session, with a clean environment
-and the confinement layers of `ppl_ecmh.sandbox.child` (Linux: pids cgroup, network namespace,
-Landlock, resource limits). Output goes to files capped by the file-size limit; on timeout the whole
-process group (and cgroup) is killed. `ExecutionResult.layers` says which layers held, so a result
-is never silently less confined than it looks.
+and the confinement layers of `ppl_ecmh.sandbox.child` (Linux: pids cgroup, network namespace, no
+capabilities, seccomp, Landlock, resource limits). Output goes to files capped by the file-size
+limit; on timeout the whole process group (and cgroup) is killed. `ExecutionResult.layers` says
+which layers held, so a result is never silently less confined than it looks.
 
 A pass means the program ran to its end: the harness reports that through a pipe, stamped with a
 per-run nonce, after the last statement returns. An exit status of 0 alone is not a pass.
@@ -94,7 +94,8 @@ def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionR
     if run_as is not None:
         os.chown(workdir, run_as, run_as)
     config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
-                  cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write, run_as=run_as)
+                  cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write, run_as=run_as,
+                  seccomp_binding=_seccomp_binding())
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
            "PYTHONIOENCODING": "utf-8"}
     out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
@@ -190,6 +191,16 @@ def _kill_group(process: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def _seccomp_binding() -> str | None:
+    """The folder of the pyseccomp module (libseccomp through ctypes), for the confined child,
+    which sees no site-packages; None where it or libseccomp is missing."""
+    try:
+        import pyseccomp
+    except (ImportError, OSError):
+        return None
+    return str(Path(pyseccomp.__file__).parent)
 
 
 def _unprivileged_uid() -> int | None:

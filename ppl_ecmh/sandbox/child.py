@@ -20,6 +20,9 @@ Each confinement layer is applied when the kernel allows it and named on the fir
 - no-capabilities: every capability dropped (bounding, ambient, effective and permitted sets) and
   the securebits locked so that uid 0 gains none back: no mknod, sethostname, chattr +i, raw
   sockets or mounts, even where the process stays uid 0;
+- seccomp: socket(AF_UNIX, ...) fails, so no socket file of a host service (a database, a
+  container engine) can be reached, through libseccomp (the pyseccomp binding, imported from
+  where the parent found it before Landlock closes the file system);
 - rlimits: address space, CPU seconds, file size, open files, processes, no core dumps.
 """
 
@@ -127,6 +130,27 @@ def drop_capabilities():
     return all(int(value, 16) == 0 for value in sets)
 
 
+def block_unix_sockets(binding_directory):
+    """A seccomp filter under which creating a UNIX-domain socket fails with EACCES."""
+    if not binding_directory:
+        return False
+    sys.path.insert(0, binding_directory)
+    try:
+        import errno
+        import socket
+
+        import pyseccomp as seccomp
+
+        rules = seccomp.SyscallFilter(seccomp.ALLOW)
+        rules.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+        rules.load()
+    except Exception:  # noqa: BLE001 - the layer is then reported as missing, not fatal
+        return False
+    finally:
+        sys.path.remove(binding_directory)
+    return True
+
+
 def set_limits(limits):
     megabyte = 1 << 20
     for name, value in [("RLIMIT_AS", limits["memory_mb"] * megabyte), ("RLIMIT_CPU", limits["cpu_seconds"]),
@@ -158,6 +182,8 @@ def main():
         layers.append("unprivileged-uid")
     if drop_capabilities():
         layers.append("no-capabilities")
+    if block_unix_sockets(config["seccomp_binding"]):
+        layers.append("seccomp")
     if landlock(workdir, config["readable"]):
         layers.append("landlock")
     if set_limits(config["limits"]):
