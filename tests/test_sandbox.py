@@ -99,6 +99,23 @@ def test_a_huge_file_fails_at_the_file_size_limit():
     assert result.status == "failed"
 
 
+def test_the_memory_limit_holds_for_the_whole_sandbox_not_each_process():
+    program = ("import os, time\npids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+               "        block = bytearray(300 * 1024 ** 2)\n        time.sleep(1)\n        os._exit(0)\n"
+               "    pids.append(pid)\nassert all(os.waitpid(pid, 0)[1] == 0 for pid in pids)")
+    result = run_python(program, LIMITS)  # 4 x 300 MB, each under the 512 MB limit, together over it
+    _require("memory-cgroup", result)
+    assert result.status == "failed"
+
+
+def test_the_bytes_written_are_capped_for_the_whole_sandbox_not_each_file():
+    program = "for i in range(40):\n    open(f'part{i}', 'wb').write(b'x' * (15 * 1024 ** 2))"
+    result = run_python(program, LIMITS)  # 40 files of 15 MB, each under the file-size limit
+    _require("private-disk", result)
+    assert result.status == "failed" and "No space left" in result.stderr
+    assert run_python("open('small', 'wb').write(b'x' * (15 * 1024 ** 2))", LIMITS).passed
+
+
 def test_writing_outside_the_working_directory_fails(tmp_path):
     target = tmp_path / "escaped.txt"
     result = run_python(f"open({str(target)!r}, 'w').write('escaped')", LIMITS)

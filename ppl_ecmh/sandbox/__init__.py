@@ -37,14 +37,16 @@ OUTPUT_TAIL = 2000  # characters of stdout/stderr kept in a result
 @dataclasses.dataclass(frozen=True)
 class Limits:
     timeout_s: float = 10.0
-    memory_mb: int = 1024
-    file_size_mb: int = 16
+    memory_mb: int = 1024  # per process (address space), and for the whole sandbox (memory cgroup)
+    file_size_mb: int = 16  # per file
+    disk_mb: int = 64  # all files written together (a tmpfs of this size is the working directory)
     open_files: int = 64
-    processes: int = 16
+    processes: int = 16  # per user, and for the whole sandbox (pids cgroup)
 
     def for_child(self) -> dict:
         return dict(memory_mb=self.memory_mb, cpu_seconds=math.ceil(self.timeout_s) + 1,
-                    file_size_mb=self.file_size_mb, open_files=self.open_files, processes=self.processes)
+                    file_size_mb=self.file_size_mb, disk_mb=self.disk_mb, open_files=self.open_files,
+                    processes=self.processes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +89,14 @@ def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
 def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionResult:
     program_path = Path(workdir, "program.py")
     program_path.write_text(program, encoding="utf-8")
-    cgroup = _PidsCgroup.create(limits.processes)
+    cgroups = _Cgroups.create({"pids": limits.processes, "memory": limits.memory_mb << 20})
     nonce = secrets.token_hex(16).encode()
     result_read, result_write = os.pipe()
     run_as = _unprivileged_uid()
     if run_as is not None:
         os.chown(workdir, run_as, run_as)
     config = dict(program=str(program_path), limits=limits.for_child(), readable=_interpreter_paths(),
-                  cgroup_procs=cgroup.procs_file if cgroup else None, result_fd=result_write, run_as=run_as,
+                  cgroups=cgroups.procs_files(), result_fd=result_write, run_as=run_as,
                   seccomp_binding=_seccomp_binding())
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
            "PYTHONIOENCODING": "utf-8"}
@@ -123,8 +125,7 @@ def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionR
         finally:
             os.close(result_read)
             _kill_group(process)
-            if cgroup:
-                cgroup.kill_and_remove()
+            cgroups.kill_and_remove()
     seconds = time.perf_counter() - started
     header, _, stdout = _read_tail(out_path, whole=True).partition("\n")
     try:
@@ -233,54 +234,81 @@ def _interpreter_paths() -> list[str]:
     return sorted(path for path in paths if path)
 
 
+# controller: its limit file in cgroup v1, and in cgroup v2
+CGROUP_LIMIT_FILES = {"pids": ("pids.max", "pids.max"), "memory": ("memory.limit_in_bytes", "memory.max")}
+
+
 @dataclasses.dataclass
-class _PidsCgroup:
-    """A pids cgroup (v1 or v2) capping the sandbox's processes, where this process may make one;
-    resource limits alone do not stop a fork bomb when running as root."""
+class _Cgroups:
+    """The sandbox's cgroups, one per controller in cgroup v1 or one for all in v2, where this
+    process may make them: they cap the whole process tree (resource limits are per process, and
+    a fork bomb as root ignores RLIMIT_NPROC)."""
 
-    path: Path
-
-    @property
-    def procs_file(self) -> str:
-        return str(self.path / "cgroup.procs")
+    paths: dict[str, Path]  # controller -> the cgroup directory that caps it
 
     @classmethod
-    def create(cls, max_processes: int) -> "_PidsCgroup | None":
-        for parent in _pids_cgroup_parents():
-            try:
-                path = Path(tempfile.mkdtemp(prefix="ppl-ecmh-", dir=parent))
-                (path / "pids.max").write_text(str(max_processes))
-                return cls(path)
-            except OSError:
-                continue
-        return None
+    def create(cls, limits: dict[str, int]) -> "_Cgroups":
+        paths = {}
+        for controller, value in limits.items():  # cgroup v1: a hierarchy per controller
+            hierarchy = Path("/sys/fs/cgroup", controller)
+            if hierarchy.is_dir() and (path := _make_cgroup(hierarchy, {CGROUP_LIMIT_FILES[controller][0]: value})):
+                paths[controller] = path
+        unified, missing = _own_unified_cgroup(), [c for c in limits if c not in paths]
+        if unified is not None and missing:  # cgroup v2: one cgroup, the controllers delegated to us
+            delegated = (unified / "cgroup.subtree_control").read_text(errors="ignore").split()
+            usable = [c for c in missing if c in delegated]
+            if usable and (path := _make_cgroup(unified, {CGROUP_LIMIT_FILES[c][1]: limits[c] for c in usable})):
+                paths |= dict.fromkeys(usable, path)
+        return cls(paths)
+
+    def procs_files(self) -> dict[str, str]:
+        """Layer name -> the cgroup.procs file the child joins it by."""
+        return {f"{controller}-cgroup": str(path / "cgroup.procs") for controller, path in self.paths.items()}
 
     def kill_and_remove(self) -> None:
-        for _ in range(100):
-            try:
-                pids = [int(pid) for pid in Path(self.procs_file).read_text().split()]
-            except OSError:
-                return
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)
+        for path in set(self.paths.values()):
+            _kill_cgroup(path)
+
+
+def _make_cgroup(parent: Path, limits: dict[str, int]) -> Path | None:
+    try:
+        path = Path(tempfile.mkdtemp(prefix="ppl-ecmh-", dir=parent))
+    except OSError:
+        return None
+    try:
+        for name, value in limits.items():
+            (path / name).write_text(str(value))
+    except OSError:
+        path.rmdir()
+        return None
+    return path
+
+
+def _kill_cgroup(path: Path) -> None:
+    """Kill every process of a cgroup and remove it (which fails while a killed process is still
+    exiting, hence the retries)."""
+    for _ in range(200):
         try:
-            self.path.rmdir()
+            pids = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
         except OSError:
-            pass
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
-def _pids_cgroup_parents() -> list[Path]:
-    v1 = Path("/sys/fs/cgroup/pids")
-    if v1.is_dir():
-        return [v1]
-    try:  # cgroup v2: our own cgroup, if the pids controller is delegated to it
-        own = Path("/sys/fs/cgroup") / Path(open("/proc/self/cgroup").read().split("::", 1)[1].strip()).relative_to("/")
+def _own_unified_cgroup() -> Path | None:
+    """This process's cgroup in a cgroup v2 hierarchy, or None."""
+    try:
+        own = Path(open("/proc/self/cgroup").read().split("::", 1)[1].strip()).relative_to("/")
     except (OSError, IndexError, ValueError):
-        return []
-    return [own] if "pids" in (own / "cgroup.subtree_control").read_text(errors="ignore") else []
+        return None
+    path = Path("/sys/fs/cgroup") / own
+    return path if (path / "cgroup.subtree_control").exists() else None

@@ -10,8 +10,12 @@ in argv, where `sys.orig_argv` or /proc/self/cmdline would show it).
 Each confinement layer is applied when the kernel allows it and named on the first line of stdout
 (a JSON list) before any untrusted code runs, so the parent knows what held:
 
-- pids-cgroup: join a cgroup whose pids.max caps processes (fork bombs), when the parent made one;
+- pids-cgroup, memory-cgroup: join the cgroups the parent made, which cap the processes (fork
+  bombs) and the memory of the whole sandbox, not of each process;
 - network-namespace: a new, empty network namespace (no interface is up, so nothing is reachable);
+- private-disk: in a mount namespace of its own, a tmpfs of `disk_mb` becomes the working
+  directory: what all files together may hold (the program was read before, and the tmpfs goes
+  with the namespace);
 - landlock: writes only below the working directory (no device nodes even there), reads only of
   the interpreter's own files (not the parent's environment in /proc, not the user's files), no
   execve, no TCP, no signals or abstract sockets beyond the sandbox;
@@ -32,7 +36,8 @@ import os
 import resource
 import sys
 
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS = 0x10000000, 0x40000000, 0x00020000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 LANDLOCK_RULE_PATH_BENEATH = 1
@@ -62,8 +67,22 @@ class PathBeneathAttr(ctypes.Structure):
 
 
 def join_cgroup(procs_file):
-    with open(procs_file, "w") as handle:
-        handle.write(str(os.getpid()))
+    try:
+        with open(procs_file, "w") as handle:
+            handle.write(str(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+def private_disk(workdir, size_mb, owner):
+    """Mount a tmpfs of `size_mb` over the working directory in a new mount namespace."""
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    options = f"size={size_mb}m,mode=0700" + (f",uid={owner},gid={owner}" if owner is not None else "")
+    if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()) != 0:
+        return False
+    os.chdir(workdir)
     return True
 
 
@@ -174,10 +193,15 @@ def main():
     nonce = read_nonce()
     workdir = os.getcwd()
     layers = []
-    if config["cgroup_procs"] and join_cgroup(config["cgroup_procs"]):
-        layers.append("pids-cgroup")
+    with open(config["program"], encoding="utf-8") as handle:  # before the private disk hides it
+        code = compile(handle.read(), config["program"], "exec")
+    for layer, procs_file in config["cgroups"].items():
+        if join_cgroup(procs_file):
+            layers.append(layer)
     if enter_network_namespace():
         layers.append("network-namespace")
+    if private_disk(workdir, config["limits"]["disk_mb"], config["run_as"]):
+        layers.append("private-disk")
     if config["run_as"] is not None and run_as(config["run_as"]):
         layers.append("unprivileged-uid")
     if drop_capabilities():
@@ -189,8 +213,6 @@ def main():
     if set_limits(config["limits"]):
         layers.append("rlimits")
     print(json.dumps(layers), flush=True)
-    with open(config["program"], encoding="utf-8") as handle:
-        code = compile(handle.read(), config["program"], "exec")
     sys.argv = [config["program"]]
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
     sys.stdout.flush()
