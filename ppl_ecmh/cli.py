@@ -88,10 +88,18 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line and a hint, exit 2 (not the whole usage)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}\n(see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ppl_ecmh.runner import SAMPLERS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-ecmh",
         description="Sample from the power distribution p(x)^alpha of a language model with "
         "Metropolis-Hastings (random-cut or entropy-cut suffix resampling).",
@@ -174,10 +182,18 @@ def _prompt_text(args) -> str:
 
 
 def _specs(args, names):
+    """The samplers' specs, with every number the command takes checked before a model loads."""
     from ppl_ecmh.runner import SamplerSpec
-    from ppl_ecmh.validation import check_positive_int
+    from ppl_ecmh.validation import check_alpha, check_positive_int, check_tau
 
     check_positive_int("batch_size", args.batch_size)
+    check_positive_int("max_new_tokens", args.max_new_tokens)
+    alpha = check_alpha(args.alpha)
+    if args.tau is not None:  # even for samplers that ignore it: a bad value is a mistake either way
+        check_tau(args.tau, alpha)
+    for name in ("chains", "draws", "warmup"):
+        if hasattr(args, name):
+            check_positive_int(name, getattr(args, name), minimum=1 if name == "chains" else 0)
 
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
                                block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k,
@@ -205,6 +221,18 @@ def _run(model, prompt, text, spec, args):
     return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text)
 
 
+def _check_writable(path) -> None:
+    """Fail now, not after the run, when the output file cannot be written."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise PplEcmhError(f"--out {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise PplEcmhError(f"--out {path}: cannot write in {folder}")
+
+
 def _load_prompt(args):
     from ppl_ecmh.lm import load_model
 
@@ -221,6 +249,8 @@ def _sample(args) -> None:
     from ppl_ecmh import diagnostics
 
     spec = _specs(args, [args.sampler])[args.sampler]
+    if args.out:
+        _check_writable(args.out)
     model, prompt, text = _load_prompt(args)
     idata = _run(model, prompt, text, spec, args)
     log_target = idata.posterior["log_target"].values

@@ -7,10 +7,13 @@ import math
 from ppl_ecmh.errors import PromptTooLongError
 
 
+MAX_ALPHA = 1000.0  # far past any sharpening in use (published: 4 to 5); larger ones overflow float32
+
+
 def check_alpha(alpha) -> float:
     alpha = float(alpha)
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha: must be a finite number > 0, got {alpha}")
+    if not (math.isfinite(alpha) and 0 < alpha <= MAX_ALPHA):
+        raise ValueError(f"alpha: must be a number in (0, {MAX_ALPHA:g}], got {alpha}")
     return alpha
 
 

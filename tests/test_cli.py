@@ -132,3 +132,40 @@ def test_argument_errors_exit_with_code_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--prompt", "hi", "--sampler", "nonsense"])
     assert exit_info.value.code == 2
+
+
+def test_an_argument_error_is_one_line_and_a_hint(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--prompt", "hi", "--sampler", "nonsense"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "invalid choice: 'nonsense'" in err[0] and "--help" in err[1], err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "--prompt", "hi", "--alpha", "1e308"], "alpha"),
+        (["sample", "--prompt", "hi", "--sampler", "ancestral", "--tau", "-1"], "tau"),
+        (["sample", "--prompt", "hi", "--chains", "0"], "chains"),
+        (["sample", "--prompt", "hi", "--draws", "-1"], "draws"),
+        (["sample", "--prompt", "hi", "--out", "/no/such/folder/run.nc"], "no folder"),
+        (["compare", "--prompt", "hi", "--batch-size", "0"], "batch_size"),
+    ],
+)
+def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, monkeypatch):
+    monkeypatch.setattr("ppl_ecmh.lm.load_model", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+    assert main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_report_of_a_directory_whose_records_are_not_eval_records_is_one_line(tmp_path, capsys):
+    from ppl_ecmh.evaluation import EvalSettings
+    from ppl_ecmh.evaluation.experiment import write_settings
+
+    write_settings(tmp_path, EvalSettings(task="gsm8k"))
+    (tmp_path / "records.jsonl").write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\n')
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not ppl-ecmh eval records" in err, err

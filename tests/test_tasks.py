@@ -186,3 +186,17 @@ def test_humaneval_prompt_asks_for_a_fenced_function_with_chat_and_is_the_raw_pr
     problem = problems["HumanEval/0"]
     assert task.prompt(problem, chat=False) == problem.question
     assert "```python\n" + problem.question in task.prompt(problem, chat=True)
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"question": "1 + 1?", "solution": "2"}'], "lacks the field 'answer'"),
+    (['["1 + 1?", "#### 2"]'], "is a list, not an object"),
+])
+def test_a_source_with_the_wrong_records_is_one_clear_error(tmp_path, lines, words):
+    from ppl_ecmh.errors import PplEcmhError
+    from ppl_ecmh.tasks import get_task
+
+    source = tmp_path / "problems.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PplEcmhError, match=words):
+        get_task("gsm8k").load(str(source))

@@ -56,7 +56,7 @@ def eval_figures(frame, pairs):
 def write_eval_report(out_dir, path=None, format: str = "html", examples: bool = True) -> Path:
     """The report of `out_dir`; `examples=False` leaves out the completions (for summaries that
     are committed without raw model output)."""
-    frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read())
+    frame = summary.check_reportable(summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read()))
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     settings = read_settings(out_dir)
     pairs = summary.paired_comparisons(frame)

@@ -93,6 +93,10 @@ def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
         return value
 
     hidden, heads = int(meta("embedding_length")), int(meta("attention.head_count"))
+    if hidden < 1 or heads < 1 or hidden % heads:
+        raise CorruptCheckpointError(f"GGUF metadata: {heads} attention heads cannot split {hidden} dimensions")
+    if "tokenizer.ggml.tokens" not in metadata:
+        raise CorruptCheckpointError("GGUF metadata lacks tokenizer.ggml.tokens (the vocabulary)")
     scaling_type = metadata.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type == "linear":
         rope_scaling = (("rope_type", "linear"), ("factor", float(meta("rope.scaling.factor"))))

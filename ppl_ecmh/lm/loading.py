@@ -59,7 +59,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
         lm, tokenizer = load_gguf(str(path), dtype)
     elif path.is_dir():
         lm, tokenizer = load_hf_folder(path, dtype)
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".gguf"):
+    elif _is_hub_id(source):
         lm, tokenizer = load_hf_folder(download_from_hub(source), dtype)
     else:
         known = ", ".join(sorted(EMBEDDED_MODELS))
@@ -67,3 +67,13 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
             f"no model {source!r}: not a registered name ({known}), a GGUF file, a folder or a hub id"
         )
     return LoadedModel(lm, tokenizer, source)
+
+
+def _is_hub_id(source: str) -> bool:
+    """`org/name`, and not something that looks like a local path: no network access is tried
+    for a path that merely does not exist (its folder exists here, or it names a weights file)."""
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        return False
+    if source.endswith((".gguf", ".safetensors", ".bin", ".json")):
+        return False
+    return not Path(source).parent.is_dir()

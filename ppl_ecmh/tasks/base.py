@@ -29,8 +29,18 @@ class Task:
 
     def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
         """Problems from a local file (JSONL, JSON, CSV, Parquet) or a Hugging Face dataset id."""
-        records = read_records(source or self.default_source, self.split, self.config)
-        problems = [self.to_problem(index, record) for index, record in enumerate(records)]
+        source = source or self.default_source
+        records = read_records(source, self.split, self.config)
+        problems = []
+        for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise PplEcmhError(f"{source}: record {index + 1} is a {type(record).__name__}, not an object "
+                                   f"with the {self.name} task's fields")
+            try:
+                problems.append(self.to_problem(index, record))
+            except KeyError as error:
+                raise PplEcmhError(f"{source}: record {index + 1} lacks the field {error} that the {self.name} "
+                                   f"task reads (it has {', '.join(sorted(record)) or 'none'})") from None
         return problems[:limit] if limit is not None else problems
 
     def to_problem(self, index: int, record: dict) -> Problem:
