@@ -200,3 +200,22 @@ def test_a_source_with_the_wrong_records_is_one_clear_error(tmp_path, lines, wor
     source.write_text("\n".join(lines) + "\n")
     with pytest.raises(PplEcmhError, match=words):
         get_task("gsm8k").load(str(source))
+
+
+def hostile_completions():
+    """The sandbox tests' hostile programs, each after a correct truncate_number."""
+    from tests.test_sandbox import EARLY_EXITS, PRIVILEGED
+
+    programs = EARLY_EXITS | PRIVILEGED | {
+        "unix socket": "import socket\nsocket.socket(socket.AF_UNIX).connect('/run/any.sock')",
+        "forty files": "for i in range(40):\n    open(f'part{i}', 'wb').write(b'x' * (15 * 1024 ** 2))",
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+    }
+    correct = "def truncate_number(number: float) -> float:\n    return number % 1.0\n"
+    return {name: f"```python\n{correct}{program}\n```" for name, program in programs.items()}
+
+
+@pytest.mark.parametrize("completion", hostile_completions().values(), ids=hostile_completions().keys())
+def test_humaneval_a_correct_function_with_hostile_code_around_it_fails(humaneval, completion):
+    task, problems = humaneval
+    assert not task.grade(completion, problems["HumanEval/2"])[1]
