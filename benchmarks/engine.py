@@ -41,17 +41,19 @@ STUDY = dict(alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4)
 PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
-def decode_rate(lm, width: int) -> float:
-    """Tokens/s of `width` rows decoding NEW_TOKENS tokens each after a PROMPT_BLOCK prompt."""
-    seqs = generation.new_sequences([[1] * PROMPT_BLOCK] * width, STUDY["max_new_tokens"], pad_id=0)
+def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
+                new_tokens: int = NEW_TOKENS) -> float:
+    """Tokens/s of `width` rows decoding `new_tokens` tokens each after a `prompt_block` prompt,
+    the cache sized for `max_new_tokens`, EOS disabled."""
+    seqs = generation.new_sequences([[1] * prompt_block] * width, max_new_tokens, pad_id=0)
     lm = without_eos(lm)
     cache = jax.jit(generation.prefill)(lm, seqs)
-    limit = jnp.full(width, NEW_TOKENS, jnp.int32)
+    limit = jnp.full(width, new_tokens, jnp.int32)
     decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(
         lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
     timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
     _, seconds = timed(decode, lm, jax.random.key(1), seqs, cache)
-    return width * NEW_TOKENS / seconds
+    return width * new_tokens / seconds
 
 
 def llama_cpp_rate(model_name: str) -> float | None:

@@ -82,11 +82,12 @@ def _step_key(chain_key, step, use):
 def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule) -> Slots:
     """W idle slots for prompts of at most `prompt_block` tokens."""
     total, steps, draws = schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
-    zeros = jnp.zeros((width, total), jnp.float32)
     ints = lambda *shape: jnp.zeros(shape, jnp.int32)
-    seqs = Sequences(ints(width, prompt_block + total), jnp.ones(width, jnp.int32), ints(width), zeros, zeros, zeros)
+    # every field its own array, so the slots can be donated to a compiled step whole
+    seqs = lambda: Sequences(ints(width, prompt_block + total), jnp.ones(width, jnp.int32), ints(width),
+                             *(jnp.zeros((width, total), jnp.float32) for _ in range(3)))
     return Slots(
-        current=seqs, proposal=seqs, cache=lm.init_cache(width, prompt_block + total),
+        current=seqs(), proposal=seqs(), cache=lm.init_cache(width, prompt_block + total),
         valid=ints(width), cut=ints(width), limit=ints(width), step=ints(width), busy=jnp.zeros(width, bool),
         chain_key=jnp.zeros((width, 2), jnp.uint32),
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),

@@ -1,0 +1,29 @@
+"""The accelerator check runs here too, at a toy shape, so it cannot rot before a GPU is lent."""
+
+import json
+
+import pytest
+
+from benchmarks import accelerator
+
+
+def test_the_accelerator_check_runs_at_a_tiny_shape_and_writes_every_figure(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "accelerator.json"
+    accelerator.main(["--tiny", "--json", str(path)])
+    results = json.loads(path.read_text())
+    (figures,) = results["shapes"]
+    assert figures["shape"] == "tiny" and figures["parameters"] > 0
+    for width in map(str, accelerator.TINY["widths"]):
+        assert figures["decode"][width]["tokens_per_s"] > 0
+        assert figures["reference"][width]["tokens_per_s"] > 0
+    engine = figures["engine"]
+    assert engine["iterations"] == accelerator.TINY["engine_iterations"]
+    assert 0 < engine["occupancy"] <= 1 and engine["useful_tokens_per_s"] > 0 and engine["ratio_to_raw"] > 0
+
+
+def test_the_paper_shapes_are_qwen_s():
+    seven, math = accelerator.SHAPES["qwen2.5-7b"], accelerator.SHAPES["qwen2.5-math-1.5b"]
+    assert (seven.num_layers, seven.hidden_size, seven.num_heads, seven.num_kv_heads) == (28, 3584, 28, 4)
+    assert (math.num_layers, math.hidden_size, math.num_heads, math.num_kv_heads) == (28, 1536, 12, 2)
+    assert accelerator.PAPER["max_new_tokens"] == 3072 and accelerator.PAPER["widths"] == (1, 16, 64, 256)
