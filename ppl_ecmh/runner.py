@@ -260,8 +260,8 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     shape = (num_chains, kept, len(prompts))
     tokens = np.full(shape + (max_new_tokens,), lm.eos_token_ids[0], np.int32)
     entropy = np.zeros(shape + (max_new_tokens,), np.float32)
-    stats = {name: np.zeros(shape, np.float32 if name.startswith("accept") else np.int32) for name in STAT_FIELDS}
-    stats["log_target"] = np.zeros(shape, np.float32)
+    stats = {name: np.zeros(shape, np.float32 if name in ("log_target", "accepted", "accept_prob") else np.int32)
+             for name in STAT_FIELDS}
     initial = np.zeros((num_chains, len(prompts)), np.int32)
     bar = tqdm(total=len(items), desc=description or spec.name, disable=not progress, unit="chain")
     report = lambda engine_stats: bar.set_postfix(
