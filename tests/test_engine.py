@@ -136,6 +136,15 @@ def test_a_chain_records_every_step_and_draw_of_its_schedule():
     assert result.seconds > 0
 
 
+def test_wall_time_shares_add_up_and_do_not_carry_over_between_chains_of_a_slot():
+    schedule = Schedule.suffix_mh(4, 3, cut=CUTS["uniform"], alpha=2.0, tau=0.5)
+    items = [WorkItem(PROBLEM.prompt, chain_key(0, "time", chain, 0), chain) for chain in range(12)]
+    engine = Engine(PROBLEM.lm, schedule, width=2, prompt_block=1, iterations_per_trip=4)
+    seconds = [result.seconds for result in engine.run(items)]
+    assert sum(seconds) <= engine.stats.seconds * 1.001
+    assert max(seconds) < 0.5 * sum(seconds)  # twelve chains in two slots: none holds half the time
+
+
 def test_bad_work_is_refused():
     schedule = Schedule.independent(4, alpha=1.0, tau=1.0)
     engine = Engine(PROBLEM.lm, schedule, width=2, prompt_block=2)

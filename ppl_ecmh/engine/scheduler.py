@@ -52,7 +52,7 @@ class ChainResult:
     entropy: np.ndarray  # [num_draws, T]
     length: np.ndarray  # [num_draws]
     log_target: np.ndarray  # [num_draws] alpha * log p of each draw
-    seconds: float  # this chain's share of the wall time: its prefill and its busy slot-iterations
+    seconds: float  # this chain's share of the wall time: of each stretch, in proportion to its busy iterations
 
 
 @dataclasses.dataclass
@@ -95,7 +95,7 @@ class Engine:
         charged = np.zeros(width)  # seconds charged to each slot's chain so far
         seen = np.zeros(width, np.int64)  # each slot's busy iterations when last read
         started = tick = time.perf_counter()
-        slots = self._fill(slots, holder, seen, queue)
+        slots = self._fill(slots, holder, seen, charged, queue)
         slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
         while True:
             busy = np.asarray(slots.busy)  # waits for the device
@@ -112,7 +112,7 @@ class Engine:
             results = self._collect(slots, finished, [holder[slot] for slot in finished], charged[finished])
             for slot in finished:
                 holder[slot] = None
-            slots = self._fill(slots, holder, seen, queue)
+            slots = self._fill(slots, holder, seen, charged, queue)
             more = any(holder)
             if more:  # dispatched before the results are handed out: the device runs meanwhile
                 slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
@@ -122,14 +122,14 @@ class Engine:
             if not more:
                 return
 
-    def _fill(self, slots, holder: list, seen: np.ndarray, queue: collections.deque):
-        """Admit queued items into the free slots."""
+    def _fill(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray, queue: collections.deque):
+        """Admit queued items into the free slots, each with a fresh account of iterations and time."""
         free = [slot for slot in range(self.width) if holder[slot] is None][: len(queue)]
         if not free:
             return slots
         admitted = [queue.popleft() for _ in free]
         for slot, item in zip(free, admitted):
-            holder[slot], seen[slot] = item, 0
+            holder[slot], seen[slot], charged[slot] = item, 0, 0.0
         return self._admit(slots, free, admitted)
 
     def _collect(self, slots, finished: list[int], items: list[WorkItem], seconds) -> list[ChainResult]:
