@@ -107,8 +107,8 @@ def _attend_live(q, keys, values, positions):
     batch, steps, kv_heads, group, _ = q.shape
     shape = (batch, kv_heads, group, steps)
 
-    def body(index, carry):
-        peak, total, accumulated = carry
+    def body(carry):
+        index, peak, total, accumulated = carry
         first = index * chunk
         start = jnp.minimum(first, size - chunk)  # the last chunk may overlap the one before
         k = jax.lax.dynamic_slice_in_dim(keys, start, chunk, axis=2)
@@ -123,10 +123,12 @@ def _attend_live(q, keys, values, positions):
         correction = jnp.exp(peak - shift)
         total = total * correction + jnp.sum(weights, axis=-1)
         update = jnp.einsum("bkgtc,bkcd->bkgtd", weights.astype(values.dtype), v, preferred_element_type=jnp.float32)
-        return new_peak, total, accumulated * correction[..., None] + update
+        return index + 1, new_peak, total, accumulated * correction[..., None] + update
 
-    start = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (values.shape[-1],)))
-    _, total, accumulated = jax.lax.fori_loop(0, num_chunks, body, start)
+    # a while loop, also outside jit: fori_loop would turn a concrete trip count into a scan, a
+    # program of another shape, whose compilation crashed XLA's CPU backend in one test run
+    start = (jnp.int32(0), jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (values.shape[-1],)))
+    _, _, total, accumulated = jax.lax.while_loop(lambda carry: carry[0] < num_chunks, body, start)
     out = accumulated / jnp.where(total > 0, total, 1.0)[..., None]  # [B, kvh, g, T, hd]
     return out.transpose(0, 3, 1, 2, 4).astype(values.dtype)
 
