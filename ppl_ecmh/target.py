@@ -83,8 +83,12 @@ class LanguageModelSequence(Distribution):
         value = jnp.asarray(value, jnp.int32)
         batch_shape = value.shape[:-1]
         flat = value.reshape(-1, self.max_new_tokens)
-        scored, _ = teacher_force(self.lm, self.empty_sequences(flat.shape[0] // len(self.prompts)), flat, tau=1.0)
+        scored, _ = _score(self.lm, self.empty_sequences(flat.shape[0] // len(self.prompts)), flat)
         return sequence_log_prob(scored).reshape(batch_shape)
+
+
+# scoring compiled as one program, also when numpyro calls log_prob outside jit
+_score = jax.jit(lambda lm, seqs, completions: teacher_force(lm, seqs, completions, tau=1.0))
 
 
 def sharpen(name: str, sequence: LanguageModelSequence, x, alpha: float) -> None:

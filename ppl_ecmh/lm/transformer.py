@@ -100,8 +100,14 @@ def _attend_live(q, keys, values, positions):
     correction factor is 1 and its terms 0), so a row's output does not depend on how far the
     other rows of the batch reach. Positions >= S (idle rows) do not extend the loop."""
     size = keys.shape[2]
-    chunk = min(ATTENTION_CHUNK, size)
     scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    if size <= ATTENTION_CHUNK:  # one chunk: plain softmax attention, no loop
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32) * scale
+        visible = jnp.arange(size)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
+        out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(values.dtype), values, preferred_element_type=jnp.float32)
+        return out.transpose(0, 3, 1, 2, 4).astype(values.dtype)
+    chunk = ATTENTION_CHUNK
     live = jnp.where(positions < size, positions, 0)
     num_chunks = jnp.max(live) // chunk + 1
     batch, steps, kv_heads, group, _ = q.shape
