@@ -134,9 +134,9 @@ def test_finding_the_target_traces_the_sharpen_factor_instead_of_scoring_with_th
     from ppl_ecmh import target
 
     scored = []  # whether each scoring call got concrete tokens, i.e. really ran the model
-    score = target.teacher_force
-    monkeypatch.setattr(target, "teacher_force", lambda lm, seqs, completions, tau: (
-        scored.append(not isinstance(completions, jax.core.Tracer)) or score(lm, seqs, completions, tau)))
+    score = target._score
+    monkeypatch.setattr(target, "_score", lambda lm, seqs, completions: (
+        scored.append(not isinstance(completions, jax.core.Tracer)) or score(lm, seqs, completions)))
     found = find_power_target(power_model, (PROBLEM.lm, PROBLEM.prompt), dict(alpha=2.0, max_new_tokens=4))
     assert scored == [False]
     assert (found.site, found.alpha, found.max_new_tokens, found.lm) == ("x", 2.0, 4, PROBLEM.lm)
