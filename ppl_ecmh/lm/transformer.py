@@ -98,7 +98,8 @@ def _attend_live(q, keys, values, positions):
 
     A chunk that lies wholly past a row's position changes nothing for that row, exactly (its
     correction factor is 1 and its terms 0), so a row's output does not depend on how far the
-    other rows of the batch reach. Positions >= S (idle rows) do not extend the loop."""
+    other rows of the batch reach. Positions >= S (idle rows) do not extend the loop. A cache of
+    at most one chunk takes plain softmax attention, with no loop."""
     size = keys.shape[2]
     scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
     if size <= ATTENTION_CHUNK:  # one chunk: plain softmax attention, no loop
@@ -131,8 +132,9 @@ def _attend_live(q, keys, values, positions):
         update = jnp.einsum("bkgtc,bkcd->bkgtd", weights.astype(values.dtype), v, preferred_element_type=jnp.float32)
         return index + 1, new_peak, total, accumulated * correction[..., None] + update
 
-    # a while loop, also outside jit: fori_loop would turn a concrete trip count into a scan, a
-    # program of another shape, whose compilation crashed XLA's CPU backend in one test run
+    # A while loop, the same program in and out of jit. Compiled on its own, outside jit, after
+    # about 140 tests of the suite, this loop (and fori_loop's scan before it) crashed XLA's CPU
+    # compiler; one-chunk caches skip it and log_prob scores under jit, which avoided the crash.
     start = (jnp.int32(0), jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (values.shape[-1],)))
     _, _, total, accumulated = jax.lax.while_loop(lambda carry: carry[0] < num_chunks, body, start)
     out = accumulated / jnp.where(total > 0, total, 1.0)[..., None]  # [B, kvh, g, T, hd]
