@@ -258,7 +258,7 @@ def _sample(args) -> None:
     print(f"\nbest completion (chain {chain}, draw {draw}, alpha*log p = {log_target[chain, draw]:.2f}):")
     print(idata.completions["text"].values[chain, draw])
     print()
-    print(diagnostics.summary(idata).round(3).to_string())
+    print(diagnostics.format_summary(diagnostics.summary(idata)))
     print("\nacceptance per chain: " + " ".join(f"{a:.2f}" for a in diagnostics.acceptance_by_chain(idata)))
     agreement, answer = diagnostics.answer_agreement(idata)
     print(f"final completions agreeing across chains: {agreement:.0%} ({answer[:60]!r})")
@@ -284,11 +284,16 @@ def _compare(args) -> None:
         runs[name] = _run(model, prompt, text, spec, args)
         diagnostics.save(runs[name], out / f"{name}.nc")
     rows = report.comparison_table(runs)
+    number = lambda value, spec: "n/a" if value != value else format(value, spec)  # nan: not estimable
     print(f"\n{'sampler':>12} {'draws':>5} {'acceptance':>10} {'ESS/1k tok':>10} {'R-hat':>6} {'agree':>5} "
           f"{'tokens':>7} {'wall s':>7}")
     for row in rows:
-        print(f"{row['sampler']:>12} {row['draws']:5d} {row['acceptance']:10.2f} {row['ess_bulk_per_1k_tokens']:10.2f} "
-              f"{row['r_hat']:6.2f} {row['answer_agreement']:5.2f} {row['tokens']:7d} {row['wall_time_s']:7.1f}")
+        print(f"{row['sampler']:>12} {row['draws']:5d} {row['acceptance']:10.2f} "
+              f"{number(row['ess_bulk_per_1k_tokens'], '10.2f'):>10} {number(row['r_hat'], '6.2f'):>6} "
+              f"{row['answer_agreement']:5.2f} {row['tokens']:7d} {row['wall_time_s']:7.1f}")
+    for row in rows:
+        for label, text in (("n/a", row["not_estimable"]), ("warning", row["warnings"])):
+            print("".join(f"{label}: {row['sampler']} {part}\n" for part in filter(None, text.split("; "))), end="")
     path = report.write_html(runs, out / "report.html")
     print(f"\nruns and report written to {out}/ (open {path})")
 

@@ -7,13 +7,18 @@ Groups: `posterior` holds per-draw scalar functionals (log_p = log p(x), log_tar
 length); `sample_stats` the kernel's per-draw statistics and wall time (for Power-SMC also the ESS
 after each SMC step and the final particle log weights); `completions` (a custom
 group) the token ids, per-position base-model entropies and decoded texts of every draw; the run settings are attributes (JSON
-values), so a NetCDF file round-trips without loss.
+values), so a NetCDF file round-trips without loss, and so are the diagnostics (`diagnostics_attribute`).
+
+A diagnostic is a number only where the draws determine it: `rhat` and `ess` return an `Estimate`
+that is nan with its reason otherwise (too few chains or draws per chain, a constant functional,
+ArviZ's cap), and every table, report and attribute shows that reason instead of a number.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +50,10 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     stats["wall_time"] = np.broadcast_to(run.wall_time, (chains, draws)).copy()
     attrs = {"settings": json.dumps(run.settings), "model": model or "", "prompt": prompt or "",
              "initial_tokens_generated": run.initial_tokens_generated}
-    idata = az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs,
-                         dims={field: dim for field, dim in dims.items() if field in stats})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "More chains", UserWarning)  # many short chains are a valid run
+        idata = az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs,
+                             dims={field: dim for field, dim in dims.items() if field in stats})
     completions = xr.Dataset(
         {"tokens": (("chain", "draw", "position"), run.tokens.astype(np.int32)),
          "entropy": (("chain", "draw", "position"), run.entropy.astype(np.float32))},
@@ -57,6 +64,7 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz warns that `completions` is not a standard group
         idata.add_groups({"completions": completions})
+    idata.attrs["diagnostics"] = diagnostics_attribute(idata)
     return idata
 
 
@@ -79,21 +87,135 @@ def total_tokens(idata) -> int:
     return int(idata.sample_stats["num_generated"].sum()) + int(idata.attrs.get("initial_tokens_generated", 0))
 
 
-def summary(idata, var_names=("log_target", "length")):
-    """Rank-normalized R-hat, bulk and tail ESS, and ESS per 1,000 generated tokens, per functional."""
-    import pandas as pd
+# When ESS and R-hat are numbers that depend on the data. ArviZ 0.23 (arviz.stats.diagnostics)
+# returns nan below 4 draws per chain, and for R-hat below 2 chains. Its ESS splits each chain in
+# half and sums autocorrelations by Geyer's initial positive sequence, whose loop needs split halves
+# of at least 5 draws: with fewer than 10 draws per chain it sums nothing and returns its cap
+# N log10 N (N the number of split draws) for any data. The cap can also bind on longer chains,
+# when the autocorrelation estimate falls to ArviZ's floor; a constant functional gets ESS = N.
+MIN_DRAWS_RHAT = 4
+MIN_CHAINS_RHAT = 2
+MIN_DRAWS_ESS = 10
+# Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021): use the draws when R-hat <= 1.01 and the
+# bulk ESS is at least 100 per chain.
+RHAT_LIMIT = 1.01
+ESS_PER_CHAIN = 100
 
-    az = import_arviz()
-    rows = {}
+
+class Estimate(NamedTuple):
+    """A diagnostic's value, or nan with the reason it cannot be estimated from these draws."""
+
+    value: float
+    reason: str = ""
+
+    @property
+    def estimable(self) -> bool:
+        return not self.reason
+
+
+def _not_estimable(reason: str) -> Estimate:
+    return Estimate(float("nan"), reason)
+
+
+def _constant(values: np.ndarray) -> bool:
+    return float(values.max() - values.min()) < np.finfo(float).resolution
+
+
+def rhat(values) -> Estimate:
+    """Rank-normalized split R-hat of draws [chain, draw], when the draws can tell it."""
+    values = np.asarray(values, dtype=float)
+    chains, draws = values.shape
+    if chains < MIN_CHAINS_RHAT:
+        return _not_estimable(f"needs >= {MIN_CHAINS_RHAT} chains")
+    if draws < MIN_DRAWS_RHAT:
+        return _not_estimable(f"needs >= {MIN_DRAWS_RHAT} draws per chain")
+    if _constant(values):
+        return _not_estimable("constant functional")
+    value = float(import_arviz().rhat(values, method="rank"))
+    return Estimate(value) if np.isfinite(value) else _not_estimable("ArviZ returned nan")
+
+
+def ess(values, method: str = "bulk") -> Estimate:
+    """Bulk or tail ESS of draws [chain, draw], when it depends on the draws (see the limits above)."""
+    values = np.asarray(values, dtype=float)
+    chains, draws = values.shape
+    if draws < MIN_DRAWS_ESS:
+        return _not_estimable(f"needs >= {MIN_DRAWS_ESS} draws per chain")
+    if _constant(values):
+        return _not_estimable("constant functional")
+    if method == "tail" and any(_constant((values <= q).astype(float)) for q in np.quantile(values, (0.05, 0.95))):
+        return _not_estimable("a 5% or 95% quantile is an extreme value (ties)")
+    split = chains * 2 * (draws // 2)
+    value = float(import_arviz().ess(values, method=method))
+    if not np.isfinite(value):
+        return _not_estimable("ArviZ returned nan")
+    if value >= split * np.log10(split) * (1 - 1e-9):
+        return _not_estimable("at ArviZ's cap N log10 N: autocorrelations not resolved")
+    return Estimate(value)
+
+
+ESTIMATES = ("r_hat", "ess_bulk", "ess_tail", "ess_bulk_per_1k_tokens")
+
+
+def diagnose(idata, var_names=("log_target", "length")) -> dict[str, dict[str, Estimate]]:
+    """Per functional: mean, sd, rank-normalized R-hat, bulk and tail ESS, and bulk ESS per 1,000
+    generated tokens, each an `Estimate` (nan with a reason where the draws cannot tell it)."""
     tokens = max(total_tokens(idata), 1)
+    out = {}
     for name in var_names:
         values = np.asarray(idata.posterior[name].values, dtype=float)  # [chain, draw]
-        rhat = float(az.rhat(values, method="rank")) if values.shape[0] > 1 else np.nan
-        ess_bulk = float(az.ess(values, method="bulk"))
-        ess_tail = float(az.ess(values, method="tail"))
-        rows[name] = {"mean": values.mean(), "sd": values.std(), "r_hat": rhat, "ess_bulk": ess_bulk,
-                      "ess_tail": ess_tail, "ess_bulk_per_1k_tokens": 1000 * ess_bulk / tokens}
+        bulk = ess(values, "bulk")
+        out[name] = {"mean": Estimate(float(values.mean())), "sd": Estimate(float(values.std())),
+                     "r_hat": rhat(values), "ess_bulk": bulk, "ess_tail": ess(values, "tail"),
+                     "ess_bulk_per_1k_tokens": bulk._replace(value=1000 * bulk.value / tokens)}
+    return out
+
+
+def warnings_of(estimates: dict[str, Estimate], chains: int) -> list[str]:
+    """The estimates that fail the limits of Vehtari et al. (2021)."""
+    found = []
+    if estimates["r_hat"].estimable and estimates["r_hat"].value > RHAT_LIMIT:
+        found.append(f"R-hat {estimates['r_hat'].value:.3g} > {RHAT_LIMIT}")
+    if estimates["ess_bulk"].estimable and estimates["ess_bulk"].value < ESS_PER_CHAIN * chains:
+        found.append(f"bulk ESS {estimates['ess_bulk'].value:.3g} < {ESS_PER_CHAIN} per chain x {chains} chains")
+    return found
+
+
+def summary(idata, var_names=("log_target", "length")):
+    """`diagnose` as a DataFrame: nan where not estimable, the reasons in column `not_estimable`,
+    and in `warnings` what fails the limits of Vehtari et al. (2021)."""
+    import pandas as pd
+
+    chains = idata.posterior.sizes["chain"]
+    rows = {}
+    for name, estimates in diagnose(idata, var_names).items():
+        rows[name] = {key: estimate.value for key, estimate in estimates.items()}
+        rows[name]["not_estimable"] = "; ".join(f"{key}: {estimates[key].reason}" for key in ESTIMATES[:-1]
+                                                if not estimates[key].estimable)
+        rows[name]["warnings"] = "; ".join(warnings_of(estimates, chains))
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def format_summary(table) -> str:
+    """A `summary` table as printed text: n/a where not estimable, then the reasons and warnings."""
+    shown = table.drop(columns=["not_estimable", "warnings"]).map(lambda value: f"{value:.3f}")
+    shown = shown.where(table.drop(columns=["not_estimable", "warnings"]).notna(), "n/a")
+    lines = [shown.to_string()]
+    for name, row in table.iterrows():
+        lines += [f"n/a: {name} {part}" for part in filter(None, row["not_estimable"].split("; "))]
+        lines += [f"warning: {name} {part}" for part in filter(None, row["warnings"].split("; "))]
+    if table["warnings"].any():
+        lines.append(f"(Vehtari et al. 2021: use the draws when R-hat <= {RHAT_LIMIT} and bulk ESS >= "
+                     f"{ESS_PER_CHAIN} per chain)")
+    return "\n".join(lines)
+
+
+def diagnostics_attribute(idata, var_names=("log_target", "length")) -> str:
+    """`diagnose` as JSON for the InferenceData attributes: null, never a number, where not
+    estimable, with the reason beside it."""
+    return json.dumps({name: {key: (estimate.value if estimate.estimable else None) for key, estimate in estimates.items()}
+                       | {"not_estimable": {key: e.reason for key, e in estimates.items() if not e.estimable}}
+                       for name, estimates in diagnose(idata, var_names).items()})
 
 
 def acceptance_by_chain(idata) -> np.ndarray:

@@ -93,9 +93,8 @@ def cut_distribution(runs: dict):
 
 
 def kernel_comparison(runs: dict, rng_seed: int = 0):
-    """ESS of alpha log p per 1,000 generated tokens (bootstrap over chains, 90% interval) and
-    acceptance rate (95% normal interval over steps), one bar per run."""
-    az = diagnostics.import_arviz()
+    """ESS of alpha log p per 1,000 generated tokens (bootstrap over chains, 90% interval; "n/a"
+    and no bar where it is not estimable) and acceptance rate (95% normal interval over steps)."""
     rng = np.random.default_rng(rng_seed)
     names = list(runs)
     ess, ess_low, ess_high, acc, acc_err = [], [], [], [], []
@@ -103,19 +102,23 @@ def kernel_comparison(runs: dict, rng_seed: int = 0):
         idata = runs[name]
         values = idata.posterior["log_target"].values
         per_1k = 1000 / max(diagnostics.total_tokens(idata), 1)
-        point = float(az.ess(values, method="bulk")) * per_1k
+        point = diagnostics.ess(values).value * per_1k
         chains = values.shape[0]
-        boots = [float(az.ess(values[rng.integers(0, chains, chains)], method="bulk")) * per_1k
-                 for _ in range(200)] if chains > 1 else [point]
+        boots = [diagnostics.ess(values[rng.integers(0, chains, chains)]).value * per_1k
+                 for _ in range(200)] if chains > 1 and np.isfinite(point) else [point]
+        boots = [b for b in boots if np.isfinite(b)] or [point]
         ess.append(point)
-        ess_low.append(max(point - np.quantile(boots, 0.05), 0))
-        ess_high.append(max(np.quantile(boots, 0.95) - point, 0))
+        ess_low.append(max(point - np.quantile(boots, 0.05), 0) if np.isfinite(point) else 0)
+        ess_high.append(max(np.quantile(boots, 0.95) - point, 0) if np.isfinite(point) else 0)
         accepted = idata.sample_stats["accepted"].values.ravel()
         acc.append(accepted.mean())
         acc_err.append(1.96 * np.sqrt(max(accepted.mean() * (1 - accepted.mean()), 1e-12) / accepted.size))
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     positions = np.arange(len(names))
-    left.bar(positions, ess, yerr=[ess_low, ess_high], capsize=4, color="C0")
+    left.bar(positions, np.nan_to_num(ess), yerr=[ess_low, ess_high], capsize=4, color="C0")
+    for position, value in zip(positions, ess):
+        if not np.isfinite(value):
+            left.text(position, 0, "n/a", ha="center", va="bottom", fontsize=8)
     left.set_ylabel("bulk ESS per 1k tokens")
     right.bar(positions, acc, yerr=acc_err, capsize=4, color="C1")
     right.set_ylabel("acceptance rate")

@@ -17,21 +17,25 @@ SAMPLE_COMPLETIONS = 4
 
 
 def comparison_table(runs: dict) -> list[dict]:
-    """One row per run: draws, acceptance, ESS per 1k tokens, R-hat, agreement of the chains' final
-    completions, tokens, wall time."""
+    """One row per run: draws, acceptance, ESS per 1k tokens and R-hat of alpha log p (nan where
+    not estimable, the reasons in `not_estimable`, failed limits in `warnings`), agreement of the
+    chains' final completions, tokens, wall time."""
     rows = []
     for name, idata in runs.items():
-        summary = diagnostics.summary(idata, var_names=("log_target",)).loc["log_target"]
+        estimates = diagnostics.diagnose(idata, var_names=("log_target",))["log_target"]
         rows.append({
             "sampler": name,
             "draws": int(idata.posterior.sizes["draw"]),
             "acceptance": float(idata.sample_stats["accepted"].mean()),
-            "ess_bulk_per_1k_tokens": float(summary["ess_bulk_per_1k_tokens"]),
-            "r_hat": float(summary["r_hat"]),
-            "mean_alpha_log_p": float(summary["mean"]),
+            "ess_bulk_per_1k_tokens": estimates["ess_bulk_per_1k_tokens"].value,
+            "r_hat": estimates["r_hat"].value,
+            "mean_alpha_log_p": estimates["mean"].value,
             "answer_agreement": diagnostics.answer_agreement(idata)[0],
             "tokens": diagnostics.total_tokens(idata),
             "wall_time_s": float(idata.sample_stats["wall_time"].values[0].sum()),
+            "not_estimable": "; ".join(f"{key}: {estimates[key].reason}" for key in ("ess_bulk_per_1k_tokens", "r_hat")
+                                       if not estimates[key].estimable),
+            "warnings": "; ".join(diagnostics.warnings_of(estimates, idata.posterior.sizes["chain"])),
         })
     return rows
 
@@ -50,7 +54,7 @@ def _figures(runs: dict) -> list[tuple[str, object]]:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return "nan" if np.isnan(value) else f"{value:.3g}"
+        return "n/a" if np.isnan(value) else f"{value:.3g}"
     return str(value)
 
 

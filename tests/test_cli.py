@@ -35,6 +35,7 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0
     assert "best completion" in out and "r_hat" in out and "ess_bulk_per_1k_tokens" in out and run.is_file()
+    assert "n/a: log_target ess_bulk: needs >= 10 draws per chain" in out  # 3 draws: no ESS, not a cap
 
     assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
     parser = TableParser()
@@ -61,6 +62,7 @@ def test_compare_prints_a_table_and_writes_runs_and_report(smollm, capsys, tmp_p
     out = capsys.readouterr().out
     assert code == 0
     assert "ESS/1k tok" in out and "ancestral" in out and "random-cut" in out
+    assert "n/a: random-cut ess_bulk_per_1k_tokens: needs >= 10 draws per chain" in out
     from ppl_ecmh import diagnostics
 
     for name in ("ancestral", "random-cut"):

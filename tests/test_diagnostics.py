@@ -1,5 +1,7 @@
 """ArviZ conversion and diagnostics, on synthetic chains whose properties are known."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,59 @@ def test_chains_stuck_in_different_modes_have_large_rhat():
     # rank normalization caps R-hat for two perfectly separated pairs of chains near 1.73, however
     # far apart the modes are; well-mixed chains stay below 1.01 (test above)
     assert table.loc["log_target", "r_hat"] > 1.5
+
+
+@pytest.mark.parametrize("draws", [4, 8, 9])
+def test_ess_is_not_a_number_when_it_would_not_depend_on_the_data(draws):
+    """Below 10 draws per chain ArviZ's ESS is its cap N log10 N for any data (the issue's 48.165
+    for 4 chains of 8 draws): white noise and a random walk get the same value, so it is n/a."""
+    az = diagnostics.import_arviz()
+    rng = np.random.default_rng(draws)
+    noise, walk = rng.normal(size=(4, draws)), rng.normal(size=(4, draws)).cumsum(axis=1)
+    assert float(az.ess(noise, method="bulk")) == float(az.ess(walk, method="bulk"))  # what ArviZ gives
+    for values in (noise, walk):
+        for method in ("bulk", "tail"):
+            estimate = diagnostics.ess(values, method)
+            assert np.isnan(estimate.value) and estimate.reason == "needs >= 10 draws per chain"
+    assert diagnostics.rhat(noise).estimable  # R-hat is data-dependent from 4 draws on
+
+
+def test_ess_from_10_draws_on_depends_on_the_data():
+    rng = np.random.default_rng(0)
+    noise, walk = diagnostics.ess(rng.normal(size=(4, 40))), diagnostics.ess(rng.normal(size=(4, 40)).cumsum(axis=1))
+    assert noise.estimable and walk.estimable and walk.value < noise.value / 3
+
+
+def test_constant_functionals_single_chains_ties_and_the_cap_are_reported_with_their_reason():
+    constant = np.full((4, 50), -3.5)
+    assert diagnostics.ess(constant).reason == "constant functional"
+    assert diagnostics.rhat(constant).reason == "constant functional"
+    assert diagnostics.rhat(np.random.default_rng(0).normal(size=(1, 50))).reason == "needs >= 2 chains"
+    assert diagnostics.rhat(np.random.default_rng(0).normal(size=(4, 3))).reason == "needs >= 4 draws per chain"
+    # a length that is mostly at its maximum: the 95% quantile is the maximum, the tail indicator all ones
+    lengths = np.where(np.random.default_rng(0).random((4, 50)) < 0.9, 16.0, 7.0)
+    assert diagnostics.ess(lengths, "tail").reason.startswith("a 5% or 95% quantile")
+    assert diagnostics.ess(lengths, "bulk").estimable
+    # antithetic chains: the autocorrelation estimate falls to ArviZ's floor and ESS is its cap
+    alternating = np.tile([1.0, -1.0], (4, 25)) + 1e-3 * np.random.default_rng(0).normal(size=(4, 50))
+    assert "cap" in diagnostics.ess(alternating).reason
+
+
+def test_summary_prints_na_with_reasons_and_flags_vehtari_limits():
+    idata = diagnostics.to_inference_data(synthetic_run(ar1_chains(0.5, draws=8) + np.arange(4.0)[:, None]))
+    table = diagnostics.summary(idata)
+    assert table[["ess_bulk", "ess_tail", "ess_bulk_per_1k_tokens"]].isna().all().all()
+    text = diagnostics.format_summary(table)
+    assert "48.16" not in text and "n/a: log_target ess_bulk: needs >= 10 draws per chain" in text
+    assert "warning: log_target R-hat" in text  # chains 1 apart: R-hat far above 1.01
+    attribute = json.loads(idata.attrs["diagnostics"])["log_target"]
+    assert attribute["ess_bulk"] is None and attribute["not_estimable"]["ess_bulk"] == "needs >= 10 draws per chain"
+    assert attribute["r_hat"] > 1.01
+
+    mixed = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1_chains(0.0, draws=400))))
+    assert mixed.loc["log_target", "warnings"] == "" and mixed.loc["log_target", "not_estimable"] == ""
+    short = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1_chains(0.9, draws=40))))
+    assert "bulk ESS" in short.loc["log_target", "warnings"]  # about 0.05 x 160 draws, far below 400
 
 
 def test_netcdf_round_trip_keeps_everything(tmp_path):
