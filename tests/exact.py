@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def run_steps(rng_key, state, lm, alpha, limit, step_fn, num_steps):
     return jax.lax.scan(body, state, jax.random.split(rng_key, num_steps))
 
 
-def chains_from_exact(problem, alpha, step_fn, num_chains=4000, num_steps=8, seed=0, tau=None):
+def chains_from_exact(problem, alpha, step_fn, num_chains=20000, num_steps=8, seed=0, tau=None):
     """Start num_chains chains at exact pi_alpha draws, run num_steps steps, return final draws.
 
     A kernel that leaves pi_alpha invariant returns exact pi_alpha draws, whatever its mixing.
@@ -55,32 +56,91 @@ def chains_from_exact(problem, alpha, step_fn, num_chains=4000, num_steps=8, see
     return final_draws(state.seqs), pi, float(acceptance.mean())
 
 
-class Comparison:
-    """Empirical vs exact distribution: total variation with a Monte-Carlo bound, and chi-square."""
+# Every exactness verdict is taken at each of these seeds, and must be the same at all of them.
+SEEDS = range(5)
+# Tail probability of each check under a correct kernel: the suite makes a few hundred, so a correct
+# kernel fails one of them with probability well under 1%.
+LEVEL = 1e-5
+# A wrong kernel is rejected decisively: its TV at least this many times the bound, at every seed.
+REJECTION_MARGIN = 2.0
 
-    def __init__(self, draws, pi: dict, bound_quantile: float = 0.999, seed: int = 12345):
+
+class Comparison:
+    """Empirical against exact distribution: total variation with a Monte Carlo bound, and chi-square.
+
+    `draws` are completions, one per independent chain (iid under a correct kernel), or a list per
+    chain of consecutive draws: then the Monte Carlo error is that of the effective sample size, the
+    smallest ESS of the indicators of the completions (ArviZ, over the chains), not the number of
+    draws. The bound is the TV that exact draws of that effective size stay under with probability
+    1 - LEVEL (Gaussian tail at 4.4 sd of a simulated null); chi-square uses counts scaled to it.
+    """
+
+    def __init__(self, draws, pi: dict, seed: int = 12345):
         support = list(pi)
-        unknown = set(draws) - set(support)
+        chains = draws if draws and isinstance(draws[0], list) else None
+        pooled = [x for chain in chains for x in chain] if chains else list(draws)
+        unknown = set(pooled) - set(support)
         assert not unknown, f"draws outside the support: {sorted(unknown)[:3]}"
         counts = dict.fromkeys(support, 0)
-        for x in draws:
+        for x in pooled:
             counts[x] += 1
-        n = len(draws)
+        n = len(pooled)
+        self.effective_n = _effective_size(chains, support, pi) if chains else float(n)
         self.observed = np.array([counts[x] for x in support], float)
-        self.expected = np.array([pi[x] for x in support]) * n
-        self.tv = 0.5 * np.abs(self.observed - self.expected).sum() / n
-        # the TV of n exact iid draws, simulated: the bound a correct sampler stays under
+        probs = np.array([pi[x] for x in support])
+        self.tv = 0.5 * np.abs(self.observed / n - probs).sum()
         rng = np.random.default_rng(seed)
-        probs = self.expected / n
-        null = 0.5 * np.abs(rng.multinomial(n, probs, size=2000) / n - probs).sum(axis=1)
-        self.tv_bound = float(np.quantile(null, bound_quantile))
-        self.chi2_pvalue = _chi_square_pvalue(self.observed, self.expected)
+        size = max(int(round(self.effective_n)), 1)
+        null = 0.5 * np.abs(rng.multinomial(size, probs, size=4000) / size - probs).sum(axis=1)
+        self.tv_bound = float(null.mean() + stats.norm.isf(LEVEL) * null.std())
+        scale = self.effective_n / n
+        self.chi2_pvalue = _chi_square_pvalue(self.observed * scale, probs * self.effective_n)
 
-    def consistent(self, alpha_level: float = 0.01) -> bool:
-        return self.tv <= self.tv_bound and self.chi2_pvalue > alpha_level
+    def consistent(self) -> bool:
+        return self.tv <= self.tv_bound and self.chi2_pvalue > LEVEL
+
+    def rejected(self) -> bool:
+        """Decisively not pi: TV beyond REJECTION_MARGIN bounds and chi-square below the level."""
+        return self.tv > REJECTION_MARGIN * self.tv_bound and self.chi2_pvalue < LEVEL
 
     def __repr__(self):
-        return f"TV={self.tv:.4f} (bound {self.tv_bound:.4f}), chi2 p={self.chi2_pvalue:.3g}"
+        return f"TV={self.tv:.4f} (bound {self.tv_bound:.4f}, n_eff {self.effective_n:.0f}), chi2 p={self.chi2_pvalue:.3g}"
+
+
+def _effective_size(chains, support, pi, min_expected: float = 50.0) -> float:
+    """The smallest ESS over the indicators of the completions expected at least `min_expected`
+    times (rarer ones have unstable ESS estimates), capped at the number of draws."""
+    from ppl_ecmh import diagnostics
+
+    index = {x: i for i, x in enumerate(support)}
+    states = np.array([[index[x] for x in chain] for chain in chains])  # [chain, draw]
+    sizes = [diagnostics.ess((states == index[x]).astype(float), "mean").value
+             for x in support if pi[x] * states.size >= min_expected]
+    sizes = [size for size in sizes if np.isfinite(size)]
+    return float(min(sizes + [states.size]))
+
+
+# Every multi-seed verdict of the session by test, for the summary pytest prints at the end.
+VERDICTS: dict[str, tuple[str, list]] = {}
+
+
+def verdicts(run, expected: str) -> list:
+    """`run(seed) -> Comparison` at every seed of SEEDS, recorded under the running test's id."""
+    comparisons = [run(seed) for seed in SEEDS]
+    VERDICTS[os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]] = (expected, comparisons)
+    return comparisons
+
+
+def assert_exact_at_every_seed(run, label: str = "") -> list:
+    comparisons = verdicts(run, "consistent")
+    assert all(c.consistent() for c in comparisons), f"{label} not consistent at every seed: {comparisons}"
+    return comparisons
+
+
+def assert_rejected_at_every_seed(run, label: str = "") -> list:
+    comparisons = verdicts(run, "rejected")
+    assert all(c.rejected() for c in comparisons), f"wrong kernel {label} not rejected at every seed: {comparisons}"
+    return comparisons
 
 
 def _chi_square_pvalue(observed, expected, min_expected: float = 5.0) -> float:

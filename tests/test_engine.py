@@ -11,7 +11,7 @@ from ppl_ecmh import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.engine import slots as slot_ops
 from ppl_ecmh.lm import generation, toy
-from tests.exact import Comparison, exact_draws
+from tests.exact import Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)  # entropy jumps: every cut's correction term matters
 CUTS = {
@@ -26,21 +26,23 @@ def completion(tokens, length) -> tuple[int, ...]:
     return tuple(int(v) for v in tokens[:length])
 
 
-def run_from_exact(schedule: Schedule, alpha: float, num_chains=4000, width=256, seed=0):
+def run_from_exact(schedule: Schedule, alpha: float, num_chains=2000, width=256, seed=0):
     """Chains started at exact pi_alpha draws and run on the engine with fewer slots than chains
-    (so slots are refilled many times); their last draws, pi_alpha, and the mean acceptance."""
+    (so slots are refilled many times): every draw of every chain [chain][draw], pi_alpha, and the
+    mean acceptance."""
     starts, pi = exact_draws(PROBLEM, alpha, num_chains, seed)
     lengths = np.asarray(generation.completion_length(PROBLEM.lm, starts))
     items = [WorkItem(PROBLEM.prompt, chain_key(seed, "exactness", chain, 0), chain, completion(row, n))
              for chain, (row, n) in enumerate(zip(np.asarray(starts), lengths))]
-    results = list(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt)).run(items))
-    assert sorted(r.item.tag for r in results) == list(range(num_chains))
-    draws = [completion(r.tokens[-1], r.length[-1]) for r in results]
+    results = sorted(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt)).run(items),
+                     key=lambda r: r.item.tag)
+    assert [r.item.tag for r in results] == list(range(num_chains))
+    draws = [[completion(tokens, n) for tokens, n in zip(r.tokens, r.length)] for r in results]
     acceptance = np.mean([r.steps["accepted"][1:].mean() for r in results])
     return draws, pi, acceptance
 
 
-def suffix_schedule(cut_name: str, alpha: float, steps=8, drop_cut_ratio=False) -> Schedule:
+def suffix_schedule(cut_name: str, alpha: float, steps=10, drop_cut_ratio=False) -> Schedule:
     schedule = Schedule.suffix_mh(PROBLEM.max_new_tokens, steps, cut=CUTS[cut_name], alpha=alpha, tau=1 / alpha)
     return dataclasses.replace(schedule, drop_cut_ratio=drop_cut_ratio)
 
@@ -49,20 +51,27 @@ def suffix_schedule(cut_name: str, alpha: float, steps=8, drop_cut_ratio=False) 
 @pytest.mark.parametrize("cut_name,alpha", [("uniform", 1.0), ("uniform", 4.0), ("entropy", 2.0),
                                             ("entropy_jump", 4.0), ("mixture", 4.0)])
 def test_engine_leaves_power_distribution_invariant(cut_name, alpha):
-    draws, pi, acceptance = run_from_exact(suffix_schedule(cut_name, alpha), alpha)
-    comparison = Comparison(draws, pi)
-    assert comparison.consistent(), f"{cut_name} alpha={alpha}: {comparison}"
-    assert 0.05 < acceptance < 1.0  # the chains moved
+    """All 10 draws of each chain, judged by the ESS of the completions' indicators (about 3 to 5
+    of every 10 draws here), at every seed."""
+    def run(seed):
+        draws, pi, acceptance = run_from_exact(suffix_schedule(cut_name, alpha), alpha, seed=seed)
+        assert 0.05 < acceptance <= 1.0  # the chains moved
+        return Comparison(draws, pi)
+
+    assert_exact_at_every_seed(run, f"{cut_name} alpha={alpha}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cut_name", ["uniform", "entropy_jump"])
 def test_engine_without_cut_ratio_is_rejected(cut_name):
-    """30 steps take the wrong chain to its own stationary law, far enough from pi_alpha to be
-    rejected at every seed tried (0 to 4; after 8 steps the uniform one passed at three of them)."""
-    draws, pi, _ = run_from_exact(suffix_schedule(cut_name, 4.0, steps=30, drop_cut_ratio=True), 4.0)
-    comparison = Comparison(draws, pi)
-    assert not comparison.consistent(), f"wrong kernel passed: {cut_name}: {comparison}"
+    """The last draws after 10 steps at alpha 2: TV to pi about 0.2 for the uniform cut and 0.3
+    for the entropy jump, against a bound near 0.05, at every seed (at alpha 4 the wrong kernel
+    needs 30 steps to be rejected decisively, tests/test_exactness.py)."""
+    def run(seed):
+        draws, pi, _ = run_from_exact(suffix_schedule(cut_name, 2.0, drop_cut_ratio=True), 2.0, seed=seed)
+        return Comparison([chain[-1] for chain in draws], pi)
+
+    assert_rejected_at_every_seed(run, cut_name)
 
 
 @pytest.mark.slow
@@ -71,21 +80,27 @@ def test_engine_blockwise_final_stage_reaches_power_distribution():
     lockstep test in test_exactness does: its last stage is an MH chain on pi_alpha."""
     alpha = 2.0
     schedule = Schedule.blockwise(PROBLEM.max_new_tokens, 2, 100, cut=CUTS["uniform"], alpha=alpha, tau=1 / alpha)
-    items = [WorkItem(PROBLEM.prompt, chain_key(3, "blockwise", chain, 0), chain) for chain in range(4000)]
-    results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1).run(items)
-    draws = [completion(r.tokens[-1], r.length[-1]) for r in results]
-    comparison = Comparison(draws, PROBLEM.power_distribution(alpha))
-    assert comparison.consistent(), comparison
+
+    def run(seed):
+        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "blockwise", chain, 0), chain) for chain in range(4000)]
+        results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1).run(items)
+        return Comparison([completion(r.tokens[-1], r.length[-1]) for r in results], PROBLEM.power_distribution(alpha))
+
+    assert_exact_at_every_seed(run)
 
 
+@pytest.mark.slow
 def test_ancestral_chains_on_the_engine_draw_from_the_model():
     """Independent schedule at tau 1 is ancestral sampling: exact for p (pi at alpha 1)."""
     schedule = Schedule.independent(PROBLEM.max_new_tokens, alpha=1.0, tau=1.0)
-    items = [WorkItem(PROBLEM.prompt, chain_key(0, "ancestral", chain, 0), chain) for chain in range(4000)]
-    results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1).run(items))
-    assert all(r.tokens.shape[0] == 1 and r.steps["accepted"].all() for r in results)
-    comparison = Comparison([completion(r.tokens[0], r.length[0]) for r in results], PROBLEM.power_distribution(1.0))
-    assert comparison.consistent(), comparison
+
+    def run(seed):
+        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "ancestral", chain, 0), chain) for chain in range(4000)]
+        results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1).run(items))
+        assert all(r.tokens.shape[0] == 1 and r.steps["accepted"].all() for r in results)
+        return Comparison([completion(r.tokens[0], r.length[0]) for r in results], PROBLEM.power_distribution(1.0))
+
+    assert_exact_at_every_seed(run)
 
 
 def chains(schedule, prompts, width, order=None, seed=0, lm=PROBLEM.lm):
