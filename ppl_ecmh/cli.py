@@ -71,7 +71,8 @@ def _sampling_options() -> argparse.ArgumentParser:
                          help="cut parameter, e.g. power=4, beta=1, eps=0.1 (repeatable)")
     options.add_argument("--chains", type=int, default=4)
     options.add_argument("--draws", type=int, default=10, help="draws kept per chain (MH steps, or blocks)")
-    options.add_argument("--warmup", type=int, default=0, help="draws discarded first")
+    options.add_argument("--warmup", type=int, default=None,
+                         help="draws discarded first (default: 0; for block-wise samplers the stages before the last)")
     options.add_argument("--token-budget", type=int, default=None,
                          help="stop a sampler once its chains have decoded this many tokens (at most --draws)")
     options.add_argument("--seed", type=int, default=0)
@@ -192,7 +193,7 @@ def _specs(args, names):
     if args.tau is not None:  # even for samplers that ignore it: a bad value is a mistake either way
         check_tau(args.tau, alpha)
     for name in ("chains", "draws", "warmup"):
-        if hasattr(args, name):
+        if getattr(args, name, None) is not None:
             check_positive_int(name, getattr(args, name), minimum=1 if name == "chains" else 0)
 
     specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),

@@ -129,7 +129,7 @@ class _SequenceKernel(MCMCKernel):
         """Expose row arrays as [chains, (prompts,) ...], or [(prompts,) ...] for a single chain."""
         shape = ((-1,) if self._batched else ()) + self._target.sequence.batch_shape
         expose = lambda a: a.reshape(shape + a.shape[1:])
-        tokens = completion_tokens(sampler.seqs, self._target.pad_id)
+        tokens = completion_tokens(sampler.seqs, self._target.pad_id, self._target.lm)
         return SequenceKernelState(
             z={self._target.site: expose(tokens)},
             entropy=expose(jnp.where(within_completion(sampler.seqs), sampler.seqs.entropy, 0.0)),

@@ -16,8 +16,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ppl_ecmh import kernels
+from ppl_ecmh.blockwise import num_blocks
 from ppl_ecmh.cuts import Uniform, get_cut
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
+from ppl_ecmh.lm.generation import UNFINISHED
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.target import power_model
 from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int, check_tau
@@ -84,6 +86,11 @@ class SamplerSpec:
                                       alpha=alpha, tau=tau, num_stages=num_draws)
         return Schedule.suffix_mh(max_new_tokens, num_draws, cut=self.make_cut(), alpha=alpha, tau=tau)
 
+    def default_warmup(self, max_new_tokens: int) -> int:
+        """Draws discarded by default: for a block-wise sampler its stages before the last, whose
+        draws are shorter completions of intermediate targets, not draws of pi_alpha."""
+        return num_blocks(max_new_tokens, self.block_size) - 1 if self.name in BLOCKWISE_SAMPLERS else 0
+
     def make_cut(self):
         return Uniform() if self.name == "random-cut" else get_cut(self.cut, **dict(self.cut_params))
 
@@ -133,19 +140,23 @@ class Run:
 
 
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
-                max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int = 0, seed: int = 0,
+                max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int | None = None, seed: int = 0,
                 token_budget: int | None = None, prompt_block: int | None = None, progress: bool = True,
                 description: str | None = None, width: int = DEFAULT_WIDTH) -> Run:
     """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
     kept draw at which all chains together have decoded at least that many tokens (warmup and the
     initial draw included), so samplers can be compared at equal cost. `num_draws=0` (no warmup)
     keeps the initial completion as the only draw: one ancestral or low-temperature sample each.
+    `num_warmup=None` is the sampler's default (`SamplerSpec.default_warmup`): 0, or for a
+    block-wise sampler its stages before the last.
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
     runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
     samplers (`ENGINE_SAMPLERS`, without a token budget) run their chains in `width` slots."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws, minimum=0)
+    if num_warmup is None:  # the sampler's default, unless the initial completion is the only draw
+        num_warmup = spec.default_warmup(max_new_tokens) if num_draws else 0
     num_warmup = check_positive_int("warmup", num_warmup, minimum=0)
     if num_draws == 0 and num_warmup:
         raise ValueError("draws: must be >= 1 when warmup draws are discarded")
@@ -278,8 +289,7 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
             warmup = range(num_warmup)
         initial[chain, index] += sum(int(per_draw["num_generated"][draw]) for draw in warmup)
         if not (independent and unit < num_warmup):
-            inside = np.arange(max_new_tokens) < result.length[own, None]
-            tokens[at] = np.where(inside, result.tokens[own], lm.eos_token_ids[0])
+            tokens[at] = _padded(result.tokens[own], result.length[own], lm.eos_token_ids)
             entropy[at] = result.entropy[own]
             for name in stats:
                 stats[name][at] = per_draw[name][own]
@@ -295,6 +305,15 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     return Run(settings=settings, tokens=squeeze(tokens), entropy=squeeze(entropy),
                stats={name: squeeze(value) for name, value in stats.items()},
                wall_time=np.full(kept, engine.stats.seconds / kept), initial_generated=initial if batched else initial[:, 0])
+
+
+def _padded(tokens: np.ndarray, lengths: np.ndarray, eos_ids) -> np.ndarray:
+    """Draws [D, T] padded past their lengths as the kernels pad them (`completion_tokens`): with
+    EOS, or with UNFINISHED after a stage draw that stopped short of T without EOS."""
+    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    unfinished = (lengths > 0) & (lengths < tokens.shape[1]) & ~np.isin(last, eos_ids)
+    pad = np.where(unfinished, UNFINISHED, eos_ids[0])[:, None]
+    return np.where(np.arange(tokens.shape[1]) < lengths[:, None], tokens, pad)
 
 
 @functools.lru_cache(maxsize=4)

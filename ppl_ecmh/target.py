@@ -22,7 +22,7 @@ from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.distribution import Unit
 
 from ppl_ecmh import mh
-from ppl_ecmh.lm.generation import completion_tokens, new_sequences, sequence_log_prob, teacher_force
+from ppl_ecmh.lm.generation import UNFINISHED, completion_tokens, new_sequences, sequence_log_prob, teacher_force
 from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int
 
 SHARPENING_EXPONENT = "sharpening_exponent"
@@ -45,10 +45,11 @@ def _prompt_batch(prompt) -> tuple[tuple[tuple[int, ...], ...], bool]:
 class LanguageModelSequence(Distribution):
     """Completions of `prompt` under the language model: sample = ancestral generation (until EOS
     or max_new_tokens), log_prob = log p(x | prompt). Values are [..., max_new_tokens] token arrays
-    padded with EOS after the first EOS. A batch of prompts (independent problems, as in an
+    padded with EOS after the first EOS, or with UNFINISHED (-1) after a completion that stopped
+    short without EOS (a block-wise stage draw), which log_prob scores as that prefix. A batch of prompts (independent problems, as in an
     evaluation) gives batch_shape (num_prompts,)."""
 
-    support = constraints.nonnegative_integer
+    support = constraints.integer_greater_than(UNFINISHED - 1)  # token ids, or UNFINISHED padding
     is_discrete = True
     pytree_data_fields = ("lm",)
     pytree_aux_fields = ("prompts", "max_new_tokens", "prompt_block")

@@ -231,3 +231,36 @@ def test_a_draw_hands_back_the_model_weights_instead_of_copying_them():
     after = step(step(state))
     before_leaves, after_leaves = jax.tree_util.tree_leaves(state.lm), jax.tree_util.tree_leaves(after.lm)
     assert [a.unsafe_buffer_pointer() for a in after_leaves] == [b.unsafe_buffer_pointer() for b in before_leaves]
+
+
+def test_block_wise_stage_draws_score_as_the_prefixes_the_kernel_targets():
+    """Without warmup the first draw of a block-wise chain is a stage draw: a completion capped at
+    the block (B=2 of T=4), often without EOS. It is padded with UNFINISHED, so the model's log
+    density scores the prefix, as the kernel's log_target does, instead of that prefix plus EOS."""
+    from ppl_ecmh.lm.generation import UNFINISHED
+
+    mcmc = MCMC(KERNELS["blockwise"](power_model), num_warmup=0, num_samples=3, num_chains=16,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), PROBLEM.lm, PROBLEM.prompt, alpha=2.5, max_new_tokens=4, extra_fields=FIELDS)
+    draws, tracked = mcmc.get_samples(group_by_chain=True)["x"], mcmc.get_extra_fields(group_by_chain=True)["log_target"]
+    stage = np.asarray(draws[:, 0])
+    assert (stage[:, 2:] == UNFINISHED).any() and not (draws[:, -1] == UNFINISHED).any()
+    for chain in range(16):
+        for draw in range(3):
+            exact, _ = log_density(power_model, (PROBLEM.lm, PROBLEM.prompt), dict(alpha=2.5, max_new_tokens=4),
+                                   {"x": draws[chain, draw]})
+            assert abs(float(exact) - float(tracked[chain, draw])) < 1e-4, (chain, draw)
+
+
+def test_block_wise_runs_discard_their_stages_by_default():
+    from ppl_ecmh.lm.generation import UNFINISHED
+    from ppl_ecmh.runner import SamplerSpec, run_sampler
+
+    spec = SamplerSpec("blockwise", block_size=1, num_mcmc_steps=2)  # 4 stages of one token
+    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, spec, alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=2,
+                      progress=False)
+    assert run.settings["num_warmup"] == 3 and run.tokens.shape[1] == 2 and not (run.tokens == UNFINISHED).any()
+    staged = run_sampler(PROBLEM.lm, PROBLEM.prompt, spec, alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=2,
+                         num_warmup=0, progress=False)
+    assert (staged.stats["length"][:, 0] <= 1).all()  # the first stage's draws are one token long
+    assert ((staged.tokens[:, 0, 1:] == UNFINISHED) | (staged.tokens[:, 0, 1:] == 3)).all()

@@ -139,18 +139,31 @@ def within_completion(seqs: Sequences) -> jax.Array:
     return jnp.arange(seqs.max_new_tokens)[None, :] < seqs.length[:, None]
 
 
-def completion_tokens(seqs: Sequences, pad_id: int) -> jax.Array:
-    """Completions as [B, T] arrays, padded with `pad_id` after each row's length."""
+# Pads an unfinished completion: one that stopped at a length cap below max_new_tokens without EOS
+# (a block-wise stage draw). Padding it with EOS would make it read as a finished completion, one
+# token longer, and score it as such; UNFINISHED ends it where it stopped.
+UNFINISHED = -1
+
+
+def completion_tokens(seqs: Sequences, pad_id: int, lm=None) -> jax.Array:
+    """Completions as [B, T] arrays, padded with `pad_id` after each row's length; given `lm`,
+    unfinished rows (no EOS, shorter than T) are padded with UNFINISHED instead."""
     positions = seqs.prompt_length[:, None] + jnp.arange(seqs.max_new_tokens)[None, :]
     tokens = jnp.take_along_axis(seqs.tokens, positions, axis=1, mode="clip")
-    return jnp.where(within_completion(seqs), tokens, pad_id)
+    pad = jnp.full(seqs.length.shape, pad_id, jnp.int32)
+    if lm is not None:
+        last = jnp.take_along_axis(tokens, jnp.maximum(seqs.length - 1, 0)[:, None], axis=1)[:, 0]
+        unfinished = (seqs.length > 0) & (seqs.length < seqs.max_new_tokens) & ~is_eos(lm, last)
+        pad = jnp.where(unfinished, UNFINISHED, pad)
+    return jnp.where(within_completion(seqs), tokens, pad[:, None])
 
 
 def completion_length(lm, completions: jax.Array) -> jax.Array:
-    """Length of [B, T] completions: through the first EOS, or T if there is none."""
+    """Length of [B, T] completions: through the first EOS, else up to the first UNFINISHED, else T."""
     eos = is_eos(lm, completions)
-    first = jnp.argmax(eos, axis=-1)
-    return jnp.where(jnp.any(eos, axis=-1), first + 1, completions.shape[-1]).astype(jnp.int32)
+    unfinished = completions == UNFINISHED
+    ends = jnp.where(jnp.any(unfinished, axis=-1), jnp.argmax(unfinished, axis=-1), completions.shape[-1])
+    return jnp.where(jnp.any(eos, axis=-1), jnp.minimum(jnp.argmax(eos, axis=-1) + 1, ends), ends).astype(jnp.int32)
 
 
 def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Sequences, Any]:
@@ -158,6 +171,7 @@ def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Seq
     parallel forward pass. Used to start chains from chosen draws and to check the fast path."""
     batch, total = seqs.tokens.shape
     length = completion_length(lm, completions)
+    completions = jnp.where(completions == UNFINISHED, lm.eos_token_ids[0], completions)  # never read: past length
     index = jnp.arange(seqs.max_new_tokens)
     positions = seqs.prompt_length[:, None] + index[None, :]
     tokens = seqs.tokens.at[jnp.arange(batch)[:, None], positions].set(completions, mode="drop")
