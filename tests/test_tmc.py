@@ -11,7 +11,7 @@ from ppl_ecmh import tmc
 from ppl_ecmh.lm import generation, toy
 from ppl_ecmh.mh import SuffixMHState
 from ppl_ecmh.runner import SamplerSpec, run_sampler
-from tests.exact import Comparison, final_draws
+from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, final_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)
 ALPHA = 2.0
@@ -49,17 +49,21 @@ def test_one_rollout_and_horizon_zero_is_low_temperature_sampling_over_the_candi
     exact = jax.nn.log_softmax(ALPHA * log_p, axis=-1)
     np.testing.assert_allclose(tmc.candidate_log_probs(log_p, jnp.zeros((1, 3, 1)), ALPHA), exact, rtol=1e-6)
     for top_k in (4, 2):
-        draws, _ = tmc_draws(top_k, 1, 0, rows=40000)
         low_temperature = low_temperature_distribution(PROBLEM, ALPHA, top_k)
-        assert Comparison(draws, low_temperature).consistent()
-        assert Comparison(draws, PROBLEM.power_distribution(ALPHA)).rejected()  # which is not pi_alpha
+        draws = {seed: tmc_draws(top_k, 1, 0, rows=40000, seed=seed)[0] for seed in SEEDS}
+        assert_exact_at_every_seed(lambda seed: Comparison(draws[seed], low_temperature), f"top_k={top_k}")
+        # which is not pi_alpha
+        assert_rejected_at_every_seed(lambda seed: Comparison(draws[seed], PROBLEM.power_distribution(ALPHA)),
+                                      f"top_k={top_k}")
 
 
 def test_full_look_ahead_with_many_rollouts_samples_pi_alpha():
-    draws, generated = tmc_draws(4, 64, PROBLEM.max_new_tokens - 1)
-    comparison = Comparison(draws, PROBLEM.power_distribution(ALPHA))
-    assert comparison.consistent(), comparison
-    assert generated.mean() > 64  # the rollouts are counted as decoded tokens
+    def run(seed):
+        draws, generated = tmc_draws(4, 64, PROBLEM.max_new_tokens - 1, seed=seed)
+        assert generated.mean() > 64  # the rollouts are counted as decoded tokens
+        return Comparison(draws, PROBLEM.power_distribution(ALPHA))
+
+    assert_exact_at_every_seed(run)
 
 
 def test_the_jackknife_removes_most_of_the_ratio_estimators_bias():
