@@ -57,6 +57,11 @@ def _model_options() -> argparse.ArgumentParser:
                          help="rows decoded side by side: slots of the continuous-batching engine, one chain "
                          "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts)")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    options.add_argument("--devices", type=int, default=None,
+                         help="local devices to use (default: all); the engine's slots are split over them")
+    options.add_argument("--tensor-parallel", type=int, default=1,
+                         help="devices each copy of the weights is split over (attention heads, MLP columns); "
+                         "must divide --devices and the model's heads")
     options.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return options
 
@@ -143,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="results directory (created, or resumed)")
     evaluate.add_argument("--repair", action="store_true",
                           help="first move damaged lines of the directory's records to records.quarantine.jsonl")
+    evaluate.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                          help="queue the work to Ray actors: no address starts a local Ray instance; 'auto' or "
+                          "host:port joins a cluster started with `ray start` (pip install \"ppl-ecmh[ray]\")")
+    evaluate.add_argument("--ray-workers", type=int, default=None,
+                          help="Ray actors, each loading the model once (default: one per GPU of the cluster, "
+                          "else one per CPU)")
     evaluate.set_defaults(handler=_eval)
 
     report = commands.add_parser("report", formatter_class=formatter,
@@ -182,6 +193,20 @@ def _prompt_text(args) -> str:
         raise PplEcmhError(f"cannot read --prompt-file: {error}") from None
 
 
+def _mesh(args):
+    """The device mesh the options ask for, checked before any model loads; None for one device."""
+    from ppl_ecmh import parallel
+    from ppl_ecmh.lm import model_config
+
+    mesh = parallel.make_mesh(args.devices, args.tensor_parallel)
+    if args.tensor_parallel > 1 and (config := model_config(args.model)) is not None:
+        parallel.check_tensor_parallel(config, args.tensor_parallel)
+    if args.batch_size % mesh.shape[parallel.DATA]:
+        raise PplEcmhError(f"--batch-size {args.batch_size} does not split over {mesh.shape[parallel.DATA]} "
+                           "data-parallel devices")
+    return mesh if mesh.size > 1 else None
+
+
 def _specs(args, names):
     """The samplers' specs, with every number the command takes checked before a model loads."""
     from ppl_ecmh.runner import SamplerSpec
@@ -207,7 +232,7 @@ def _specs(args, names):
     return specs
 
 
-def _run(model, prompt, text, spec, args):
+def _run(model, prompt, text, spec, args, mesh=None):
     """Run one sampler and return its InferenceData, completions decoded."""
     from ppl_ecmh import diagnostics
     from ppl_ecmh.runner import run_sampler
@@ -215,7 +240,7 @@ def _run(model, prompt, text, spec, args):
     run = run_sampler(model.lm, prompt, spec, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
                       token_budget=args.token_budget, progress=not args.no_progress, description=spec.name,
-                      width=args.batch_size)
+                      width=args.batch_size, mesh=mesh)
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]
@@ -250,10 +275,11 @@ def _sample(args) -> None:
     from ppl_ecmh import diagnostics
 
     spec = _specs(args, [args.sampler])[args.sampler]
+    mesh = _mesh(args)
     if args.out:
         _check_writable(args.out)
     model, prompt, text = _load_prompt(args)
-    idata = _run(model, prompt, text, spec, args)
+    idata = _run(model, prompt, text, spec, args, mesh)
     log_target = idata.posterior["log_target"].values
     chain, draw = np.unravel_index(np.argmax(log_target), log_target.shape)
     print(f"\nbest completion (chain {chain}, draw {draw}, alpha*log p = {log_target[chain, draw]:.2f}):")
@@ -277,12 +303,13 @@ def _compare(args) -> None:
 
     names = [name.strip() for name in args.samplers.split(",") if name.strip()]
     specs = _specs(args, names)
+    mesh = _mesh(args)
     model, prompt, text = _load_prompt(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, spec in specs.items():
-        runs[name] = _run(model, prompt, text, spec, args)
+        runs[name] = _run(model, prompt, text, spec, args, mesh)
         diagnostics.save(runs[name], out / f"{name}.nc")
     rows = report.comparison_table(runs)
     number = lambda value, spec: "n/a" if value != value else format(value, spec)  # nan: not estimable
@@ -311,7 +338,14 @@ def _eval(args) -> None:
         tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
         dtype=args.dtype)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
-    store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress, repair=args.repair)
+    if args.ray is not None:
+        from ppl_ecmh.evaluation.distributed import run_eval_on_ray
+
+        store = run_eval_on_ray(settings, samplers, args.seeds, args.out, address=args.ray or None,
+                                workers=args.ray_workers, progress=not args.no_progress, repair=args.repair)
+    else:
+        store = run_eval(settings, samplers, args.seeds, args.out, progress=not args.no_progress, repair=args.repair,
+                         mesh=_mesh(args))
     frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])
     print()
     print(summary.accuracy_table(frame).round(3).to_string(index=False))

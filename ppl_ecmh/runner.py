@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ppl_ecmh import kernels
+from ppl_ecmh import kernels, parallel
 from ppl_ecmh.blockwise import num_blocks
 from ppl_ecmh.cuts import Uniform, get_cut
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
@@ -142,7 +142,7 @@ class Run:
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
                 max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int | None = None, seed: int = 0,
                 token_budget: int | None = None, prompt_block: int | None = None, progress: bool = True,
-                description: str | None = None, width: int = DEFAULT_WIDTH) -> Run:
+                description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None) -> Run:
     """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
     kept draw at which all chains together have decoded at least that many tokens (warmup and the
     initial draw included), so samplers can be compared at equal cost. `num_draws=0` (no warmup)
@@ -151,7 +151,8 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     block-wise sampler its stages before the last.
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
     runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
-    samplers (`ENGINE_SAMPLERS`, without a token budget) run their chains in `width` slots."""
+    samplers (`ENGINE_SAMPLERS`, without a token budget) run their chains in `width` slots, split
+    over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws, minimum=0)
@@ -166,7 +167,7 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
                    num_warmup=num_warmup, seed=seed, prompt_block=prompt_block, progress=progress,
                    description=description)
     if spec.name in ENGINE_SAMPLERS and token_budget is None:
-        return run_on_engine(lm, prompt, spec, width=width, **options)
+        return run_on_engine(lm, prompt, spec, width=width, mesh=mesh, **options)
     return run_lockstep(lm, prompt, spec, token_budget=token_budget, **options)
 
 
@@ -256,8 +257,8 @@ def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_dra
 
 def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
                   num_draws: int, num_warmup: int, seed: int, prompt_block: int | None = None, progress: bool = True,
-                  description: str | None = None, width: int = DEFAULT_WIDTH) -> Run:
-    """`run_sampler` for the engine samplers: every chain a work item, `width` slots."""
+                  description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None) -> Run:
+    """`run_sampler` for the engine samplers: every chain a work item, `width` slots (over `mesh`)."""
     batched = not isinstance(prompt[0], (int, np.integer))
     prompts = [list(p) for p in prompt] if batched else [list(prompt)]
     prompt_block = prompt_block or max(len(p) for p in prompts)
@@ -266,7 +267,8 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     independent = spec.name in INDEPENDENT_SAMPLERS
     schedule = spec.schedule(alpha, max_new_tokens, 1 if independent else num_warmup + num_draws)
     items = engine_items(prompts, spec, seed, num_chains, num_warmup + num_draws)
-    engine = Engine(lm, schedule, width=min(check_positive_int("width", width), len(items)), prompt_block=prompt_block)
+    width = parallel.data_parallel_width(min(check_positive_int("width", width), len(items)), mesh)
+    engine = Engine(lm, schedule, width=width, prompt_block=prompt_block, mesh=mesh)
     kept = max(1, num_draws)
     shape = (num_chains, kept, len(prompts))
     tokens = np.full(shape + (max_new_tokens,), lm.eos_token_ids[0], np.int32)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl_ecmh import parallel
 from ppl_ecmh.engine import slots as device
 from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.validation import check_positive_int
@@ -72,9 +73,16 @@ class EngineStats:
 class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
-    def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64):
-        self.lm, self.schedule = lm, schedule
+    def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
+                 mesh=None):
+        """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
+        weights over its model axis; None runs on the default device."""
+        self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
+        if mesh is not None:
+            parallel.check_width(self.width, mesh)
+            lm = parallel.shard_model(lm, mesh)
+        self.lm = lm
         self.prompt_block = check_positive_int("prompt_block", prompt_block)
         self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
         self.stats = EngineStats(width=self.width)
@@ -91,6 +99,8 @@ class Engine:
             raise ValueError("start: give a starting completion for every chain of a run, or for none")
         width = self.width
         slots = _empty(self.lm, width, self.prompt_block, self.schedule)
+        if self.mesh is not None:
+            slots = parallel.shard_slots(slots, self.mesh, width)
         holder: list[WorkItem | None] = [None] * width
         charged = np.zeros(width)  # seconds charged to each slot's chain so far
         seen = np.zeros(width, np.int64)  # each slot's busy iterations when last read

@@ -23,12 +23,13 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from ppl_ecmh import parallel
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
@@ -187,11 +188,12 @@ def read_settings(out_dir) -> EvalSettings:
 
 
 def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
-             progress: bool = True, model=None, repair: bool = False) -> RecordStore:
+             progress: bool = True, model=None, repair: bool = False, mesh=None) -> RecordStore:
     """Run what is missing from `out_dir` and return its store. `model` (a LoadedModel) skips
     loading `settings.model`, for callers that hold one already. `repair` first moves damaged
     lines of the store to its quarantine file. The directory is locked for the run, and its
-    settings are recorded only once the model has loaded and every prompt fits."""
+    settings are recorded only once the model has loaded and every prompt fits. `mesh` splits the
+    engine's slots and the weights over devices (`ppl_ecmh.parallel`); records do not depend on it."""
     specs = [settings.spec(name) for name in samplers]
     for spec in specs:  # bad sampler options fail before the model loads
         dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
@@ -203,17 +205,26 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
         store = RecordStore(out / RECORDS)
         if repair and (moved := store.repair()):
             print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
-        _run_missing(settings, specs, seeds, task, problems, out, store, progress, model)
+        _run_missing(settings, specs, seeds, task, problems, out, store, progress, model, mesh)
     return store
 
 
-def _run_missing(settings, specs, seeds, task, problems, out, store, progress, model) -> None:
-    done = store.done()
-    work = [(spec, seed, [p for p in problems if (spec.name, seed, p.id) not in done]) for spec in specs for seed in seeds]
-    if not any(pending for _, _, pending in work):
-        if _stored_settings(out) is None:
-            write_settings(out, settings)
-        return
+@dataclasses.dataclass
+class Prepared:
+    """What running any unit of an evaluation needs: the model, the task and every prompt."""
+
+    settings: EvalSettings
+    task: Any
+    problems: dict  # id -> problem
+    model: Any
+    prompts: dict  # id -> token ids
+    prompt_block: int  # the longest prompt of all problems: equal shapes whatever unit runs
+    machine: str
+    mesh: Any = None
+
+
+def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None) -> Prepared:
+    """Load the model (unless given), encode every problem's prompt and check they fit."""
     if model is None:
         from ppl_ecmh.lm import load_model
 
@@ -221,25 +232,58 @@ def _run_missing(settings, specs, seeds, task, problems, out, store, progress, m
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
     model.check_fits(prompt_block, settings.max_new_tokens)
+    return Prepared(settings, task, {p.id: p for p in problems}, model, prompts, prompt_block, machine_label(), mesh)
+
+
+def run_unit(prepared: Prepared, spec: SamplerSpec, seed: int, problem_ids: Sequence[str], sink, bar,
+             width: int | None = None) -> None:
+    """Records of `spec` and `seed` on the problems `problem_ids`, handed to `sink.append(records)`
+    as they are done: per chain on the engine, in `width` slots (default: `batch_size`, or fewer
+    for fewer problems), per batch in lockstep (batches of `problems_per_batch` from the first
+    id, whose randomness is keyed by that id). A transformer's float rounding depends on the slot
+    count (matrix products are blocked by batch size), so runs that must agree bit for bit use
+    the same width."""
+    pending = [prepared.problems[i] for i in problem_ids]
+    settings, p = prepared.settings, prepared
+    bar.set_description(f"{spec.name} seed {seed}")
+    if spec.name in ENGINE_SAMPLERS:
+        _run_on_engine(settings, spec, seed, pending, p.prompts, p.prompt_block, p.model, p.task, p.machine, sink, bar,
+                       p.mesh, width)
+        return
+    correct, per_batch = 0, settings.problems_per_batch(spec.name)
+    for start in range(0, len(pending), per_batch):
+        batch = pending[start : start + per_batch]
+        records = _run_batch(settings, spec, seed, batch, p.prompts, p.prompt_block, p.model, p.task, p.machine)
+        sink.append(records)
+        correct += sum(record["correct"] for record in records)
+        bar.update(len(batch))
+        bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
+
+
+def pending_work(specs, seeds, problems, done) -> list[tuple[SamplerSpec, int, list[str]]]:
+    """(spec, seed, ids of the problems without a record) for every sampler and seed, in order."""
+    return [(spec, seed, [p.id for p in problems if (spec.name, seed, p.id) not in done]) for spec in specs for seed in seeds]
+
+
+def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpec:
+    """Best-of-N without a budget takes the one its MH records give (`matched_budget`)."""
+    if spec.name == "best-of-n" and spec.token_budget is None:
+        return dataclasses.replace(spec, token_budget=matched_budget(records, seed))
+    return spec
+
+
+def _run_missing(settings, specs, seeds, task, problems, out, store, progress, model, mesh) -> None:
+    work = pending_work(specs, seeds, problems, store.done())
+    if not any(pending for _, _, pending in work):
+        if _stored_settings(out) is None:
+            write_settings(out, settings)
+        return
+    prepared = prepare(settings, task, problems, model, mesh)
     write_settings(out, settings)
-    machine = machine_label()
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
-        if pending and spec.name == "best-of-n" and spec.token_budget is None:
-            spec = dataclasses.replace(spec, token_budget=matched_budget(store.read(), seed))
-        bar.set_description(f"{spec.name} seed {seed}")
-        if pending and spec.name in ENGINE_SAMPLERS:
-            _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar)
-            continue
-        correct, per_batch = 0, settings.problems_per_batch(spec.name)
-        for start in range(0, len(pending), per_batch):
-            batch = pending[start : start + per_batch]
-            bar.set_description(f"{spec.name} seed {seed}")
-            records = _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, machine)
-            store.append(records)
-            correct += sum(record["correct"] for record in records)
-            bar.update(len(batch))
-            bar.set_postfix(correct=f"{correct}/{start + len(batch)}")
+        if pending:
+            run_unit(prepared, with_budget(spec, store.read(), seed), seed, pending, store, bar)
     bar.close()
 
 
@@ -312,13 +356,14 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
     return records
 
 
-def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar) -> None:
+def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar,
+                   mesh=None, width=None) -> None:
     """One chain per pending problem through the engine; each record stored as its chain ends."""
     schedule = spec.schedule(settings.alpha, settings.max_new_tokens, settings.num_draws(spec.name))
     items = engine_items([prompts[p.id] for p in pending], spec, seed, 1, settings.num_draws(spec.name),
                          problem_names=[p.id for p in pending])
-    engine = Engine(truncate(model.lm, spec.top_k), schedule, width=min(settings.batch_size, len(items)),
-                    prompt_block=prompt_block)
+    engine = Engine(truncate(model.lm, spec.top_k), schedule, prompt_block=prompt_block, mesh=mesh,
+                    width=parallel.data_parallel_width(width or min(settings.batch_size, len(items)), mesh))
     correct = 0
     for done, result in enumerate(engine.run(items), 1):
         problem = pending[result.item.tag[0]]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Sequence
 
 from ppl_ecmh.errors import ModelNotFoundError
-from ppl_ecmh.lm.gguf_checkpoint import load_gguf
-from ppl_ecmh.lm.hf_checkpoint import download_from_hub, load_hf_folder
+from ppl_ecmh.lm.config import ModelConfig
+from ppl_ecmh.lm.gguf_checkpoint import config_from_gguf, load_gguf, read_gguf
+from ppl_ecmh.lm.hf_checkpoint import config_from_hf, download_from_hub, load_hf_folder
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.validation import check_fits_context
@@ -50,23 +52,42 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
 
     dtype: "float32" (default, the oracle-tested precision) or "bfloat16".
     """
-    source = str(name_or_path)
+    kind, where = _locate(str(name_or_path))
+    if kind == "gguf":
+        lm, tokenizer = load_gguf(str(where), dtype)
+    else:
+        lm, tokenizer = load_hf_folder(download_from_hub(where) if kind == "hub" else where, dtype)
+    return LoadedModel(lm, tokenizer, str(name_or_path))
+
+
+def model_config(name_or_path: str) -> ModelConfig | None:
+    """The model's architecture, read without its weights (to check options before a load); None
+    for a hub id, which would have to be downloaded first."""
+    kind, where = _locate(str(name_or_path))
+    if kind == "gguf":
+        reader, metadata = read_gguf(str(where))
+        return config_from_gguf(metadata, {tensor.name for tensor in reader.tensors})
+    if kind == "folder":
+        config_file = Path(where) / "config.json"
+        if not config_file.is_file():
+            raise ModelNotFoundError(f"{where} has no config.json")
+        return config_from_hf(json.loads(config_file.read_text()))
+    return None
+
+
+def _locate(source: str) -> tuple[str, object]:
+    """("gguf", file), ("folder", path) or ("hub", id) for a model name or path."""
     if source in EMBEDDED_MODELS:
-        lm, tokenizer = load_gguf(str(EMBEDDED_MODELS[source].locate()), dtype)
-        return LoadedModel(lm, tokenizer, source)
+        return "gguf", EMBEDDED_MODELS[source].locate()
     path = Path(source).expanduser()
     if path.is_file():
-        lm, tokenizer = load_gguf(str(path), dtype)
-    elif path.is_dir():
-        lm, tokenizer = load_hf_folder(path, dtype)
-    elif _is_hub_id(source):
-        lm, tokenizer = load_hf_folder(download_from_hub(source), dtype)
-    else:
-        known = ", ".join(sorted(EMBEDDED_MODELS))
-        raise ModelNotFoundError(
-            f"no model {source!r}: not a registered name ({known}), a GGUF file, a folder or a hub id"
-        )
-    return LoadedModel(lm, tokenizer, source)
+        return "gguf", path
+    if path.is_dir():
+        return "folder", path
+    if _is_hub_id(source):
+        return "hub", source
+    known = ", ".join(sorted(EMBEDDED_MODELS))
+    raise ModelNotFoundError(f"no model {source!r}: not a registered name ({known}), a GGUF file, a folder or a hub id")
 
 
 def _is_hub_id(source: str) -> bool:
