@@ -235,20 +235,16 @@ def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None)
     return Prepared(settings, task, {p.id: p for p in problems}, model, prompts, prompt_block, machine_label(), mesh)
 
 
-def run_unit(prepared: Prepared, spec: SamplerSpec, seed: int, problem_ids: Sequence[str], sink, bar,
-             width: int | None = None) -> None:
+def run_unit(prepared: Prepared, spec: SamplerSpec, seed: int, problem_ids: Sequence[str], sink, bar) -> None:
     """Records of `spec` and `seed` on the problems `problem_ids`, handed to `sink.append(records)`
-    as they are done: per chain on the engine, in `width` slots (default: `batch_size`, or fewer
-    for fewer problems), per batch in lockstep (batches of `problems_per_batch` from the first
-    id, whose randomness is keyed by that id). A transformer's float rounding depends on the slot
-    count (matrix products are blocked by batch size), so runs that must agree bit for bit use
-    the same width."""
+    as they are done: per chain on the engine, per batch in lockstep (batches of
+    `problems_per_batch` from the first id, whose randomness is keyed by that id)."""
     pending = [prepared.problems[i] for i in problem_ids]
     settings, p = prepared.settings, prepared
     bar.set_description(f"{spec.name} seed {seed}")
     if spec.name in ENGINE_SAMPLERS:
         _run_on_engine(settings, spec, seed, pending, p.prompts, p.prompt_block, p.model, p.task, p.machine, sink, bar,
-                       p.mesh, width)
+                       p.mesh)
         return
     correct, per_batch = 0, settings.problems_per_batch(spec.name)
     for start in range(0, len(pending), per_batch):
@@ -357,13 +353,13 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
 
 
 def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar,
-                   mesh=None, width=None) -> None:
+                   mesh=None) -> None:
     """One chain per pending problem through the engine; each record stored as its chain ends."""
     schedule = spec.schedule(settings.alpha, settings.max_new_tokens, settings.num_draws(spec.name))
     items = engine_items([prompts[p.id] for p in pending], spec, seed, 1, settings.num_draws(spec.name),
                          problem_names=[p.id for p in pending])
     engine = Engine(truncate(model.lm, spec.top_k), schedule, prompt_block=prompt_block, mesh=mesh,
-                    width=parallel.data_parallel_width(width or min(settings.batch_size, len(items)), mesh))
+                    width=parallel.data_parallel_width(min(settings.batch_size, len(items)), mesh))
     correct = 0
     for done, result in enumerate(engine.run(items), 1):
         problem = pending[result.item.tag[0]]
