@@ -9,15 +9,29 @@ jax.config.update("jax_enable_x64", False)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Each program XLA compiles for the CPU keeps memory mappings of its code. The whole suite
+# compiles enough of them to pass Linux's limit of 65,530 mappings per process
+# (vm.max_map_count), and the next compilation then dies with a segmentation fault inside XLA
+# (seen after about 150 tests, 47,000 mappings at 40% of the suite). One module adds up to about
+# 30,000, so compiled programs are dropped after a module that leaves more than this many.
+MAPPING_BUDGET = 20_000
+
+
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # no /proc: count every module as over budget
+        return MAPPING_BUDGET + 1
+
+
 @pytest.fixture(autouse=True, scope="module")
 def release_compiled_programs():
-    """Drop every compiled program after each test module. Each program XLA compiles for the CPU
-    keeps memory mappings of its code; the whole suite compiles enough of them to pass Linux's
-    limit of 65,530 mappings per process (vm.max_map_count), and the next compilation then dies
-    with a segmentation fault inside XLA (seen after about 150 tests, 47,000 mappings at 40% of
-    the suite). Programs are not shared across modules, so little is recompiled."""
+    """Drop every compiled program after a test module that leaves the process near the limit
+    on memory mappings (above); below it, programs stay shared between modules."""
     yield
-    jax.clear_caches()
+    if _memory_mappings() > MAPPING_BUDGET:
+        jax.clear_caches()
 
 
 @pytest.fixture(scope="session")
