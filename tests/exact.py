@@ -72,7 +72,7 @@ class Comparison:
     chain of consecutive draws: then the Monte Carlo error is that of the effective sample size, the
     smallest ESS of the indicators of the completions (ArviZ, over the chains), not the number of
     draws. The bound is the TV that exact draws of that effective size stay under with probability
-    1 - LEVEL (Gaussian tail at 4.4 sd of a simulated null); chi-square uses counts scaled to it.
+    1 - LEVEL (Gaussian tail at 4.26 sd of a simulated null); chi-square uses counts scaled to it.
     """
 
     def __init__(self, draws, pi: dict, seed: int = 12345):
@@ -106,7 +106,7 @@ class Comparison:
 
 def tv_bound(probs: np.ndarray, effective_n: float, seed: int = 12345) -> float:
     """The TV from `probs` that `effective_n` exact draws stay under with probability 1 - LEVEL:
-    a Gaussian tail (4.4 sd) over 4,000 simulated multinomial nulls."""
+    a Gaussian tail (4.26 sd) over 4,000 simulated multinomial nulls."""
     rng = np.random.default_rng(seed)
     size = max(int(round(effective_n)), 1)
     null = 0.5 * np.abs(rng.multinomial(size, probs, size=4000) / size - probs).sum(axis=1)
