@@ -20,7 +20,7 @@ DRAW_FIELDS = ("completion", "answer", "correct", "tokens_generated", "completio
 
 
 def settings() -> EvalSettings:
-    return EvalSettings(task="gsm8k", source=str(GSM8K), limit=6, max_new_tokens=6, mh_steps=1, num_particles=2,
+    return EvalSettings(task="gsm8k", source=str(GSM8K), limit=5, max_new_tokens=6, mh_steps=1, num_particles=2,
                         batch_size=4)
 
 
@@ -81,7 +81,7 @@ def test_a_ray_run_with_a_killed_actor_writes_the_single_process_store(local_clu
     records = store.read()
     assert killed
     keys = [(r["sampler"], r["seed"], r["problem_id"]) for r in records]
-    assert len(keys) == len(set(keys)) == len(SAMPLERS) * 6  # every record exactly once
+    assert len(keys) == len(set(keys)) == len(SAMPLERS) * 5  # every record exactly once
     assert draws(records) == draws(single)  # the same completions, grades, costs and decisions
     # log p to float rounding: a transformer's rounding depends on the slot a chain ran in
     assert log_p(records) == pytest.approx(log_p(single), rel=1e-5)
