@@ -82,7 +82,7 @@ def test_engine_blockwise_final_stage_reaches_power_distribution():
     schedule = Schedule.blockwise(PROBLEM.max_new_tokens, 2, 100, cut=CUTS["uniform"], alpha=alpha, tau=1 / alpha)
 
     def run(seed):
-        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "blockwise", chain, 0), chain) for chain in range(4000)]
+        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "blockwise", chain, 0), chain) for chain in range(2000)]
         results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1).run(items)
         return Comparison([completion(r.tokens[-1], r.length[-1]) for r in results], PROBLEM.power_distribution(alpha))
 
@@ -95,7 +95,7 @@ def test_ancestral_chains_on_the_engine_draw_from_the_model():
     schedule = Schedule.independent(PROBLEM.max_new_tokens, alpha=1.0, tau=1.0)
 
     def run(seed):
-        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "ancestral", chain, 0), chain) for chain in range(4000)]
+        items = [WorkItem(PROBLEM.prompt, chain_key(seed, "ancestral", chain, 0), chain) for chain in range(2000)]
         results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1).run(items))
         assert all(r.tokens.shape[0] == 1 and r.steps["accepted"].all() for r in results)
         return Comparison([completion(r.tokens[0], r.length[0]) for r in results], PROBLEM.power_distribution(1.0))
