@@ -193,7 +193,7 @@ class _Driver:
                 try:
                     ray.get(future)
                 except ray.exceptions.RayError as error:
-                    raise PplEcmhError(f"ray: a worker failed to start: {_first_line(error)}") from None
+                    raise PplEcmhError(f"ray: a worker failed to start: {_last_line(error)}") from None
                 if not settings_written:  # the model loaded and every prompt fits: the settings hold
                     experiment.write_settings(self.out, self.settings)
                     settings_written = True
@@ -203,6 +203,7 @@ class _Driver:
             ray.kill(actor)
 
 
-def _first_line(error) -> str:
+def _last_line(error) -> str:
+    """A Ray error's last line: the worker's own exception, after Ray's traceback."""
     text = str(error).strip()
     return text.splitlines()[-1] if text else type(error).__name__
