@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import sys
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -85,7 +84,7 @@ def import_ray():
     return ray
 
 
-def connect(address: str | None, num_cpus: int | None = None):
+def connect(address: str | None):
     """Ray, connected: a local instance for None, else `auto` or host:port of a running cluster."""
     ray = import_ray()
     if ray.is_initialized():
@@ -97,8 +96,7 @@ def connect(address: str | None, num_cpus: int | None = None):
         except (OSError, ValueError) as error:
             raise PplEcmhError(f"--ray {address}: cannot connect ({error or 'expected host:port'})") from None
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PplEcmhError(f"--ray {address}: cannot connect ({first})") from None
@@ -112,24 +110,9 @@ def run_eval_on_ray(settings: experiment.EvalSettings, samplers: Sequence[str], 
     """`run_eval` with the work on Ray actors: `workers` of them (default: one per GPU of the
     cluster, else one per `cpus_per_worker` CPUs). `on_dispatch(actor, unit)` is called as each
     unit is handed out (monitoring; the tests kill an actor there)."""
-    specs = {name: settings.spec(name) for name in samplers}
-    for spec in specs.values():  # bad sampler options fail before anything starts
-        dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
-    task = experiment.get_task(settings.task)
-    problems = experiment.select_problems(task, settings)
-    out = experiment._results_directory(out_dir)
-    experiment.check_settings(out, settings)
-    ray = connect(address)
-    with experiment.locked(out):
-        store = RecordStore(out / experiment.RECORDS)
-        if repair and (moved := store.repair()):
-            print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
-        work = experiment.pending_work(list(specs.values()), seeds, problems, store.done())
-        if not any(pending for _, _, pending in work):
-            if experiment._stored_settings(out) is None:
-                experiment.write_settings(out, settings)
-            return store
-        _Driver(ray, settings, store, out, workers, cpus_per_worker, on_dispatch).run(work, progress)
+    with experiment.opened(settings, samplers, seeds, out_dir, repair) as (_, _, out, store, work):
+        if work:
+            _Driver(connect(address), settings, store, out, workers, cpus_per_worker, on_dispatch).run(work, progress)
     return store
 
 

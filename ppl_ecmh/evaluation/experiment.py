@@ -194,6 +194,18 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
     lines of the store to its quarantine file. The directory is locked for the run, and its
     settings are recorded only once the model has loaded and every prompt fits. `mesh` splits the
     engine's slots and the weights over devices (`ppl_ecmh.parallel`); records do not depend on it."""
+    with opened(settings, samplers, seeds, out_dir, repair) as (task, problems, out, store, work):
+        if work:
+            _run_missing(settings, work, task, problems, out, store, progress, model, mesh)
+    return store
+
+
+@contextlib.contextmanager
+def opened(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, repair: bool):
+    """What every driver of an evaluation does first: check the samplers' options, select the
+    problems, lock `out_dir` (repairing its store if asked) and plan the work its store lacks.
+    Yields (task, problems, out, store, work), work empty when nothing is missing (the settings
+    are then recorded, if they were not)."""
     specs = [settings.spec(name) for name in samplers]
     for spec in specs:  # bad sampler options fail before the model loads
         dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
@@ -205,8 +217,12 @@ def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[in
         store = RecordStore(out / RECORDS)
         if repair and (moved := store.repair()):
             print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
-        _run_missing(settings, specs, seeds, task, problems, out, store, progress, model, mesh)
-    return store
+        work = pending_work(specs, seeds, problems, store.done())
+        if not any(pending for _, _, pending in work):
+            if _stored_settings(out) is None:
+                write_settings(out, settings)
+            work = []
+        yield task, problems, out, store, work
 
 
 @dataclasses.dataclass
@@ -268,12 +284,7 @@ def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpe
     return spec
 
 
-def _run_missing(settings, specs, seeds, task, problems, out, store, progress, model, mesh) -> None:
-    work = pending_work(specs, seeds, problems, store.done())
-    if not any(pending for _, _, pending in work):
-        if _stored_settings(out) is None:
-            write_settings(out, settings)
-        return
+def _run_missing(settings, work, task, problems, out, store, progress, model, mesh) -> None:
     prepared = prepare(settings, task, problems, model, mesh)
     write_settings(out, settings)
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
