@@ -22,6 +22,8 @@ from numpyro.infer.mcmc import MCMCKernel
 
 from ppl_ecmh import baselines, blockwise, mh, smc, tmc
 from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
+from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.engine.slots import thinned_steps
 from ppl_ecmh.lm.generation import (
     completion_tokens,
     prefill,
@@ -164,34 +166,66 @@ class _SequenceKernel(MCMCKernel):
         return f"acc. prob={float(jnp.mean(state.accept_prob)):.2f}"
 
 
-class SuffixMH(_SequenceKernel):
-    """Suffix-resampling MH with any cut distribution (a name from `ppl_ecmh.cuts` or an object)."""
+def _info_of_moves(accepted, accept_prob, cut, old_suffix_length, new_suffix_length, generated, log_target):
+    """A draw's statistics from its MH steps [steps, B]: the fraction accepted, the mean
+    acceptance probability, the last cut, the suffix lengths summed; `generated` [B] counts every
+    token the draw decoded."""
+    zeros = jnp.zeros(accepted.shape[1])
+    moved = accepted.shape[0] > 0
+    return mh.SuffixMHInfo(
+        accepted=jnp.mean(accepted, axis=0) if moved else zeros,
+        accept_prob=jnp.mean(accept_prob, axis=0) if moved else zeros,
+        cut=cut[-1] if moved else zeros.astype(jnp.int32),
+        old_suffix_length=jnp.sum(old_suffix_length, axis=0),
+        new_suffix_length=jnp.sum(new_suffix_length, axis=0),
+        num_generated=generated,
+        log_target=log_target,
+    )
 
-    def __init__(self, model, cut="uniform", tau=None, **cut_params):
+
+class SuffixMH(_SequenceKernel):
+    """Suffix-resampling MH with any cut distribution (a name from `ppl_ecmh.cuts` or an object).
+
+    NumPyro asks for one draw per call with every chain in one batch, so with `steps_per_draw=1`
+    the chains wait for each other's proposals. With `steps_per_draw=k` a draw is k MH steps
+    (thinning), during which every chain runs its own steps at its own pace in the engine's slot
+    loop (`ppl_ecmh.engine.slots.thinned_steps`); per-draw statistics then summarize the k steps
+    as `BlockwiseMH`'s do."""
+
+    def __init__(self, model, cut="uniform", tau=None, steps_per_draw=1, **cut_params):
         super().__init__(model, tau)
         self.cut = get_cut(cut, **cut_params)
+        self.steps_per_draw = check_positive_int("steps_per_draw", steps_per_draw)
 
     def _advance(self, rng_key, state, lm, stage):
-        state, info = mh.suffix_mh_step(
-            rng_key, state, lm, cut=self.cut, alpha=self._target.alpha, tau=self.tau,
-            limit=self._limit(stage.shape[0]),
-        )
+        alpha, rows = self._target.alpha, stage.shape[0]
+        if self.steps_per_draw == 1:
+            state, info = mh.suffix_mh_step(rng_key, state, lm, cut=self.cut, alpha=alpha, tau=self.tau,
+                                            limit=self._limit(rows))
+            return state, info, stage, {}
+        schedule = Schedule.thinned(self._target.max_new_tokens, self.steps_per_draw, cut=self.cut, alpha=alpha,
+                                    tau=self.tau)
+        state, steps = thinned_steps(rng_key, state, lm, schedule)
+        moves = jax.tree.map(lambda a: a[:, 1:].T, steps)  # step 0 (the extension) is not run
+        info = _info_of_moves(*moves, jnp.sum(moves.new_suffix_length, axis=0),
+                              alpha * sequence_log_prob(state.seqs))
         return state, info, stage, {}
 
 
 class RandomCutMH(SuffixMH):
     """The earlier method (Karan & Du): cut position uniform over the completion."""
 
-    def __init__(self, model, tau=None):
-        super().__init__(model, cut="uniform", tau=tau)
+    def __init__(self, model, tau=None, steps_per_draw=1):
+        super().__init__(model, cut="uniform", tau=tau, steps_per_draw=steps_per_draw)
 
 
 class EntropyCutMH(SuffixMH):
     """Entropy-cut MH. Default cut: the published entropy jump (power 4) mixed with 10% uniform,
     which keeps every cut reachable; pass cut="entropy_jump" for the published cut alone."""
 
-    def __init__(self, model, cut=None, tau=None, **cut_params):
-        super().__init__(model, cut=cut if cut is not None else Mixture(EntropyJump(power=4.0), eps=0.1), tau=tau, **cut_params)
+    def __init__(self, model, cut=None, tau=None, steps_per_draw=1, **cut_params):
+        super().__init__(model, cut=cut if cut is not None else Mixture(EntropyJump(power=4.0), eps=0.1), tau=tau,
+                         steps_per_draw=steps_per_draw, **cut_params)
 
 
 class BlockwiseMH(_SequenceKernel):
@@ -220,15 +254,9 @@ class BlockwiseMH(_SequenceKernel):
             num_mcmc_steps=self.num_mcmc_steps, extend_rows=everyone, mh_rows=everyone,
         )
         steps = block.mh
-        info = mh.SuffixMHInfo(
-            accepted=jnp.mean(steps.accepted, axis=0) if self.num_mcmc_steps else jnp.zeros(stage.shape[0]),
-            accept_prob=jnp.mean(steps.accept_prob, axis=0) if self.num_mcmc_steps else jnp.zeros(stage.shape[0]),
-            cut=steps.cut[-1] if self.num_mcmc_steps else jnp.zeros_like(stage),
-            old_suffix_length=jnp.sum(steps.old_suffix_length, axis=0),
-            new_suffix_length=jnp.sum(steps.new_suffix_length, axis=0),
-            num_generated=block.extension_generated + jnp.sum(steps.num_generated, axis=0),
-            log_target=self._target.alpha * sequence_log_prob(state.seqs),
-        )
+        info = _info_of_moves(steps.accepted, steps.accept_prob, steps.cut, steps.old_suffix_length,
+                              steps.new_suffix_length, block.extension_generated + jnp.sum(steps.num_generated, axis=0),
+                              self._target.alpha * sequence_log_prob(state.seqs))
         return state, info, stage, {}
 
 

@@ -36,7 +36,9 @@ SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") +
     "power-smc", "tmc", "best-of-n")
 BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
 INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
-ENGINE_SAMPLERS = INDEPENDENT_SAMPLERS + ("random-cut", "entropy-cut") + BLOCKWISE_SAMPLERS
+# Samplers whose draws are independent of each other: on the engine each draw is a chain of its own.
+FRESH_DRAW_SAMPLERS = INDEPENDENT_SAMPLERS + ("best-of-n",)
+ENGINE_SAMPLERS = FRESH_DRAW_SAMPLERS + ("random-cut", "entropy-cut") + BLOCKWISE_SAMPLERS
 # Slots of the engine by default: where aggregate decode tokens/s stopped growing on a 2-core CPU
 # (benchmarks/engine.py, float32, 160 + 384 cache): qwen2.5-coder-0.5b 14, 43, 68, 83, 101 tokens/s
 # at 1, 8, 16, 32, 64 rows; smollm2-135m 40, 131, 184, 213, 211. docs/design.md section 7.
@@ -75,8 +77,11 @@ class SamplerSpec:
             check_positive_int("top_k", self.top_k)
 
     def schedule(self, alpha: float, max_new_tokens: int, num_draws: int) -> Schedule:
-        """The engine's description of one chain with `num_draws` draws (warmup included); an
-        independent sampler's chain is one completion (its draws are separate chains)."""
+        """The engine's description of one chain with `num_draws` draws (warmup included); the
+        chain of a `FRESH_DRAW_SAMPLERS` sampler is one draw (its draws are separate chains)."""
+        if self.name == "best-of-n":
+            return Schedule.best_of_n(max_new_tokens, self._checked_budget(), alpha=alpha,
+                                      tau=1.0 if self.tau is None else self.tau)
         if self.name in INDEPENDENT_SAMPLERS:
             tau = 1.0 if self.name == "ancestral" else check_tau(self.tau, alpha)
             return Schedule.independent(max_new_tokens, alpha=alpha, tau=tau)
@@ -94,6 +99,11 @@ class SamplerSpec:
     def make_cut(self):
         return Uniform() if self.name == "random-cut" else get_cut(self.cut, **dict(self.cut_params))
 
+    def _checked_budget(self) -> int:
+        if self.token_budget is None:
+            raise ValueError("token_budget: best-of-n needs a token budget per draw (match an MH run's tokens)")
+        return check_positive_int("token_budget", self.token_budget)
+
     def make_kernel(self, model=power_model):
         params = dict(self.cut_params)
         if self.name == "ancestral":
@@ -110,9 +120,7 @@ class SamplerSpec:
             return kernels.ScalablePowerSampler(model, num_candidates=self.num_candidates,
                                                 num_rollouts=self.num_rollouts, horizon=self.horizon, tau=self.tau)
         if self.name == "best-of-n":
-            if self.token_budget is None:
-                raise ValueError("token_budget: best-of-n needs a token budget per draw (match an MH run's tokens)")
-            return kernels.BestOfN(model, self.token_budget, tau=1.0 if self.tau is None else self.tau)
+            return kernels.BestOfN(model, self._checked_budget(), tau=1.0 if self.tau is None else self.tau)
         return kernels.BlockwiseMH(model, cut=get_cut(self.cut, **params), block_size=self.block_size,
                                    num_mcmc_steps=self.num_mcmc_steps, tau=self.tau)
 
@@ -244,11 +252,11 @@ def _spec_settings(spec: SamplerSpec, cut) -> dict:
 
 
 def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_draws: int, problem_names=None):
-    """The work of a run: one item per (prompt, chain), or per (prompt, chain, draw) for an
-    independent sampler, whose draws are separate one-completion chains. Keys come from
+    """The work of a run: one item per (prompt, chain), or per (prompt, chain, draw) for a
+    `FRESH_DRAW_SAMPLERS` sampler, whose draws are separate one-draw chains. Keys come from
     (seed, sampler, problem, chain): a problem's name when given (a task's problem id), else its
     index."""
-    per_chain = max(1, num_draws) if spec.name in INDEPENDENT_SAMPLERS else 1
+    per_chain = max(1, num_draws) if spec.name in FRESH_DRAW_SAMPLERS else 1
     names = problem_names or range(len(prompts))
     return [WorkItem(tuple(prompt), chain_key(seed, spec.name, name, chain * per_chain + unit), (index, chain, unit))
             for index, (name, prompt) in enumerate(zip(names, prompts))
@@ -264,7 +272,7 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     prompt_block = prompt_block or max(len(p) for p in prompts)
     check_fits_context(lm, prompt_block, max_new_tokens)
     lm = truncate(lm, spec.top_k)
-    independent = spec.name in INDEPENDENT_SAMPLERS
+    independent = spec.name in FRESH_DRAW_SAMPLERS
     schedule = spec.schedule(alpha, max_new_tokens, 1 if independent else num_warmup + num_draws)
     items = engine_items(prompts, spec, seed, num_chains, num_warmup + num_draws)
     width = parallel.data_parallel_width(min(check_positive_int("width", width), len(items)), mesh)

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from ppl_ecmh import cuts
+from ppl_ecmh import cuts, mh
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.engine import slots as slot_ops
 from ppl_ecmh.lm import generation, toy
-from tests.exact import Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
+from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)  # entropy jumps: every cut's correction term matters
 CUTS = {
@@ -122,10 +122,46 @@ def assert_same_records(a: dict, b: dict):
             np.testing.assert_array_equal(a[tag].steps[name], b[tag].steps[name], err_msg=name)
 
 
+def no_eos_problem(length=3):
+    """Every completion `length` tokens (EOS at logit -30), log p distinct for each (random logits
+    per prefix): best-of-N's candidates all finish and its selection has no ties."""
+    return toy.make_problem(lambda prefix: np.append(np.random.default_rng(list(prefix)).normal(size=3) * 2, -30.0),
+                            4, 3, (0,), length)
+
+
+def best_of_law(problem, n: int) -> dict:
+    """P(the likeliest of n independent draws from p is x) = F(x)^n - F_<(x)^n, F summing p below x."""
+    completions = sorted(problem.completions(), key=lambda c: c[1])
+    p = np.exp([log_p for _, log_p in completions])
+    below = np.cumsum(p)
+    return {x: float(below[i] ** n - (below[i] - p[i]) ** n) for i, (x, _) in enumerate(completions)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget, n", [(9, 3), (8, 2)])
+def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(budget, n):
+    """Candidates of 3 tokens: a budget of 9 buys 3 of them, and 8 buys 2 and one cut short, which
+    is never kept while a finished one exists. The draws follow the exact best-of-n law at every
+    seed, and are told apart from plain draws of p."""
+    problem = no_eos_problem()
+    schedule = Schedule.best_of_n(3, budget, alpha=1.0, tau=1.0)
+
+    def best(seed):
+        items = [WorkItem(problem.prompt, chain_key(seed, "best-of-n", 0, chain), chain) for chain in range(4000)]
+        results = list(Engine(problem.lm, schedule, width=256, prompt_block=1).run(items))
+        assert all(int(r.steps["new_suffix_length"].sum()) == budget for r in results)
+        return [completion(r.tokens[0], r.length[0]) for r in results]
+
+    draws = {seed: best(seed) for seed in SEEDS}
+    assert_exact_at_every_seed(lambda seed: Comparison(draws[seed], best_of_law(problem, n)))
+    assert_rejected_at_every_seed(lambda seed: Comparison(draws[seed], problem.power_distribution(1.0)), "plain p")
+
+
 @pytest.mark.parametrize("schedule", [
     Schedule.suffix_mh(4, 6, cut=CUTS["mixture"], alpha=4.0, tau=0.25),
     Schedule.blockwise(4, 2, 3, cut=CUTS["entropy_jump"], alpha=4.0, tau=0.25),
-], ids=["suffix", "blockwise"])
+    Schedule.best_of_n(4, 10, alpha=4.0, tau=1.0),
+], ids=["suffix", "blockwise", "best-of-n"])
 def test_records_do_not_depend_on_slot_count_queue_order_or_interruption(schedule):
     prompts = [(0,), (0, 1), (0, 2, 1), (0, 1, 1)]
     reference = chains(schedule, prompts, width=2)
@@ -209,6 +245,28 @@ def test_the_cache_always_holds_the_tokens_it_is_read_for():
     counters = slots.counters
     assert int(counters.reencoded) > 20 and int(counters.decoded) > 500  # catch-ups were exercised
     assert not np.asarray(slots.steps.accepted)[:, 1:].all()
+
+
+def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
+    """The NumPyro adapters' `steps_per_draw`: after a call of asynchronous steps every row's cache
+    holds its state's prefix ids up to the last token, although rejections overwrote some of it,
+    so the next call (which reads it as the lockstep state's cache) reads no stale entry."""
+    logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # long completions
+    problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
+    seqs = generation.new_sequences([problem.prompt] * 64, 9)
+    state = mh.init(jax.random.PRNGKey(0), problem.lm, seqs, 1.0)
+    schedule = Schedule.thinned(9, 3, cut=CUTS["uniform"], alpha=4.0, tau=1.0)
+    thinned = jax.jit(slot_ops.thinned_steps, static_argnums=3)
+    stale_before_reencoding = 0
+    for call in range(4):
+        state, steps = thinned(jax.random.PRNGKey(call), state, problem.lm, schedule)
+        cache, current = np.asarray(state.cache), prefix_ids(np.asarray(state.seqs.tokens), 3)
+        end = np.asarray(state.seqs.length)  # P + length - 1, with P = 1
+        for row in range(64):
+            np.testing.assert_array_equal(cache[row, : end[row]], current[row, : end[row]])
+        rejected = ~np.asarray(steps.accepted)[:, -1]
+        stale_before_reencoding += int((rejected & (np.asarray(steps.cut)[:, -1] < end - 1)).sum())
+    assert stale_before_reencoding > 10  # the last step's rejection left entries to re-encode
 
 
 @pytest.mark.slow

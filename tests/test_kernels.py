@@ -1,6 +1,7 @@
 """The NumPyro layer: the power model, its log density, and the MCMCKernel adapters."""
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -14,7 +15,7 @@ from numpyro.infer.util import log_density
 from ppl_ecmh import kernels
 from ppl_ecmh.lm import toy
 from ppl_ecmh.target import LanguageModelSequence, find_power_target, power_model
-from tests.exact import Comparison, exact_draws
+from tests.exact import Comparison, assert_exact_at_every_seed, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)
 FIELDS = ("accepted", "accept_prob", "cut", "log_target", "length", "num_generated", "old_suffix_length",
@@ -101,17 +102,45 @@ def test_init_params_start_the_chains_there():
     np.testing.assert_array_equal(extra["old_suffix_length"], 2 - extra["cut"])
 
 
+def final_numpyro_draws(mcmc) -> list[tuple[int, ...]]:
+    """Each chain's last draw, cut at its first EOS."""
+    rows = np.asarray(mcmc.get_samples(group_by_chain=True)["x"][:, -1])
+    return [tuple(int(t) for t in row[: list(row).index(3) + 1]) if 3 in row else tuple(int(t) for t in row)
+            for row in rows]
+
+
 @pytest.mark.slow
-def test_entropy_cut_kernel_draws_match_power_distribution():
-    """Through NumPyro end to end: 2000 vectorized chains from the proposal, one draw each after
-    150 steps (the entropy cut mixes slowly on this toy: after 40 steps chi-square p is 0.005)."""
-    mcmc = MCMC(kernels.EntropyCutMH(power_model), num_warmup=150, num_samples=1, num_chains=2000,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(2), PROBLEM.lm, PROBLEM.prompt, alpha=2.0, max_new_tokens=4)
-    draws = [tuple(int(t) for t in row[: list(row).index(3) + 1]) if 3 in row else tuple(int(t) for t in row)
-             for row in np.asarray(mcmc.get_samples()["x"])]
-    comparison = Comparison(draws, PROBLEM.power_distribution(2.0))
-    assert comparison.consistent(), comparison
+@pytest.mark.parametrize("steps_per_draw", [1, 5])
+def test_entropy_cut_kernel_draws_match_power_distribution(steps_per_draw):
+    """Through NumPyro end to end: 2000 vectorized chains from the proposal, their last draw after
+    150 MH steps (the entropy cut mixes slowly on this toy: after 40 steps chi-square p is 0.005),
+    at every seed; with `steps_per_draw` 5 the chains take those steps asynchronously, 5 a draw."""
+    def run(seed):
+        mcmc = MCMC(kernels.EntropyCutMH(power_model, steps_per_draw=steps_per_draw), num_warmup=150 // steps_per_draw - 1,
+                    num_samples=1, num_chains=2000, chain_method="vectorized", progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(seed), PROBLEM.lm, PROBLEM.prompt, alpha=2.0, max_new_tokens=4)
+        return Comparison(final_numpyro_draws(mcmc), PROBLEM.power_distribution(2.0))
+
+    assert_exact_at_every_seed(run, f"steps_per_draw={steps_per_draw}")
+
+
+@pytest.mark.parametrize("kernel", [kernels.RandomCutMH, kernels.EntropyCutMH])
+def test_thinned_draws_are_their_steps_and_score_as_the_model_does(kernel):
+    """A draw of k steps per draw records the k steps' statistics, and the cache the rows leave
+    behind after rejections agrees with their state: later draws still score as the model does."""
+    mcmc = run(kernel(power_model, steps_per_draw=4), alpha=2.5)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    moved = extra["new_suffix_length"]
+    np.testing.assert_array_equal(extra["num_generated"], moved)
+    assert np.all(np.isin(np.asarray(extra["accepted"]) * 4, [0, 1, 2, 3, 4]))
+    draws = mcmc.get_samples(group_by_chain=True)["x"]
+    for chain in range(4):
+        for draw in range(6):
+            exact, _ = log_density(power_model, (PROBLEM.lm, PROBLEM.prompt), dict(alpha=2.5, max_new_tokens=4),
+                                   {"x": draws[chain, draw]})
+            assert abs(float(exact) - float(extra["log_target"][chain, draw])) < 1e-4
+    with pytest.raises(ValueError, match="steps_per_draw"):
+        kernel(power_model, steps_per_draw=0)
 
 
 @pytest.mark.parametrize(
@@ -173,9 +202,12 @@ def test_models_of_another_form_are_refused_clearly():
 
 
 @pytest.mark.slow
-def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm):
+@pytest.mark.parametrize("steps_per_draw", [1, 3])
+def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm, steps_per_draw):
+    """On a transformer's KV cache too; with 3 steps a draw, after the rows re-encoded what their
+    rejections overwrote."""
     prompt = smollm.encode("What is 3 + 4?", chat=True)
-    mcmc = MCMC(kernels.EntropyCutMH(power_model), num_warmup=0, num_samples=2, num_chains=2,
+    mcmc = MCMC(kernels.EntropyCutMH(power_model, steps_per_draw=steps_per_draw), num_warmup=0, num_samples=2, num_chains=2,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), smollm.lm, prompt, alpha=4.0, max_new_tokens=16, extra_fields=("log_target",))
     draws, tracked = mcmc.get_samples()["x"], mcmc.get_extra_fields()["log_target"]
@@ -192,18 +224,25 @@ def test_a_batch_of_prompts_samples_each_prompts_own_power_target():
     alpha, chains = 2.0, 3000
     pis = [problem.power_distribution(alpha) for problem in (first, second)]
     assert pis[0] != pis[1]
-    start = jnp.stack([exact_draws(problem, alpha, chains, seed)[0] for seed, problem in enumerate((first, second))], 1)
     kernel = kernels.EntropyCutMH(power_model)
-    state = kernel.init(jax.random.split(jax.random.PRNGKey(0), chains), 0, {"x": start},
-                        (first.lm, [first.prompt, second.prompt]), dict(alpha=alpha, max_new_tokens=first.max_new_tokens))
     step = jax.jit(lambda state: kernel.sample(state, (), {}))
-    for _ in range(6):
-        state = step(state)
-    assert state.z["x"].shape == (chains, 2, first.max_new_tokens)
-    for column, pi in enumerate(pis):
-        tokens, lengths = np.asarray(state.z["x"][:, column]), np.asarray(state.length[:, column])
-        draws = [tuple(int(t) for t in tokens[row, : lengths[row]]) for row in range(chains)]
-        assert Comparison(draws, pi).consistent(), column
+
+    @functools.cache
+    def after_six_steps(seed):
+        start = jnp.stack([exact_draws(problem, alpha, chains, 2 * seed + index)[0]
+                           for index, problem in enumerate((first, second))], 1)
+        state = kernel.init(jax.random.split(jax.random.PRNGKey(seed), chains), 0, {"x": start},
+                            (first.lm, [first.prompt, second.prompt]), dict(alpha=alpha, max_new_tokens=first.max_new_tokens))
+        for _ in range(6):
+            state = step(state)
+        assert state.z["x"].shape == (chains, 2, first.max_new_tokens)
+        return np.asarray(state.z["x"]), np.asarray(state.length)
+
+    for column in range(2):
+        def run(seed):
+            tokens, lengths = (a[:, column] for a in after_six_steps(seed))
+            return Comparison([tuple(int(t) for t in tokens[row, : lengths[row]]) for row in range(chains)], pis[column])
+        assert_exact_at_every_seed(run, f"prompt {column}")
 
 
 @pytest.mark.parametrize("preset, cut", [("karan-du", "Uniform()"), ("ecmh", "EntropyJump(power=4.0, floor=0.0)")])

@@ -8,6 +8,10 @@ proposal and always kept), the others are suffix-MH steps on completions capped 
   the chain is a single fresh completion;
 - suffix MH (random cut, entropy cut): one stage, the initial completion then `num_mcmc_steps`
   MH steps, a draw after each;
+- thinned suffix MH (the NumPyro adapters' `steps_per_draw`): the MH steps of one stage from a
+  given completion, one draw after the last;
+- best-of-N: candidates from scratch until `token_budget` tokens are spent, the best kept (the
+  chain ends with its budget, so its number of steps varies; one draw at the end);
 - block-wise: stages of `block_size` tokens, a draw at the end of each (the kernel's semantics:
   a sample that ended with EOS is not extended, its MH steps go on in every later stage).
 
@@ -37,6 +41,7 @@ class Schedule:
     tau: float
     cut: CutDistribution = Uniform()
     drop_cut_ratio: bool = False  # only to show that the tests catch a wrong kernel
+    token_budget: int | None = None  # best-of-N: tokens a chain spends on candidates
 
     @classmethod
     def independent(cls, max_new_tokens: int, *, alpha: float, tau: float) -> "Schedule":
@@ -45,6 +50,19 @@ class Schedule:
     @classmethod
     def suffix_mh(cls, max_new_tokens: int, num_mcmc_steps: int, *, cut, alpha: float, tau: float) -> "Schedule":
         return cls(max_new_tokens, max_new_tokens, num_mcmc_steps, True, 1, alpha, tau, cut)
+
+    @classmethod
+    def best_of_n(cls, max_new_tokens: int, token_budget: int, *, alpha: float, tau: float) -> "Schedule":
+        """Compute-matched best-of-N (`ppl_ecmh.baselines.best_of_n`): every step a candidate from
+        scratch, capped at what is left of `token_budget`; each candidate decodes a token at least,
+        so `token_budget` steps always suffice."""
+        return cls(max_new_tokens, max_new_tokens, token_budget - 1, False, 1, alpha, tau, token_budget=token_budget)
+
+    @classmethod
+    def thinned(cls, max_new_tokens: int, num_mcmc_steps: int, *, cut, alpha: float, tau: float) -> "Schedule":
+        """`num_mcmc_steps` suffix-MH steps of a completion that exists already (step 0, its
+        extension, is never run), one draw after the last: a NumPyro draw with thinning."""
+        return cls(max_new_tokens, max_new_tokens, num_mcmc_steps, False, 1, alpha, tau, cut)
 
     @classmethod
     def blockwise(cls, max_new_tokens: int, block_size: int, num_mcmc_steps: int, *, cut, alpha: float,
@@ -108,6 +126,11 @@ class Schedule:
         out = {name: np.zeros(self.num_draws, np.float32 if name.startswith("accept") else np.int32)
                for name in ("accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length",
                             "num_generated")}
+        if self.token_budget:  # one draw: the best candidate ("accepted" marks each new best)
+            out["accepted"][0] = out["accept_prob"][0] = 1.0
+            out["new_suffix_length"][0] = steps["new_suffix_length"][np.flatnonzero(steps["accepted"])[-1]]
+            out["num_generated"][0] = steps["new_suffix_length"].sum()
+            return out
         for draw in range(self.num_draws):
             span = np.asarray(self.steps_of_draw(draw))
             moves = span[span % self.steps_per_stage != 0]

@@ -26,10 +26,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ppl_ecmh.baselines import mean_log_likelihood
 from ppl_ecmh.blockwise import ends_with_eos
 from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.lm.generation import Sequences, is_eos, prefill, sequence_log_prob, teacher_force, token_statistics
-from ppl_ecmh.mh import cut_log_probs, log_acceptance, select_rows
+from ppl_ecmh.mh import SuffixMHState, cut_log_probs, log_acceptance, select_rows
 
 CUT, ACCEPT, TOKEN = 0, 1, 2  # the uses of a step's key
 
@@ -81,15 +82,22 @@ def _step_key(chain_key, step, use):
 
 def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule) -> Slots:
     """W idle slots for prompts of at most `prompt_block` tokens."""
-    total, steps, draws = schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
+    total = schedule.max_new_tokens
     ints = lambda *shape: jnp.zeros(shape, jnp.int32)
     # every field its own array, so the slots can be donated to a compiled step whole
     seqs = lambda: Sequences(ints(width, prompt_block + total), jnp.ones(width, jnp.int32), ints(width),
                              *(jnp.zeros((width, total), jnp.float32) for _ in range(3)))
+    return _slots(seqs(), seqs(), lm.init_cache(width, prompt_block + total), ints(width), jnp.zeros(width, bool),
+                  jnp.zeros((width, 2), jnp.uint32), schedule)
+
+
+def _slots(current, proposal, cache, valid, busy, chain_key, schedule: Schedule) -> Slots:
+    """Slots holding these chains at step 0, with empty records."""
+    width, total, steps, draws = busy.shape[0], schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
+    ints = lambda *shape: jnp.zeros(shape, jnp.int32)
     return Slots(
-        current=seqs(), proposal=seqs(), cache=lm.init_cache(width, prompt_block + total),
-        valid=ints(width), cut=ints(width), limit=ints(width), step=ints(width), busy=jnp.zeros(width, bool),
-        chain_key=jnp.zeros((width, 2), jnp.uint32),
+        current=current, proposal=proposal, cache=cache, valid=valid, cut=ints(width), limit=ints(width),
+        step=ints(width), busy=busy, chain_key=chain_key,
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
@@ -118,6 +126,8 @@ def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, compl
         current=jax.tree.map(put, slots.current, fresh), cache=jax.tree.map(put, slots.cache, cache),
         valid=put(slots.valid, prompt_length + fresh.length), step=put(slots.step, first),
         busy=put(slots.busy, jnp.ones(rows, bool)), chain_key=put(slots.chain_key, chain_key),
+        steps=jax.tree.map(lambda record: record.at[slot_index].set(jnp.zeros((), record.dtype), mode="drop"),
+                           slots.steps),
         counters=slots.counters._replace(busy_iterations=put(slots.counters.busy_iterations, first)),
     )
     return _start_steps(slots, lm, put(jnp.zeros_like(slots.busy), jnp.ones(rows, bool)), schedule)
@@ -126,12 +136,17 @@ def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, compl
 def _start_steps(slots: Slots, lm, starting, schedule: Schedule) -> Slots:
     """For the slots `starting`, begin their step `slots.step`: choose the cut and reset the proposal."""
     current, step = slots.current, slots.step
-    extension = schedule.is_extension(step)
-    mh_cut = jax.vmap(jax.random.categorical)(_step_key(slots.chain_key, step, CUT), cut_log_probs(schedule.cut, current))
-    cut = jnp.where(extension, current.length, mh_cut.astype(jnp.int32))
-    limit = schedule.limit(step).astype(jnp.int32)
-    # an extension of a sample that ended, or is already as long as its stage allows, decodes nothing
-    limit = jnp.where(extension & (ends_with_eos(lm, current) | (current.length >= limit)), cut, limit)
+    if schedule.token_budget:  # best-of-N: a candidate from scratch, within what is left of the budget
+        cut = jnp.zeros_like(step)
+        limit = jnp.minimum(schedule.max_new_tokens, schedule.token_budget - _spent(slots))
+    else:
+        extension = schedule.is_extension(step)
+        mh_cut = jax.vmap(jax.random.categorical)(_step_key(slots.chain_key, step, CUT),
+                                                  cut_log_probs(schedule.cut, current))
+        cut = jnp.where(extension, current.length, mh_cut.astype(jnp.int32))
+        limit = schedule.limit(step).astype(jnp.int32)
+        # an extension of a sample that ended, or is already as long as its stage allows, decodes nothing
+        limit = jnp.where(extension & (ends_with_eos(lm, current) | (current.length >= limit)), cut, limit)
     proposal = select_rows(starting, current._replace(length=cut), slots.proposal)
     return slots._replace(proposal=proposal, cut=jnp.where(starting, cut, slots.cut),
                           limit=jnp.where(starting, limit, slots.limit))
@@ -141,11 +156,17 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     """For the slots `finishing`, accept or reject their proposal, record the step, move on."""
     current, proposal, cut, step = slots.current, slots.proposal, slots.cut, slots.step
     rows = jnp.arange(step.shape[0])
-    mh_step = ~schedule.is_extension(step)
-    log_a = log_acceptance(current, proposal, cut, schedule.cut, schedule.alpha, schedule.drop_cut_ratio)
-    uniform = jax.vmap(jax.random.uniform)(_step_key(slots.chain_key, step, ACCEPT))
-    accepted = finishing & (~mh_step | (jnp.log(uniform) < log_a))
-    accept_prob = jnp.where(mh_step, jnp.exp(jnp.minimum(log_a, 0.0)), 1.0)
+    if schedule.token_budget:  # best-of-N: the first candidate, then any that scores higher
+        mh_step = jnp.zeros_like(finishing)
+        better = _best_of_n_score(lm, proposal, schedule) > _best_of_n_score(lm, current, schedule)
+        accepted = finishing & ((step == 0) | better)
+        accept_prob = accepted.astype(jnp.float32)
+    else:
+        mh_step = ~schedule.is_extension(step)
+        log_a = log_acceptance(current, proposal, cut, schedule.cut, schedule.alpha, schedule.drop_cut_ratio)
+        uniform = jax.vmap(jax.random.uniform)(_step_key(slots.chain_key, step, ACCEPT))
+        accepted = finishing & (~mh_step | (jnp.log(uniform) < log_a))
+        accept_prob = jnp.where(mh_step, jnp.exp(jnp.minimum(log_a, 0.0)), 1.0)
     new = select_rows(accepted, proposal, current)
     # an accepted proposal fed every position before its last token; a rejected one leaves `valid`
     # where feeding it put it (at most its cut)
@@ -158,7 +179,13 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
         record(slots.steps.cut, cut), record(slots.steps.old_suffix_length, jnp.where(mh_step, current.length - cut, 0)),
         record(slots.steps.new_suffix_length, proposal.length - cut),
     )
-    draw = jnp.where(finishing, schedule.draw_index(step), -1)
+    next_step = step + finishing
+    busy = slots.busy & (next_step < schedule.num_steps)
+    if schedule.token_budget:  # the chain ends with its budget, and draws the best candidate then
+        busy = busy & (_spent(slots._replace(steps=steps)) < schedule.token_budget)
+        draw = jnp.where(finishing & ~busy, 0, -1)
+    else:
+        draw = jnp.where(finishing, schedule.draw_index(step), -1)
     draw = jnp.where(draw >= 0, draw, schedule.num_draws)
     completion_index = jnp.arange(schedule.max_new_tokens)[None, :]
     inside = completion_index < new.length[:, None]
@@ -168,11 +195,19 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     draws = DrawRecord(put(slots.draws.tokens, completion), put(slots.draws.entropy, jnp.where(inside, new.entropy, 0.0)),
                        put(slots.draws.length, new.length),
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
-
-    next_step = step + finishing
-    busy = slots.busy & (next_step < schedule.num_steps)
     slots = slots._replace(current=new, valid=valid, step=next_step, busy=busy, steps=steps, draws=draws)
     return _start_steps(slots, lm, finishing & busy, schedule)
+
+
+def _spent(slots: Slots):
+    """Tokens each slot's chain has decoded so far (the records are reset when a chain is admitted)."""
+    return jnp.sum(slots.steps.new_suffix_length, axis=1)
+
+
+def _best_of_n_score(lm, seqs: Sequences, schedule: Schedule):
+    """`ppl_ecmh.baselines.best_of_n`'s score: mean log p, candidates cut short by the budget last."""
+    finished = ends_with_eos(lm, seqs) | (seqs.length >= schedule.max_new_tokens)
+    return mean_log_likelihood(seqs) + jnp.where(finished, 0.0, -1e6)
 
 
 def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
@@ -228,3 +263,38 @@ def advance(slots: Slots, lm, max_iterations, stop_when_freed, schedule: Schedul
         return jnp.any(slots.busy) & (slots.counters.iterations - start < max_iterations) & ~(stop_when_freed & freed)
 
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, schedule), slots)
+
+
+def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tuple[SuffixMHState, StepRecord]:
+    """The MH steps of a `Schedule.thinned` on every row of a lockstep sampler state, each row at
+    its own pace in the slot loop (a row whose proposal ended starts its next step while the
+    others decode), then re-encode what each row's last rejections overwrote, so that the cache
+    agrees with the state again. Row r's randomness comes from the r-th key split from `rng_key`."""
+    seqs = state.seqs
+    rows = seqs.length.shape[0]
+    keys = jax.random.split(rng_key, rows)
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    busy = jnp.ones(rows, bool)
+    # the lockstep state's cache holds every completion token but the last (never fed)
+    slots = _slots(seqs, seqs, state.cache, seqs.prompt_length + seqs.length - 1, busy, keys, schedule)
+    slots = _start_steps(slots._replace(step=jnp.ones(rows, jnp.int32)), lm, busy, schedule)  # step 0: no extension
+    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, False, schedule)
+    return SuffixMHState(slots.current, _reencoded(slots, lm)), slots.steps
+
+
+def _reencoded(slots: Slots, lm):
+    """The cache after feeding each row's current tokens from `valid` up to its last but one."""
+    current = slots.current
+    rows, total = jnp.arange(current.length.shape[0]), current.tokens.shape[1]
+    end = current.prompt_length + current.length - 1
+
+    def feed(carry):
+        cache, valid = carry
+        behind = valid < end
+        token = current.tokens[rows, jnp.minimum(valid, total - 1)]
+        _, cache = lm.forward(cache, token[:, None], jnp.where(behind, valid, total)[:, None])
+        return cache, valid + behind
+
+    cache, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1] < end), feed, (slots.cache, slots.valid))
+    return cache

@@ -5,7 +5,7 @@
 continuous-batching engine; each record is graded and appended to DIR/records.jsonl as soon as its
 chain is done, while the other slots decode. Their randomness is keyed by (seed, sampler, problem
 id), so a record does not depend on the slot count, the order of the problems or on a resume.
-Power-SMC, TMC and best-of-N go through the model in batches of as many problems as fit that many
+Power-SMC and TMC go through the model in batches of as many problems as fit that many
 rows (`EvalSettings.problems_per_batch`; the last batch padded with repeats, so every batch reuses
 one compiled program) and append a batch's records after it. A rerun with the same settings skips every
 (sampler, seed, problem) already there, so a killed run resumes where it stopped.
