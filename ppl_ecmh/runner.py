@@ -146,6 +146,19 @@ class Run:
     def total_tokens(self) -> int:
         return int(self.stats["num_generated"].sum()) + self.initial_tokens_generated
 
+    def for_prompt(self, index: int) -> "Run":
+        """The draws of prompt `index` of a run over a batch of prompts, as a run of that prompt
+        (for `ppl_ecmh.diagnostics.to_inference_data`); its wall time stays the whole run's."""
+        prompts = self.settings["prompt_tokens"]
+        if not prompts or not isinstance(prompts[0], list):
+            raise ValueError("for_prompt: this run has a single prompt")
+        if not -len(prompts) <= index < len(prompts):
+            raise IndexError(f"for_prompt: prompt {index} of a run over {len(prompts)} prompts")
+        pick = lambda array: array[:, :, index]
+        return Run(settings=self.settings | {"prompt_tokens": prompts[index]}, tokens=pick(self.tokens),
+                   entropy=pick(self.entropy), stats={name: pick(value) for name, value in self.stats.items()},
+                   wall_time=self.wall_time, initial_generated=self.initial_generated[:, index])
+
 
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
                 max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int | None = None, seed: int = 0,

@@ -303,3 +303,21 @@ def test_block_wise_runs_discard_their_stages_by_default():
                          num_warmup=0, progress=False)
     assert (staged.stats["length"][:, 0] <= 1).all()  # the first stage's draws are one token long
     assert ((staged.tokens[:, 0, 1:] == UNFINISHED) | (staged.tokens[:, 0, 1:] == 3)).all()
+
+
+def test_a_run_over_several_prompts_splits_into_the_runs_of_each():
+    from ppl_ecmh.runner import SamplerSpec, run_sampler
+
+    options = dict(alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=4, progress=False)
+    both = run_sampler(PROBLEM.lm, [[0], [0]], SamplerSpec("entropy-cut"), **options)  # the toy's context: 1 + 4
+    alone = run_sampler(PROBLEM.lm, [0], SamplerSpec("entropy-cut"), **options)  # keyed as prompt 0
+    first, second = both.for_prompt(0), both.for_prompt(1)
+    np.testing.assert_array_equal(first.tokens, alone.tokens)
+    for name in alone.stats:
+        np.testing.assert_array_equal(first.stats[name], alone.stats[name], err_msg=name)
+    assert first.total_tokens == alone.total_tokens and first.settings["prompt_tokens"] == [0]
+    assert second.tokens.shape == (3, 4, 4) and not np.array_equal(second.tokens, first.tokens)  # keyed as prompt 1
+    with pytest.raises(ValueError, match="single prompt"):
+        alone.for_prompt(0)
+    with pytest.raises(IndexError, match="prompt 2 of a run over 2"):
+        both.for_prompt(2)
