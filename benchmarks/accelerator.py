@@ -104,10 +104,10 @@ def engine_rate(lm, settings: dict) -> dict:
     advance = jax.jit(device.advance, static_argnums=(4,), donate_argnums=(0,))
     slots = admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
                   jnp.asarray(keys), None, schedule)
-    slots = jax.block_until_ready(advance(slots, lm, 2, False, schedule))  # compile
+    slots = jax.block_until_ready(advance(slots, lm, 2, 1, schedule))  # compile
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], False, schedule))
+    slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], 1, schedule))
     seconds = time.perf_counter() - started
     iterations = int(slots.counters.iterations - before.iterations)
     decoded = int(slots.counters.decoded - before.decoded)

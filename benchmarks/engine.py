@@ -5,17 +5,20 @@
     tokens/s on the same GGUF as the reference line, when llama-cpp-python is installed
     (`pip install "ppl-ecmh[bench]"`, a benchmark dependency only).
 (b) ecmh and karan-du with the study's settings (alpha 4, T_max 384, B 96, N_MCMC 4) on the first
-    `--problems` GSM8K problems, one chain each, on the engine at its default width (capped by the
-    work): occupancy (useful row-tokens / slot-iterations), useful tokens/s and its ratio to raw
-    decode at the same width from (a), and the occupancy the same proposals would have had in
-    lockstep batches of 8 (each step of a batch waits for its longest suffix).
+    `--problems` GSM8K problems, `--chains` chains each (one, as the study ran), on the engine at
+    `--width` slots (default: its default width, capped by the work), narrowing the batch in the
+    drain unless --no-narrow: occupancy (useful row-tokens / slot-iterations), useful tokens/s and
+    its ratio to raw decode at the full width, and the occupancy the same proposals would have had
+    in lockstep batches of 8 (each step of a batch waits for its longest suffix). (a) can be
+    skipped with `--models` and no model.
 (c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
     for the wall-time ratio.
 
 Every ratio is between figures of this one run, on this machine; wall times include compilation.
 
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
-                                [--problems 16] [--samplers ecmh karan-du] [--lockstep] [--json FILE]
+                                [--problems 16] [--chains 1] [--width W] [--no-narrow]
+                                [--samplers ecmh karan-du] [--lockstep] [--json FILE]
 """
 
 import argparse
@@ -93,10 +96,13 @@ def gsm8k_prompts(model, count: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    parser.add_argument("--models", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"], help="(a); none: skip (a)")
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--study-model", default="qwen2.5-coder-0.5b", help="the model of (b) and (c)")
     parser.add_argument("--problems", type=int, default=16)
+    parser.add_argument("--chains", type=int, default=1, help="(b): chains per problem")
+    parser.add_argument("--width", type=int, help="(b): slots (default: the default width, capped by the work)")
+    parser.add_argument("--no-narrow", action="store_true", help="(b): keep the full width through the drain")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
     parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
     parser.add_argument("--json", help="write every figure to this file")
@@ -116,17 +122,17 @@ def main():
     problems, prompts = gsm8k_prompts(model, args.problems)
     block = max(len(p) for p in prompts)
     stages = math.ceil(STUDY["max_new_tokens"] / STUDY["block_size"])
-    width = min(DEFAULT_WIDTH, args.problems)
+    width = args.width or min(DEFAULT_WIDTH, args.problems * args.chains)
     raw = decode_rate(model.lm, width)
-    print(f"\n(b) the engine on {args.problems} GSM8K problems, {args.study_model}, W={width} "
+    print(f"\n(b) the engine on {args.problems} GSM8K problems x {args.chains} chains, {args.study_model}, W={width} "
           f"(raw decode at W={width}: {raw:.1f} tok/s)")
     print(f"{'sampler':>9} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'re-encoded':>10} "
           f"{'wall s':>7}")
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
-        items = engine_items(prompts, spec, 0, 1, stages, problem_names=[p.id for p in problems])
-        engine = Engine(model.lm, schedule, width=width, prompt_block=block)
+        items = engine_items(prompts, spec, 0, args.chains, stages, problem_names=[p.id for p in problems])
+        engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow)
         started = time.perf_counter()
         results = list(engine.run(items))
         seconds = time.perf_counter() - started
@@ -134,7 +140,7 @@ def main():
         useful = stats.decoded / seconds
         figures["engine"][sampler] = dict(width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(
             results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, reencoded=stats.reencoded,
-            decoded=stats.decoded, wall_s=seconds)
+            decoded=stats.decoded, wall_s=seconds, narrow=not args.no_narrow, chains=args.chains)
         row = figures["engine"][sampler]
         print(f"{sampler:>9} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
               f"{useful / raw:6.2f} {stats.reencoded:10d} {seconds:7.1f}", flush=True)

@@ -147,7 +147,7 @@ def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(budget, n
     schedule = Schedule.best_of_n(3, budget, alpha=1.0, tau=1.0)
 
     def best(seed):
-        items = [WorkItem(problem.prompt, chain_key(seed, "best-of-n", 0, chain), chain) for chain in range(4000)]
+        items = [WorkItem(problem.prompt, chain_key(seed, "best-of-n", 0, chain), chain) for chain in range(2000)]
         results = list(Engine(problem.lm, schedule, width=256, prompt_block=1).run(items))
         assert all(int(r.steps["new_suffix_length"].sum()) == budget for r in results)
         return [completion(r.tokens[0], r.length[0]) for r in results]
@@ -175,6 +175,20 @@ def test_records_do_not_depend_on_slot_count_queue_order_or_interruption(schedul
     # and they do depend on the seed
     other = chains(schedule, prompts, width=2, seed=1)
     assert any(not np.array_equal(other[t].tokens, reference[t].tokens) for t in reference)
+
+
+def test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had():
+    """Once the queue is empty, the busy chains move into narrower batches: the records are those
+    of a run that never narrows, and occupancy counts the slots each iteration had."""
+    schedule = Schedule.suffix_mh(4, 5, cut=CUTS["mixture"], alpha=4.0, tau=0.25)
+    items = [WorkItem(PROBLEM.prompt, chain_key(0, "drain", chain, 0), chain) for chain in range(12)]
+    engines = {narrow: Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, narrow=narrow) for narrow in (True, False)}
+    runs = {narrow: {r.item.tag: r for r in engine.run(items)} for narrow, engine in engines.items()}
+    assert_same_records(runs[False], runs[True])
+    narrowed, wide = engines[True].stats, engines[False].stats
+    assert wide.slot_iterations == 8 * wide.iterations
+    assert narrowed.slot_iterations < 8 * narrowed.iterations and narrowed.decoded == wide.decoded
+    assert narrowed.occupancy > wide.occupancy
 
 
 def test_a_chain_records_every_step_and_draw_of_its_schedule():

@@ -3,6 +3,8 @@
 The host admits queued chains into free slots (one batched prefill), lets the device loop run
 until a chain finishes or `iterations_per_trip` decode iterations have passed, then collects the
 finished chains and admits more. One host trip per finished chain or per trip, never per token.
+Once the queue is empty the run drains: when no more than half the slots are busy, the host moves
+the busy ones into a batch half as wide (or narrower), whose decode steps cost less.
 
     engine = Engine(lm, schedule, width=32, prompt_block=128)
     for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
@@ -59,24 +61,26 @@ class ChainResult:
 @dataclasses.dataclass
 class EngineStats:
     iterations: int = 0  # decode iterations
+    slot_iterations: int = 0  # slots x iterations, at the width each iteration had
     decoded: int = 0  # useful proposal tokens, all slots
     reencoded: int = 0  # tokens re-encoded after rejections
-    width: int = 0
+    width: int = 0  # slots at the start (the drain narrows the batch)
     seconds: float = 0.0
 
     @property
     def occupancy(self) -> float:
         """Useful row-tokens per slot-iteration: the share of each decode step that was not idle."""
-        return self.decoded / max(1, self.width * self.iterations)
+        return self.decoded / max(1, self.slot_iterations)
 
 
 class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None):
+                 mesh=None, narrow: bool = True):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
-        weights over its model axis; None runs on the default device."""
+        weights over its model axis; None runs on the default device. `narrow`: halve the batch
+        as the run drains (each narrower width compiles its loop once)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
@@ -85,6 +89,7 @@ class Engine:
         self.lm = lm
         self.prompt_block = check_positive_int("prompt_block", prompt_block)
         self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
+        self.narrow = narrow
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
@@ -106,7 +111,7 @@ class Engine:
         seen = np.zeros(width, np.int64)  # each slot's busy iterations when last read
         started = tick = time.perf_counter()
         slots = self._fill(slots, holder, seen, charged, queue)
-        slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
+        slots = _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(holder, queue), self.schedule)
         while True:
             busy = np.asarray(slots.busy)  # waits for the device
             iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
@@ -115,26 +120,58 @@ class Engine:
             charged += (now - tick) * spent / max(1, spent.sum())
             tick, seen = now, iterations
             counters = slots.counters
-            self.stats.iterations, self.stats.decoded, self.stats.reencoded = (
-                int(counters.iterations), int(counters.decoded), int(counters.reencoded))
+            self.stats.iterations, self.stats.slot_iterations, self.stats.decoded, self.stats.reencoded = (
+                int(counters.iterations), int(counters.slot_iterations), int(counters.decoded),
+                int(counters.reencoded))
             self.stats.seconds = now - started
-            finished = [slot for slot in range(width) if holder[slot] is not None and not busy[slot]]
+            finished = [slot for slot in range(len(holder)) if holder[slot] is not None and not busy[slot]]
             results = self._collect(slots, finished, [holder[slot] for slot in finished], charged[finished])
             for slot in finished:
                 holder[slot] = None
             slots = self._fill(slots, holder, seen, charged, queue)
+            if not queue:
+                slots, holder, seen, charged = self._narrowed(slots, holder, seen, charged)
             more = any(holder)
             if more:  # dispatched before the results are handed out: the device runs meanwhile
-                slots = _advance(slots, self.lm, self.iterations_per_trip, bool(queue), self.schedule)
+                slots = _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(holder, queue), self.schedule)
             if progress is not None:
                 progress(self.stats)
             yield from results
             if not more:
                 return
 
+    def _min_busy(self, holder: list, queue) -> int:
+        """When the device loop should come back: as soon as a slot is freed while work is queued;
+        in the drain, once few enough slots are busy for `_narrowed` to narrow the batch; else
+        when every slot is idle."""
+        if queue:
+            return sum(h is not None for h in holder)
+        if not self.narrow:
+            return 1
+        half = len(holder) // 2
+        return 1 + max((busy for busy in range(half + 1) if self._narrower_width(busy) <= half), default=0)
+
+    def _narrower_width(self, busy: int) -> int:
+        """The width for `busy` chains in the drain: a power of two (few programs compile), split
+        evenly over the mesh."""
+        return parallel.data_parallel_width(1 << max(0, busy - 1).bit_length(), self.mesh)
+
+    def _narrowed(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray):
+        """In the drain, the busy slots moved into a batch of `_narrower_width` slots, when that is
+        at most half the present width."""
+        live = [slot for slot in range(len(holder)) if holder[slot] is not None]
+        width = self._narrower_width(len(live))
+        if not self.narrow or not live or width > len(holder) // 2:
+            return slots, holder, seen, charged
+        keep = live + [slot for slot in range(len(holder)) if holder[slot] is None][: width - len(live)]
+        slots = _narrowed(slots, jnp.asarray(keep))
+        if self.mesh is not None:
+            slots = parallel.shard_slots(slots, self.mesh, width)
+        return slots, [holder[slot] for slot in keep], seen[keep], charged[keep]
+
     def _fill(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray, queue: collections.deque):
         """Admit queued items into the free slots, each with a fresh account of iterations and time."""
-        free = [slot for slot in range(self.width) if holder[slot] is None][: len(queue)]
+        free = [slot for slot in range(len(holder)) if holder[slot] is None][: len(queue)]
         if not free:
             return slots
         admitted = [queue.popleft() for _ in free]
@@ -175,3 +212,4 @@ class Engine:
 _empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
 _admit = jax.jit(device.admit, static_argnums=(7,), donate_argnums=(0,))
 _advance = jax.jit(device.advance, static_argnums=(4,), donate_argnums=(0,))
+_narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate

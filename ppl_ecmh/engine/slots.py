@@ -56,6 +56,7 @@ class DrawRecord(NamedTuple):
 
 class Counters(NamedTuple):
     iterations: jax.Array  # [] decode iterations
+    slot_iterations: jax.Array  # [] slots x iterations, summed over the widths the batch had
     decoded: jax.Array  # [] proposal tokens decoded, over all slots
     reencoded: jax.Array  # [] tokens re-encoded after rejections
     busy_iterations: jax.Array  # [W] iterations each slot's chain has been busy since admission
@@ -102,7 +103,7 @@ def _slots(current, proposal, cache, valid, busy, chain_key, schedule: Schedule)
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
                          jnp.zeros((width, draws))),
-        counters=Counters(ints(), ints(), ints(), ints(width)),
+        counters=Counters(ints(), ints(), ints(), ints(), ints(width)),
     )
 
 
@@ -199,6 +200,11 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     return _start_steps(slots, lm, finishing & busy, schedule)
 
 
+def narrowed(slots: Slots, keep) -> Slots:
+    """The slots `keep` [W'] alone, in that order: a narrower batch for a run's drain."""
+    return jax.tree.map(lambda leaf: leaf if jnp.ndim(leaf) == 0 else leaf[keep], slots)
+
+
 def _spent(slots: Slots):
     """Tokens each slot's chain has decoded so far (the records are reset when a chain is admitted)."""
     return jnp.sum(slots.steps.new_suffix_length, axis=1)
@@ -246,21 +252,21 @@ def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
     valid = jnp.where((catching_up | proposing) & ~past_cut & (position == slots.valid), slots.valid + 1, slots.valid)
     valid = jnp.where(past_cut, jnp.minimum(valid, last), valid)
     counters = slots.counters
-    counters = Counters(counters.iterations + 1, counters.decoded + jnp.sum(proposing),
-                        counters.reencoded + jnp.sum(catching_up), counters.busy_iterations + slots.busy)
+    counters = Counters(counters.iterations + 1, counters.slot_iterations + slots.busy.shape[0],
+                        counters.decoded + jnp.sum(proposing), counters.reencoded + jnp.sum(catching_up),
+                        counters.busy_iterations + slots.busy)
     slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters)
     return _finish_steps(slots, lm, finishing, schedule)
 
 
-def advance(slots: Slots, lm, max_iterations, stop_when_freed, schedule: Schedule) -> Slots:
-    """Iterate until every slot is idle, or `max_iterations` have run, or (with `stop_when_freed`)
-    a chain has finished, so that the host can admit more work into its slot."""
-    busy_at_start = jnp.sum(slots.busy)
+def advance(slots: Slots, lm, max_iterations, min_busy, schedule: Schedule) -> Slots:
+    """Iterate while at least `min_busy` slots are busy (1: until every slot is idle), for at most
+    `max_iterations`: the host sets `min_busy` to hear of a freed slot it can refill, or of a
+    drain it can narrow the batch for."""
     start = slots.counters.iterations
 
     def running(slots):
-        freed = jnp.sum(slots.busy) < busy_at_start
-        return jnp.any(slots.busy) & (slots.counters.iterations - start < max_iterations) & ~(stop_when_freed & freed)
+        return (jnp.sum(slots.busy) >= min_busy) & (slots.counters.iterations - start < max_iterations)
 
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, schedule), slots)
 
@@ -279,7 +285,7 @@ def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tupl
     # the lockstep state's cache holds every completion token but the last (never fed)
     slots = _slots(seqs, seqs, state.cache, seqs.prompt_length + seqs.length - 1, busy, keys, schedule)
     slots = _start_steps(slots._replace(step=jnp.ones(rows, jnp.int32)), lm, busy, schedule)  # step 0: no extension
-    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, False, schedule)
+    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, schedule)
     return SuffixMHState(slots.current, _reencoded(slots, lm)), slots.steps
 
 
