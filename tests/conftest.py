@@ -11,10 +11,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each program XLA compiles for the CPU keeps memory mappings of its code. The whole suite
 # compiles enough of them to pass Linux's limit of 65,530 mappings per process
-# (vm.max_map_count), and the next compilation then dies with a segmentation fault inside XLA
-# (seen after about 150 tests, 47,000 mappings at 40% of the suite). One module adds up to about
-# 30,000, so compiled programs are dropped after a module that leaves more than this many.
-MAPPING_BUDGET = 20_000
+# (vm.max_map_count), and the next compilation then dies inside XLA (a segmentation fault or an
+# abort; seen after about 150 tests, 47,000 mappings at 40% of the suite). One module adds up to
+# about 30,000 (more where the engine narrows wide batches through every width), so compiled
+# programs are dropped after a module that leaves more than MODULE_BUDGET mappings, and after any
+# test that leaves more than TEST_BUDGET.
+MODULE_BUDGET, TEST_BUDGET = 20_000, 40_000
 
 
 def _memory_mappings() -> int:
@@ -22,7 +24,7 @@ def _memory_mappings() -> int:
         with open("/proc/self/maps") as maps:
             return sum(1 for _ in maps)
     except OSError:  # no /proc: count every module as over budget
-        return MAPPING_BUDGET + 1
+        return MODULE_BUDGET + 1
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +32,15 @@ def release_compiled_programs():
     """Drop every compiled program after a test module that leaves the process near the limit
     on memory mappings (above); below it, programs stay shared between modules."""
     yield
-    if _memory_mappings() > MAPPING_BUDGET:
+    if _memory_mappings() > MODULE_BUDGET:
+        jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def release_compiled_programs_within_a_module():
+    """The same within a module that compiles more than the module budget allows for."""
+    yield
+    if _memory_mappings() > TEST_BUDGET:
         jax.clear_caches()
 
 

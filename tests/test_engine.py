@@ -14,6 +14,9 @@ from ppl_ecmh.lm import generation, toy
 from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)  # entropy jumps: every cut's correction term matters
+# The statistical tests below run hundreds of slots with `narrow=False`: narrowing the drain
+# compiles the loop for every narrower width, and it leaves records unchanged
+# (test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had).
 CUTS = {
     "uniform": cuts.Uniform(),
     "entropy": cuts.Entropy(beta=0.5),
@@ -34,7 +37,7 @@ def run_from_exact(schedule: Schedule, alpha: float, num_chains=2000, width=256,
     lengths = np.asarray(generation.completion_length(PROBLEM.lm, starts))
     items = [WorkItem(PROBLEM.prompt, chain_key(seed, "exactness", chain, 0), chain, completion(row, n))
              for chain, (row, n) in enumerate(zip(np.asarray(starts), lengths))]
-    results = sorted(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt)).run(items),
+    results = sorted(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt), narrow=False).run(items),
                      key=lambda r: r.item.tag)
     assert [r.item.tag for r in results] == list(range(num_chains))
     draws = [[completion(tokens, n) for tokens, n in zip(r.tokens, r.length)] for r in results]
@@ -83,7 +86,7 @@ def test_engine_blockwise_final_stage_reaches_power_distribution():
 
     def run(seed):
         items = [WorkItem(PROBLEM.prompt, chain_key(seed, "blockwise", chain, 0), chain) for chain in range(2000)]
-        results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1).run(items)
+        results = Engine(PROBLEM.lm, schedule, width=1024, prompt_block=1, narrow=False).run(items)
         return Comparison([completion(r.tokens[-1], r.length[-1]) for r in results], PROBLEM.power_distribution(alpha))
 
     assert_exact_at_every_seed(run)
@@ -96,7 +99,7 @@ def test_ancestral_chains_on_the_engine_draw_from_the_model():
 
     def run(seed):
         items = [WorkItem(PROBLEM.prompt, chain_key(seed, "ancestral", chain, 0), chain) for chain in range(2000)]
-        results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1).run(items))
+        results = list(Engine(PROBLEM.lm, schedule, width=512, prompt_block=1, narrow=False).run(items))
         assert all(r.tokens.shape[0] == 1 and r.steps["accepted"].all() for r in results)
         return Comparison([completion(r.tokens[0], r.length[0]) for r in results], PROBLEM.power_distribution(1.0))
 
@@ -148,7 +151,7 @@ def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(budget, n
 
     def best(seed):
         items = [WorkItem(problem.prompt, chain_key(seed, "best-of-n", 0, chain), chain) for chain in range(2000)]
-        results = list(Engine(problem.lm, schedule, width=256, prompt_block=1).run(items))
+        results = list(Engine(problem.lm, schedule, width=256, prompt_block=1, narrow=False).run(items))
         assert all(int(r.steps["new_suffix_length"].sum()) == budget for r in results)
         return [completion(r.tokens[0], r.length[0]) for r in results]
 
