@@ -17,7 +17,7 @@
 Every ratio is between figures of this one run, on this machine; wall times include compilation.
 
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
-                                [--problems 16] [--chains 1] [--width W] [--no-narrow]
+                                [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1]
                                 [--samplers ecmh karan-du] [--lockstep] [--json FILE]
 """
 
@@ -103,6 +103,7 @@ def main():
     parser.add_argument("--chains", type=int, default=1, help="(b): chains per problem")
     parser.add_argument("--width", type=int, help="(b): slots (default: the default width, capped by the work)")
     parser.add_argument("--no-narrow", action="store_true", help="(b): keep the full width through the drain")
+    parser.add_argument("--min-width", type=int, default=1, help="(b): the narrowest width of the drain")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
     parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
     parser.add_argument("--json", help="write every figure to this file")
@@ -132,7 +133,8 @@ def main():
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
         items = engine_items(prompts, spec, 0, args.chains, stages, problem_names=[p.id for p in problems])
-        engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow)
+        engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
+                        min_width=args.min_width)
         started = time.perf_counter()
         results = list(engine.run(items))
         seconds = time.perf_counter() - started
@@ -140,7 +142,8 @@ def main():
         useful = stats.decoded / seconds
         figures["engine"][sampler] = dict(width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(
             results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, reencoded=stats.reencoded,
-            decoded=stats.decoded, wall_s=seconds, narrow=not args.no_narrow, chains=args.chains)
+            decoded=stats.decoded, wall_s=seconds, narrow=not args.no_narrow, min_width=args.min_width,
+            chains=args.chains)
         row = figures["engine"][sampler]
         print(f"{sampler:>9} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
               f"{useful / raw:6.2f} {stats.reencoded:10d} {seconds:7.1f}", flush=True)

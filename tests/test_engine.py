@@ -37,8 +37,8 @@ def run_from_exact(schedule: Schedule, alpha: float, num_chains=2000, width=256,
     lengths = np.asarray(generation.completion_length(PROBLEM.lm, starts))
     items = [WorkItem(PROBLEM.prompt, chain_key(seed, "exactness", chain, 0), chain, completion(row, n))
              for chain, (row, n) in enumerate(zip(np.asarray(starts), lengths))]
-    results = sorted(Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt), narrow=False).run(items),
-                     key=lambda r: r.item.tag)
+    engine = Engine(PROBLEM.lm, schedule, width=width, prompt_block=len(PROBLEM.prompt), narrow=False)
+    results = sorted(engine.run(items), key=lambda r: r.item.tag)
     assert [r.item.tag for r in results] == list(range(num_chains))
     draws = [[completion(tokens, n) for tokens, n in zip(r.tokens, r.length)] for r in results]
     acceptance = np.mean([r.steps["accepted"][1:].mean() for r in results])
@@ -185,13 +185,17 @@ def test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had():
     of a run that never narrows, and occupancy counts the slots each iteration had."""
     schedule = Schedule.suffix_mh(4, 5, cut=CUTS["mixture"], alpha=4.0, tau=0.25)
     items = [WorkItem(PROBLEM.prompt, chain_key(0, "drain", chain, 0), chain) for chain in range(12)]
-    engines = {narrow: Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, narrow=narrow) for narrow in (True, False)}
+    engines = {narrow: Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, narrow=narrow, min_width=1)
+               for narrow in (True, False)}
     runs = {narrow: {r.item.tag: r for r in engine.run(items)} for narrow, engine in engines.items()}
     assert_same_records(runs[False], runs[True])
     narrowed, wide = engines[True].stats, engines[False].stats
     assert wide.slot_iterations == 8 * wide.iterations
     assert narrowed.slot_iterations < 8 * narrowed.iterations and narrowed.decoded == wide.decoded
     assert narrowed.occupancy > wide.occupancy
+    floored = Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, min_width=8)  # the default floor: no narrowing
+    list(floored.run(items))
+    assert floored.stats.slot_iterations == 8 * floored.stats.iterations
 
 
 def test_a_chain_records_every_step_and_draw_of_its_schedule():

@@ -4,7 +4,8 @@ The host admits queued chains into free slots (one batched prefill), lets the de
 until a chain finishes or `iterations_per_trip` decode iterations have passed, then collects the
 finished chains and admits more. One host trip per finished chain or per trip, never per token.
 Once the queue is empty the run drains: when no more than half the slots are busy, the host moves
-the busy ones into a batch half as wide (or narrower), whose decode steps cost less.
+the busy ones into a batch half as wide (or narrower, down to `min_width`), whose decode steps
+cost less.
 
     engine = Engine(lm, schedule, width=32, prompt_block=128)
     for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
@@ -77,10 +78,11 @@ class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None, narrow: bool = True):
+                 mesh=None, narrow: bool = True, min_width: int = 8):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
         weights over its model axis; None runs on the default device. `narrow`: halve the batch
-        as the run drains (each narrower width compiles its loop once)."""
+        as the run drains, down to `min_width` slots (each narrower width compiles its loop once,
+        and below a few slots a decode step of an accelerator costs no less)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
@@ -90,6 +92,7 @@ class Engine:
         self.prompt_block = check_positive_int("prompt_block", prompt_block)
         self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
         self.narrow = narrow
+        self.min_width = check_positive_int("min_width", min_width)
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
@@ -154,7 +157,7 @@ class Engine:
     def _narrower_width(self, busy: int) -> int:
         """The width for `busy` chains in the drain: a power of two (few programs compile), split
         evenly over the mesh."""
-        return parallel.data_parallel_width(1 << max(0, busy - 1).bit_length(), self.mesh)
+        return parallel.data_parallel_width(max(self.min_width, 1 << max(0, busy - 1).bit_length()), self.mesh)
 
     def _narrowed(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray):
         """In the drain, the busy slots moved into a batch of `_narrower_width` slots, when that is
