@@ -39,6 +39,13 @@ def mean_log_likelihood(seqs) -> jax.Array:
     return sequence_log_prob(seqs) / jnp.maximum(seqs.length, 1)
 
 
+def best_of_n_score(lm, seqs, limit) -> jax.Array:
+    """Best-of-N's selection score: mean log p, with candidates that did not finish (EOS or
+    `limit`), cut short by the budget, ranked after every finished one."""
+    finished = ends_with_eos(lm, seqs) | (seqs.length >= limit)
+    return mean_log_likelihood(seqs) + jnp.where(finished, 0.0, -1e6)
+
+
 def best_of_n(rng_key, state: SuffixMHState, lm, *, tau, budget, limit):
     """Compute-matched best-of-N: draw completions at temperature tau, one after another per row,
     until `budget` [B] tokens are spent, and keep the one with the highest mean log p.
@@ -57,8 +64,7 @@ def best_of_n(rng_key, state: SuffixMHState, lm, *, tau, budget, limit):
         active = spent < budget
         cap = jnp.where(active, jnp.minimum(limit, budget - spent), 0)
         candidate, cache = extend(lm, draw_key, empty, cache, jnp.zeros(rows, jnp.int32), cap, tau)
-        finished = active & (ends_with_eos(lm, candidate) | (candidate.length >= limit))
-        score = mean_log_likelihood(candidate) + jnp.where(finished, 0.0, -1e6)  # finished ones first
+        score = best_of_n_score(lm, candidate, limit)
         better = active & (score > best_score)
         best = select_rows(better, candidate, best)
         return key, cache, best, jnp.where(better, score, best_score), spent + candidate.length

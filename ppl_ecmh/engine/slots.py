@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.baselines import mean_log_likelihood
+from ppl_ecmh.baselines import best_of_n_score
 from ppl_ecmh.blockwise import ends_with_eos
 from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.lm.generation import Sequences, is_eos, prefill, sequence_log_prob, teacher_force, token_statistics
@@ -159,7 +159,8 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     rows = jnp.arange(step.shape[0])
     if schedule.token_budget:  # best-of-N: the first candidate, then any that scores higher
         mh_step = jnp.zeros_like(finishing)
-        better = _best_of_n_score(lm, proposal, schedule) > _best_of_n_score(lm, current, schedule)
+        limit = schedule.max_new_tokens
+        better = best_of_n_score(lm, proposal, limit) > best_of_n_score(lm, current, limit)
         accepted = finishing & ((step == 0) | better)
         accept_prob = accepted.astype(jnp.float32)
     else:
@@ -208,12 +209,6 @@ def narrowed(slots: Slots, keep) -> Slots:
 def _spent(slots: Slots):
     """Tokens each slot's chain has decoded so far (the records are reset when a chain is admitted)."""
     return jnp.sum(slots.steps.new_suffix_length, axis=1)
-
-
-def _best_of_n_score(lm, seqs: Sequences, schedule: Schedule):
-    """`ppl_ecmh.baselines.best_of_n`'s score: mean log p, candidates cut short by the budget last."""
-    finished = ends_with_eos(lm, seqs) | (seqs.length >= schedule.max_new_tokens)
-    return mean_log_likelihood(seqs) + jnp.where(finished, 0.0, -1e6)
 
 
 def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
