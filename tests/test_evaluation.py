@@ -201,6 +201,16 @@ def test_a_corrupt_line_inside_the_store_is_an_error_that_repair_resolves_losing
     assert store.repair() == 0
 
 
+def test_a_store_keyed_by_other_fields_keeps_the_first_record_of_each_key_and_refuses_lines_without_them(tmp_path):
+    store = RecordStore(tmp_path / "chains.jsonl", key_fields=("kernel", "chain"))
+    store.append([dict(kernel="random", chain=0, x=1), dict(kernel="random", chain=1, x=2),
+                  dict(kernel="random", chain=0, x=3)])
+    assert [r["x"] for r in store.read()] == [1, 2] and store.done() == {("random", 0), ("random", 1)}
+    store.append([dict(sampler="a", seed=0, problem_id="p")])  # an evaluation record: not one of these
+    with pytest.raises(PplEcmhError, match="chains.jsonl:4: not a record"):
+        store.read()
+
+
 def test_eval_repair_quarantines_damaged_lines_and_resumes(letters, tmp_path):
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
     lines = (tmp_path / experiment.RECORDS).read_text().splitlines()

@@ -1,4 +1,4 @@
-"""An append-only JSONL store of evaluation records, one per (sampler, seed, problem).
+"""An append-only JSONL store of records, one per key: (sampler, seed, problem) for evaluations.
 
 Every record is written as one line and flushed to disk before the next one, so a run killed at
 any moment loses at most the work in flight. A final line cut short by such a kill is not a
@@ -20,22 +20,25 @@ KEY_FIELDS = ("sampler", "seed", "problem_id")
 QUARANTINE_SUFFIX = ".quarantine"
 
 
-def record_key(record: dict) -> tuple:
-    return tuple(record[field] for field in KEY_FIELDS)
+def record_key(record: dict, fields: tuple[str, ...] = KEY_FIELDS) -> tuple:
+    return tuple(record[field] for field in fields)
 
 
-def _parse(line: str) -> dict | None:
+def _parse(line: str, fields: tuple[str, ...]) -> dict | None:
     """The record on a line, or None when the line is not one (bad JSON, or lacks the key fields)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return record if isinstance(record, dict) and all(field in record for field in KEY_FIELDS) else None
+    return record if isinstance(record, dict) and all(field in record for field in fields) else None
 
 
 class RecordStore:
-    def __init__(self, path):
+    """Records keyed by `key_fields` (an evaluation's by default)."""
+
+    def __init__(self, path, key_fields: tuple[str, ...] = KEY_FIELDS):
         self.path = Path(path)
+        self.key_fields = tuple(key_fields)
 
     def read(self) -> list[dict]:
         """All complete records, the first of any duplicate key kept."""
@@ -46,14 +49,15 @@ class RecordStore:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            record = _parse(line)
+            record = _parse(line, self.key_fields)
             if record is None:
                 if number == len(lines):  # the line a killed run was writing
                     continue
                 raise PplEcmhError(f"{self.path}:{number}: not a record; `ppl-ecmh eval` with --repair moves "
                                    f"damaged lines to {self.quarantine_path.name} and keeps the intact ones")
-            if record_key(record) not in seen:
-                seen.add(record_key(record))
+            key = record_key(record, self.key_fields)
+            if key not in seen:
+                seen.add(key)
                 records.append(record)
         return records
 
@@ -67,17 +71,17 @@ class RecordStore:
         if not self.path.exists():
             return 0
         lines = [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
-        damaged = [line for line in lines if _parse(line) is None]
+        damaged = [line for line in lines if _parse(line, self.key_fields) is None]
         if not damaged:
             return 0
         with open(self.quarantine_path, "a", encoding="utf-8") as quarantine:
             quarantine.write("".join(line + "\n" for line in damaged))
-        intact = "".join(line + "\n" for line in lines if _parse(line) is not None)
+        intact = "".join(line + "\n" for line in lines if _parse(line, self.key_fields) is not None)
         replace_atomically(self.path, intact)
         return len(damaged)
 
     def done(self) -> set[tuple]:
-        return {record_key(record) for record in self.read()}
+        return {record_key(record, self.key_fields) for record in self.read()}
 
     def append(self, records: Iterable[dict]) -> None:
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)

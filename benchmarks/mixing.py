@@ -1,0 +1,397 @@
+"""Does the entropy cut mix faster? Four single-stage suffix-MH kernels on the same real prompts,
+compared the way MCMC studies compare samplers (the method: `ppl_ecmh.evaluation.mixing`).
+
+qwen2.5-coder-0.5b on the first 16 problems of the accuracy study's seeded GSM8K and HumanEval
+subsets (`benchmarks.study`), alpha 4, tau 1/alpha, T_max and steps in SETTINGS (chosen so that the
+whole study costs about 3 hours of this 2-core CPU). For each prompt, 4 ancestral completions are
+the chains' starts, shared by every kernel (a paired design); from them each kernel runs 4 chains
+of `mh_steps` MH steps on the engine, a draw after each step. The kernels differ only in where they
+cut: uniformly at random, in proportion to exp(entropy) (beta 1), the published entropy jump, and
+the default mixture (10% uniform into the entropy jump).
+
+Per prompt and kernel, from each chain's draws: acceptance; where cuts fall (relative position,
+entropy at the cut); bulk ESS and autocorrelation time of alpha*log p, of the completion length and
+of the indicator of a correct final answer (the extracted number; the tests passing) over the last
+`kept_draws` draws, and each per 1,000 tokens decoded for them; the steps and tokens until the
+split R-hat of alpha*log p falls below 1.05; the distinct final answers visited per 1,000 tokens.
+Across prompts, paired: each kernel against each other, the geometric-mean ratio of ESS per 1k
+tokens with a bootstrap interval over prompts and a Wilcoxon signed-rank p; the same for tokens to
+R-hat 1.05.
+
+Resumable: every chain's record (no completion text) is appended to results/mixing/chains.jsonl,
+the starts to results/mixing/starts.jsonl, and both are committed; a rerun runs only what is
+missing. Records are keyed by work (seed, kernel, problem, chain), so a resumed study draws exactly
+what an uninterrupted one would have.
+
+    python -m benchmarks.mixing run [--tasks gsm8k,humaneval] [--kernels random,entropy,...]
+    python -m benchmarks.mixing summarize       # results/mixing/summary.json, report.md, figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks.study import settings_for
+from ppl_ecmh.cuts import Entropy, EntropyJump, Mixture, Uniform
+from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
+from ppl_ecmh.evaluation import mixing
+from ppl_ecmh.evaluation.experiment import grade, machine_label, select_problems
+from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+from ppl_ecmh.tasks import get_task
+
+SETTINGS = dict(model="qwen2.5-coder-0.5b", alpha=4.0, tau=0.25, max_new_tokens=128, mh_steps=32, kept_draws=20,
+                chains=4, prompts=16, seed=0, width=64)
+# A few minutes on the small model, to try the whole pipeline: `run --pilot`, `summarize --pilot`.
+PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=32, mh_steps=12, kept_draws=10, chains=2, prompts=2,
+                        width=8)
+TASKS = ("gsm8k", "humaneval")
+# The kernels, the baseline first: the random cut of Karan & Du, then the entropy cuts.
+KERNELS = {"random": Uniform(), "entropy": Entropy(beta=1.0), "entropy_jump": EntropyJump(power=4.0),
+           "mixture": Mixture()}
+FUNCTIONALS = ("log_target", "length", "correct")  # alpha*log p, completion length, a correct final answer
+RESULTS, PILOT_RESULTS = Path("results/mixing"), Path("runs/mixing-pilot")
+CHAINS, STARTS = "chains.jsonl", "starts.jsonl"
+CHAIN_KEY = ("task", "kernel", "problem_id", "chain")
+START_KEY = ("task", "problem_id", "chain")
+PACKAGES = ["ppl-ecmh", "jax", "arviz", "scipy", "numpy"]
+
+
+class Study:
+    """One task's problems, prompts and model, and the stores the study appends to."""
+
+    def __init__(self, task_name: str, model, settings: dict, results: Path = RESULTS):
+        self.task_name, self.model, self.settings = task_name, model, settings
+        self.task = get_task(task_name)
+        self.problems = select_problems(self.task, settings_for(task_name, settings["prompts"]))
+        self.prompts = {p.id: model.encode(self.task.prompt(p, chat=True), chat=True) for p in self.problems}
+        self.prompt_block = max(len(tokens) for tokens in self.prompts.values())
+        model.check_fits(self.prompt_block, settings["max_new_tokens"])
+        self.chains = RecordStore(results / CHAINS, CHAIN_KEY)
+        self.starts = RecordStore(results / STARTS, START_KEY)
+        self.graded: dict = {}  # (problem id, completion) -> (answer, correct): chains revisit states
+
+    def work(self, name: str) -> list[tuple]:
+        """(problem, chain) pairs of this task not yet done by `name` ("start" or a kernel)."""
+        store, prefix = (self.starts, (self.task_name,)) if name == "start" else (self.chains, (self.task_name, name))
+        done = store.done()
+        return [(problem, chain) for problem in self.problems for chain in range(self.settings["chains"])
+                if prefix + (problem.id, chain) not in done]
+
+    def run_starts(self) -> None:
+        """Ancestral completions (tau 1) for the chains that have none yet."""
+        pending = self.work("start")
+        schedule = Schedule.independent(self.settings["max_new_tokens"], alpha=self.settings["alpha"], tau=1.0)
+        for result in self._engine_run(pending, schedule, "ancestral", starts=None, description="starts"):
+            problem, chain = result.item.tag
+            length = int(result.length[-1])
+            self.starts.append([dict(task=self.task_name, problem_id=problem.id, chain=chain,
+                                     tokens=result.tokens[-1, :length].tolist(),
+                                     log_target=round(float(result.log_target[-1]), 4))])
+
+    def run_kernel(self, kernel: str) -> None:
+        """The chains of `kernel` not yet recorded, each from its start."""
+        starts = {(r["problem_id"], r["chain"]): r["tokens"] for r in self.starts.read() if r["task"] == self.task_name}
+        settings = self.settings
+        schedule = Schedule.suffix_mh(settings["max_new_tokens"], settings["mh_steps"], cut=KERNELS[kernel],
+                                      alpha=settings["alpha"], tau=settings["tau"])
+        machine = machine_label()
+        for result in self._engine_run(self.work(kernel), schedule, kernel, starts, description=kernel):
+            problem, chain = result.item.tag
+            self.chains.append([self.chain_record(kernel, problem, chain, len(starts[problem.id, chain]), result,
+                                                  schedule) | dict(machine=machine)])
+
+    def _engine_run(self, pending, schedule, name, starts, description):
+        items = [WorkItem(self.prompts[problem.id], chain_key(self.settings["seed"], f"mixing-{name}", problem.id, chain),
+                          (problem, chain), None if starts is None else starts[problem.id, chain])
+                 for problem, chain in pending]
+        if not items:
+            return
+        engine = Engine(self.model.lm, schedule, width=min(self.settings["width"], len(items)),
+                        prompt_block=self.prompt_block)
+        bar = tqdm(total=len(items), desc=f"{self.task_name} {description}", unit="chain")
+        report = lambda stats: bar.set_postfix(tok_s=f"{stats.decoded / max(stats.seconds, 1e-9):.0f}",
+                                               occupancy=f"{stats.occupancy:.2f}")
+        for result in engine.run(items, progress=report):
+            yield result
+            bar.update(1)
+        bar.close()
+
+    def chain_record(self, kernel: str, problem, chain: int, start_length: int, result, schedule: Schedule) -> dict:
+        """One chain's record: per MH step its move, per draw its functionals (no completion text)."""
+        moves = np.asarray([step for step in range(schedule.num_steps) if not schedule.is_extension(step)])
+        steps = {name: np.asarray(values)[moves] for name, values in result.steps.items()}
+        lengths = result.length.astype(int)
+        # the cut of step s chose among the positions of the draw before it (the start, for the first)
+        before = np.concatenate([[start_length], lengths[:-1]])
+        entropy_at_cut = [None] + [round(float(result.entropy[draw - 1, cut]), 4) if cut < before[draw] else None
+                                   for draw, cut in enumerate(steps["cut"][1:], 1)]
+        answers = [self.answer(problem, result.tokens[draw, :length]) for draw, length in enumerate(lengths)]
+        return dict(
+            task=self.task_name, kernel=kernel, problem_id=problem.id, chain=chain, seed=self.settings["seed"],
+            start_length=start_length, log_target=np.round(result.log_target.astype(float), 4).tolist(), length=lengths.tolist(),
+            answer=[answer for answer, _ in answers], correct=[bool(correct) for _, correct in answers],
+            accepted=steps["accepted"].astype(bool).tolist(), accept_prob=np.round(steps["accept_prob"].astype(float), 4).tolist(),
+            cut=steps["cut"].astype(int).tolist(), length_before=before.tolist(), entropy_at_cut=entropy_at_cut,
+            new_suffix_length=steps["new_suffix_length"].astype(int).tolist(), wall_time_s=round(result.seconds, 2),
+        )
+
+    def answer(self, problem, tokens) -> tuple[str | None, bool]:
+        """The final answer of a completion and whether it is correct. For code the answer is a
+        short hash of the extracted program (distinct programs are distinct answers)."""
+        completion = self.model.decode(tokens)
+        key = (problem.id, completion)
+        if key not in self.graded:
+            answer, correct, _ = grade(self.task, completion, problem)
+            if self.task_name == "humaneval" and answer is not None:
+                answer = hashlib.sha1(answer.encode()).hexdigest()[:12]
+            self.graded[key] = (answer, correct)
+        return self.graded[key]
+
+
+def run(args) -> None:
+    from ppl_ecmh import load_model
+
+    settings, results = (PILOT, PILOT_RESULTS) if args.pilot else (SETTINGS, RESULTS)
+    check_settings(settings, results)
+    model = load_model(settings["model"])
+    for task in args.tasks:
+        study = Study(task, model, settings, results)
+        study.run_starts()
+        for kernel in args.kernels:
+            study.run_kernel(kernel)
+
+
+def check_settings(settings: dict, results: Path) -> None:
+    """Write the settings beside the records, or refuse to mix records of other settings."""
+    path = results / "settings.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != settings:
+            changed = ", ".join(f"{k}: {stored.get(k)} -> {settings.get(k)}" for k in sorted(set(stored) | set(settings))
+                                if stored.get(k) != settings.get(k))
+            sys.exit(f"{path}: the records here were drawn with other settings ({changed}); "
+                     "move them away to start a new study")
+        return
+    results.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+# Analysis ---------------------------------------------------------------------------------------
+
+def target_table(records: list[dict], kept_draws: int) -> list[dict]:
+    """One row per (task, problem, kernel) with at least 2 chains: the per-prompt figures."""
+    groups: dict = {}
+    for record in records:
+        groups.setdefault((record["task"], record["problem_id"], record["kernel"]), []).append(record)
+    rows = []
+    for (task, problem_id, kernel), chains in sorted(groups.items()):
+        if len(chains) < 2:
+            continue
+        chains = sorted(chains, key=lambda r: r["chain"])
+        draws = {name: np.asarray([c[name] for c in chains], dtype=float) for name in FUNCTIONALS}
+        decoded = np.asarray([c["new_suffix_length"] for c in chains], dtype=float)  # [chain, step]
+        kept_tokens = decoded[:, -kept_draws:].sum()
+        row = dict(task=task, problem_id=problem_id, kernel=kernel, chains=len(chains),
+                   acceptance=float(np.mean([c["accepted"] for c in chains])),
+                   relative_cut=float(np.mean([cut / max(1, before) for c in chains
+                                               for cut, before in zip(c["cut"], c["length_before"])])),
+                   entropy_at_cut=float(np.mean([h for c in chains for h in c["entropy_at_cut"] if h is not None])),
+                   tokens=float(decoded.sum()), kept_tokens=float(kept_tokens))
+        for name in FUNCTIONALS:
+            result = mixing.efficiency(draws[name][:, -kept_draws:], kept_tokens)
+            row |= {f"ess_{name}": result.ess.value, f"iat_{name}": result.iat,
+                    f"ess_per_1k_{name}": result.ess_per_1k_tokens, f"why_{name}": result.ess.reason}
+        steps = mixing.steps_to_rhat(draws["log_target"])
+        row["steps_to_rhat"] = steps
+        row["tokens_to_rhat"] = None if steps is None else float(decoded[:, :steps].sum())
+        answers = {a for c in chains for a in c["answer"] if a is not None}
+        row["distinct_answers_per_1k"] = 1000.0 * len(answers) / max(1.0, decoded.sum())
+        rows.append(row)
+    return rows
+
+
+def comparisons(rows: list[dict], kernels) -> list[dict]:
+    """Every pair of kernels, paired over prompts: ESS per 1k tokens of each functional (higher is
+    better) and tokens to R-hat 1.05 (lower is better; never reached counts as not estimable)."""
+    out = []
+    figures = [f"ess_per_1k_{name}" for name in FUNCTIONALS] + ["tokens_to_rhat"]
+    for scope in ("all",) + TASKS:
+        chosen = [row for row in rows if scope in ("all", row["task"])]
+        for figure in figures:
+            values = {kernel: {(row["task"], row["problem_id"]): np.nan if row[figure] is None else row[figure]
+                               for row in chosen if row["kernel"] == kernel} for kernel in kernels}
+            present = [kernel for kernel in kernels if values[kernel]]
+            for result in mixing.all_pairs(values, figure, present):
+                out.append(dict(scope=scope, **result._asdict()) | dict(
+                    not_estimable={"/".join(target): why for target, why in result.not_estimable.items()}))
+    return out
+
+
+def summarize(args) -> None:
+    results = PILOT_RESULTS if args.pilot else RESULTS
+    settings = json.loads((results / "settings.json").read_text())
+    records = RecordStore(results / CHAINS, CHAIN_KEY).read()
+    rows = target_table(records, settings["kept_draws"])
+    kernels = [kernel for kernel in KERNELS if any(row["kernel"] == kernel for row in rows)]
+    result = dict(
+        command="python -m benchmarks.mixing run; python -m benchmarks.mixing summarize",
+        settings=settings, model_sha256=EMBEDDED_MODELS[settings["model"]].sha256,
+        versions={name: importlib.metadata.version(name) for name in PACKAGES}, python=sys.version.split()[0],
+        chains=len(records), wall_time_s=round(sum(r["wall_time_s"] for r in records), 1),
+        targets=_finite(rows), comparisons=_finite(comparisons(rows, kernels)),
+    )
+    replace_atomically(results / "summary.json", json.dumps(result, indent=2) + "\n")
+    write_figures(records, rows, kernels, settings, results / "figures")
+    (results / "report.md").write_text(report(result, kernels))
+    print(f"{len(records)} chains, {len(rows)} (prompt, kernel) rows -> {results}/summary.json, report.md, figures/")
+
+
+def _finite(value):
+    """JSON without NaN: nan becomes null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_figures(records, rows, kernels, settings, out: Path) -> None:
+    """ESS per 1k tokens per prompt and kernel; autocorrelation of alpha*log p; cut against entropy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    targets = sorted({(row["task"], row["problem_id"]) for row in rows})
+    finite = [row["ess_per_1k_log_target"] for row in rows if np.isfinite(row["ess_per_1k_log_target"])]
+    floor = 0.5 * min(finite, default=1.0)  # where a not-estimable ESS is marked
+    figure, axis = plt.subplots(figsize=(max(7, 0.3 * len(targets)), 4))
+    for offset, kernel in enumerate(kernels):
+        values = {(row["task"], row["problem_id"]): row["ess_per_1k_log_target"] for row in rows if row["kernel"] == kernel}
+        x = np.arange(len(targets)) + 0.15 * (offset - (len(kernels) - 1) / 2)
+        y = np.asarray([values.get(target, np.nan) for target in targets], dtype=float)
+        dots = axis.scatter(x, y, label=kernel, s=16)
+        missing = [target in values for target in targets] & ~np.isfinite(y)
+        axis.scatter(x[missing], np.full(missing.sum(), floor), marker="x", color=dots.get_facecolor()[0], s=20)
+    axis.set_yscale("log")
+    axis.set_xticks(np.arange(len(targets)), [f"{t[0][:3]}/{t[1].split('/')[-1]}" for t in targets], rotation=90,
+                    fontsize=7)
+    axis.set_ylabel("bulk ESS of alpha log p per 1k tokens")
+    axis.set_title("per prompt and kernel (x at the bottom: not estimable)", fontsize=9)
+    axis.legend(fontsize=8)
+    _save(figure, out / "ess_per_1k_tokens.png")
+
+    kept = settings["kept_draws"]
+    lags = min(12, kept - 1)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for kernel in kernels:
+        curves = []
+        for row in rows:
+            if row["kernel"] != kernel:
+                continue
+            chains = [r for r in records if (r["task"], r["problem_id"], r["kernel"]) == (row["task"], row["problem_id"], kernel)]
+            curve = mixing.autocorrelation(np.asarray([c["log_target"][-kept:] for c in chains]), lags)
+            if np.isfinite(curve).all():
+                curves.append(curve)
+        if curves:
+            axis.plot(np.arange(lags + 1), np.mean(curves, axis=0), marker="o", label=f"{kernel} ({len(curves)} prompts)")
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.set_xlabel("lag (MH steps)")
+    axis.set_ylabel("autocorrelation of alpha log p (mean over prompts)")
+    axis.legend(fontsize=8)
+    _save(figure, out / "autocorrelation.png")
+
+    figure, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3.2), sharex=True, sharey=True,
+                                squeeze=False)
+    for axis, kernel in zip(axes[0], kernels):
+        points = [(cut / max(1, before), entropy) for r in records if r["kernel"] == kernel
+                  for cut, before, entropy in zip(r["cut"], r["length_before"], r["entropy_at_cut"]) if entropy is not None]
+        if points:
+            position, entropy = np.asarray(points).T
+            axis.hexbin(position, entropy, gridsize=20, bins="log", cmap="viridis", mincnt=1)
+        axis.set_title(kernel, fontsize=9)
+        axis.set_xlabel("cut / completion length")
+    axes[0][0].set_ylabel("entropy at the cut (nats)")
+    _save(figure, out / "cut_against_entropy.png")
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def report(result: dict, kernels) -> str:
+    """The study's report in Markdown: settings, the paired comparisons, the per-prompt table."""
+    settings = result["settings"]
+    lines = ["# Mixing of the cut distributions (issue 36)", "",
+             f"`{result['command']}`", "",
+             "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {result['chains']} chains, "
+             f"{result['wall_time_s'] / 3600:.2f} h of engine time.", "",
+             "## Paired comparisons over prompts", "",
+             "Ratio kernel / baseline of each prompt's figure; geometric mean, 95% bootstrap interval over "
+             "prompts, Wilcoxon signed-rank p. ESS per 1k tokens: higher is better. Tokens to R-hat 1.05: "
+             "lower is better. Prompts where a figure is not estimable for either kernel are counted, and "
+             "listed in summary.json.", "",
+             "| scope | figure | kernel | baseline | prompts | geometric mean | interval | Wilcoxon p | kernel larger | not estimable |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec=".3g": "n/a" if v is None else format(v, spec)
+    for c in result["comparisons"]:
+        low, high = c["interval"]
+        lines.append(f"| {c['scope']} | {c['figure']} | {c['kernel']} | {c['baseline']} | {c['targets']} | "
+                     f"{fmt(c['geometric_mean_ratio'])} | {fmt(low)}-{fmt(high)} | {fmt(c['wilcoxon_p'], '.2g')} | "
+                     f"{c['wins']}/{c['targets']} | {len(c['not_estimable'])} |")
+    lines += ["", "## Per prompt and kernel", "",
+              "| task | problem | kernel | acceptance | cut / length | entropy at cut | ESS alpha log p | "
+              "ESS / 1k tokens | IAT | ESS length | ESS correct | steps to R-hat 1.05 | answers / 1k tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["targets"]:
+        lines.append(f"| {r['task']} | {r['problem_id']} | {r['kernel']} | {r['acceptance']:.2f} | "
+                     f"{r['relative_cut']:.2f} | {fmt(r['entropy_at_cut'])} | {fmt(r['ess_log_target'])} | "
+                     f"{fmt(r['ess_per_1k_log_target'])} | {fmt(r['iat_log_target'])} | {fmt(r['ess_length'])} | "
+                     f"{fmt(r['ess_correct'])} | {fmt(r['steps_to_rhat'], 'd')} | {r['distinct_answers_per_1k']:.2f} |")
+    lines += ["", "n/a: not estimable (the reasons are in summary.json: `why_<functional>`), or R-hat never "
+              f"fell below 1.05 in {settings['mh_steps']} steps.", "",
+              "![ESS per 1k tokens](figures/ess_per_1k_tokens.png)", "",
+              "![autocorrelation](figures/autocorrelation.png)", "", "![cuts](figures/cut_against_entropy.png)", ""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", help="run (or resume) the study")
+    runner.add_argument("--tasks", type=lambda text: text.split(","), default=list(TASKS))
+    runner.add_argument("--kernels", type=lambda text: text.split(","), default=list(KERNELS))
+    runner.set_defaults(handler=run)
+    summarizer = commands.add_parser("summarize", help="results/mixing/ from the records")
+    summarizer.set_defaults(handler=summarize)
+    for command in (runner, summarizer):
+        command.add_argument("--pilot", action="store_true", help=f"the small pilot, in {PILOT_RESULTS}/")
+    args = parser.parse_args()
+    for name in getattr(args, "kernels", []):
+        if name not in KERNELS:
+            parser.error(f"--kernels: unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
+    for name in getattr(args, "tasks", []):
+        if name not in TASKS:
+            parser.error(f"--tasks: unknown task {name!r}; choose from {', '.join(TASKS)}")
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The kernel-comparison statistics (`ppl_ecmh.evaluation.mixing`) and the mixing study's analysis
+(`benchmarks.mixing`), on chains whose mixing is known: AR(1) draws, whose integrated
+autocorrelation time is (1 + rho) / (1 - rho)."""
+
+import numpy as np
+import pytest
+
+from benchmarks import mixing as study
+from ppl_ecmh.evaluation import mixing
+
+SEEDS = range(5)
+
+
+def ar1(rng, rho: float, chains: int = 4, draws: int = 200, start=None) -> np.ndarray:
+    """Stationary AR(1) chains [chain, draw] with unit variance, or from `start` [chain]."""
+    x = np.empty((chains, draws))
+    x[:, 0] = rng.normal(size=chains) if start is None else start
+    noise = rng.normal(size=(chains, draws)) * np.sqrt(1 - rho**2)
+    for t in range(1, draws):
+        x[:, t] = rho * x[:, t - 1] + noise[:, t]
+    return x
+
+
+def ess_per_1k(rng, rho: float, targets: int) -> dict:
+    return {target: mixing.efficiency(ar1(rng, rho), tokens=8000.0).ess_per_1k_tokens for target in range(targets)}
+
+
+def test_efficiency_recovers_the_autocorrelation_time_of_known_chains():
+    rng = np.random.default_rng(0)
+    for rho in (0.0, 0.5, 0.8):
+        times = [mixing.efficiency(ar1(rng, rho, draws=1000), tokens=1.0).iat for _ in range(20)]
+        assert np.median(times) == pytest.approx((1 + rho) / (1 - rho), rel=0.15)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_paired_comparison_finds_a_faster_kernel_and_not_a_copy_of_the_baseline(seed):
+    """16 targets: a kernel with rho 0.3 against one with rho 0.8 at equal tokens is about
+    (0.7/1.3) / (0.2/1.8) = 4.8 times as efficient, and is found so; the same kernel against
+    itself is not found different."""
+    rng = np.random.default_rng(seed)
+    values = {"slow": ess_per_1k(rng, 0.8, 16), "fast": ess_per_1k(rng, 0.3, 16), "copy": ess_per_1k(rng, 0.8, 16)}
+    faster = mixing.paired_comparison(values, "fast", "slow", "ess")
+    assert faster.targets == 16 and faster.wins >= 15
+    assert 3.5 < faster.geometric_mean_ratio < 6.5 and faster.interval[0] > 3 and faster.wilcoxon_p < 1e-3
+    same = mixing.paired_comparison(values, "copy", "slow", "ess")
+    assert 0.8 < same.geometric_mean_ratio < 1.25 and same.interval[0] < 1 < same.interval[1] and same.wilcoxon_p > 0.01
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_steps_to_rhat_for_chains_that_forget_their_starts_and_for_chains_that_never_meet(seed):
+    rng = np.random.default_rng(seed)
+    spread = np.array([-6.0, -2.0, 2.0, 6.0])
+    forgetting = ar1(rng, 0.5, draws=400, start=spread)  # starts forgotten within ~20 steps
+    assert 30 <= mixing.steps_to_rhat(forgetting) <= 350
+    stuck = ar1(rng, 0.5, draws=400) + spread[:, None]  # four modes, never left
+    assert mixing.steps_to_rhat(stuck) is None
+    assert mixing.steps_to_rhat(np.zeros((4, 40))) is None  # a constant functional: R-hat not estimable
+
+
+def chain_records(rng, kernel: str, problem: str, rho: float, constant_answer: bool, steps: int = 40):
+    """Records as `benchmarks.mixing` writes them, for 4 chains of AR(1) alpha*log p."""
+    draws = ar1(rng, rho, draws=steps) - 30.0
+    records = []
+    for chain, values in enumerate(draws):
+        answers = ["7"] * steps if constant_answer else [str(int(v > -30)) for v in values]
+        records.append(dict(
+            task="gsm8k", kernel=kernel, problem_id=problem, chain=chain, log_target=values.tolist(),
+            length=(50 + 10 * np.sign(values + 30)).tolist(), answer=answers,
+            correct=[answer == "1" for answer in answers], accepted=[True, False] * (steps // 2),
+            cut=[5] * steps, length_before=[50] * steps, entropy_at_cut=[None] + [1.0] * (steps - 1),
+            new_suffix_length=[20] * steps, wall_time_s=1.0))
+    return records
+
+
+def test_the_study_reports_prompts_whose_figures_are_not_estimable_instead_of_dropping_them():
+    rng = np.random.default_rng(1)
+    records = [record for problem in ("a", "b", "c", "d") for kernel, rho in (("random", 0.9), ("entropy", 0.2))
+               for record in chain_records(rng, kernel, problem, rho, constant_answer=problem == "d")]
+    rows = study.target_table(records, kept_draws=24)
+    assert len(rows) == 8
+    row = next(r for r in rows if r["problem_id"] == "a" and r["kernel"] == "random")
+    assert row["acceptance"] == 0.5 and row["relative_cut"] == pytest.approx(0.1) and row["entropy_at_cut"] == 1.0
+    assert row["tokens"] == 4 * 40 * 20 and row["kept_tokens"] == 4 * 24 * 20
+    assert row["ess_per_1k_log_target"] == pytest.approx(1000 * row["ess_log_target"] / row["kept_tokens"])
+    constant = next(r for r in rows if r["problem_id"] == "d" and r["kernel"] == "entropy")
+    assert np.isnan(constant["ess_correct"]) and constant["why_correct"] == "constant functional"
+
+    by_figure = {(c["scope"], c["figure"]): c for c in study.comparisons(rows, ["random", "entropy"])}
+    log_target = by_figure["all", "ess_per_1k_log_target"]
+    assert log_target["targets"] == 4 and log_target["geometric_mean_ratio"] > 2 and log_target["wins"] == 4
+    correct = by_figure["all", "ess_per_1k_correct"]
+    assert correct["targets"] == 3 and list(correct["not_estimable"]) == ["gsm8k/d"]
+    assert "random nan" in correct["not_estimable"]["gsm8k/d"]
