@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from ppl_ecmh.errors import PplEcmhError
 
@@ -379,9 +381,25 @@ def _report(args) -> None:
     print(f"report written to {write(runs, args.output or f'report.{args.format}')}")
 
 
+def use_compilation_cache() -> None:
+    """Keep compiled programs on disk between runs (JAX's persistent compilation cache), so that a
+    second `sample` or `eval` of the same shapes starts decoding at once instead of compiling for a
+    minute: in JAX_COMPILATION_CACHE_DIR when it is set, else in ~/.cache/ppl-ecmh/jax (under
+    XDG_CACHE_HOME when set). Child processes (Ray's local workers) inherit it.
+    PPL_ECMH_COMPILATION_CACHE=0 compiles afresh every time."""
+    if os.environ.get("PPL_ECMH_COMPILATION_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ppl-ecmh" / "jax"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    use_compilation_cache()
     try:
         args.handler(args)
     except (PplEcmhError, ValueError) as error:

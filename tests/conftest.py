@@ -1,9 +1,19 @@
 """Shared fixtures: the embedded model (skipped with a clear reason if it is not installed)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+# One persistent compilation cache for the whole run, set before JAX is imported: a program
+# compiled again (after `jax.clear_caches()` below, by a fresh `jax.jit` of the same function, in a
+# notebook's kernel or in a Ray actor, which inherit the variable) is read from disk instead.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ppl-ecmh-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

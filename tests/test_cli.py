@@ -1,5 +1,6 @@
 """The command line: a real run on the embedded model, and one clear line with exit code 2 on bad input."""
 
+import os
 from html.parser import HTMLParser
 
 import pytest
@@ -171,3 +172,24 @@ def test_report_of_a_directory_whose_records_are_not_eval_records_is_one_line(tm
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not ppl-ecmh eval records" in err, err
+
+
+def test_the_cli_keeps_compiled_programs_in_the_users_cache_unless_told_not_to(tmp_path, monkeypatch):
+    import jax
+
+    from ppl_ecmh.cli import use_compilation_cache
+
+    updates = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # the test run's own cache (conftest)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PPL_ECMH_COMPILATION_CACHE", "0")
+    use_compilation_cache()
+    assert not updates and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    monkeypatch.delenv("PPL_ECMH_COMPILATION_CACHE")
+    use_compilation_cache()
+    expected = str(tmp_path / "ppl-ecmh" / "jax")
+    assert updates == [("jax_compilation_cache_dir", expected)] and os.environ["JAX_COMPILATION_CACHE_DIR"] == expected
+    updates.clear()
+    use_compilation_cache()  # a directory the user chose is left alone
+    assert not updates

@@ -202,12 +202,11 @@ def test_models_of_another_form_are_refused_clearly():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("steps_per_draw", [1, 3])
-def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm, steps_per_draw):
-    """On a transformer's KV cache too; with 3 steps a draw, after the rows re-encoded what their
-    rejections overwrote."""
+def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm):
+    """On a transformer's KV cache too, with 3 steps a draw: after the rows re-encoded what their
+    rejections overwrote (one step a draw is the same check on the toy models above)."""
     prompt = smollm.encode("What is 3 + 4?", chat=True)
-    mcmc = MCMC(kernels.EntropyCutMH(power_model, steps_per_draw=steps_per_draw), num_warmup=0, num_samples=2, num_chains=2,
+    mcmc = MCMC(kernels.EntropyCutMH(power_model, steps_per_draw=3), num_warmup=0, num_samples=2, num_chains=2,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), smollm.lm, prompt, alpha=4.0, max_new_tokens=16, extra_fields=("log_target",))
     draws, tracked = mcmc.get_samples()["x"], mcmc.get_extra_fields()["log_target"]
