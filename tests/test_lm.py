@@ -253,11 +253,11 @@ def test_second_embedded_model_matches_transformers_gguf_loader(qwen):
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     for prompt in PROMPTS[:3]:
-        tokens = qwen.encode(prompt)
-        assert tokens == reference_tokenizer(prompt)["input_ids"]
-        with torch.no_grad():
-            expected = reference(torch.tensor(tokens)[None]).logits[0].numpy()
-        assert np.abs(full_logits(qwen.lm, tokens) - expected).max() < 1e-3, prompt
+        assert qwen.encode(prompt) == reference_tokenizer(prompt)["input_ids"], prompt
+    tokens = qwen.encode(PROMPTS[2])  # one forward pass checks every weight; each length compiles anew
+    with torch.no_grad():
+        expected = reference(torch.tensor(tokens)[None]).logits[0].numpy()
+    assert np.abs(full_logits(qwen.lm, tokens) - expected).max() < 1e-3
     del reference
 
 
