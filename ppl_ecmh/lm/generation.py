@@ -166,21 +166,41 @@ def completion_length(lm, completions: jax.Array) -> jax.Array:
     return jnp.where(jnp.any(eos, axis=-1), jnp.minimum(jnp.argmax(eos, axis=-1) + 1, ends), ends).astype(jnp.int32)
 
 
+# Logits teacher forcing holds at once (rows x positions x vocabulary of one chunk): 2**27 floats
+# are 0.5 GB. All positions at once would be 64 rows x 330 positions x 151,936 words = 12.8 GB for
+# qwen2.5, and more again for the log-softmax temporaries.
+LOGITS_BUDGET = 2**27
+
+
 def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Sequences, Any]:
-    """Sequences and cache for given completions [B, T] (each ends at its first EOS), scored in one
-    parallel forward pass. Used to start chains from chosen draws and to check the fast path."""
+    """Sequences and cache for given completions [B, T] (each ends at its first EOS). The prompt
+    block is prefilled in one pass; the completions are then fed in chunks of positions, as few
+    as fit `LOGITS_BUDGET`, each scoring the tokens it predicts. Used to start chains from chosen
+    draws and to check the fast path."""
     batch, total = seqs.tokens.shape
+    steps = seqs.max_new_tokens
     length = completion_length(lm, completions)
     completions = jnp.where(completions == UNFINISHED, lm.eos_token_ids[0], completions)  # never read: past length
-    index = jnp.arange(seqs.max_new_tokens)
-    positions = seqs.prompt_length[:, None] + index[None, :]
-    tokens = seqs.tokens.at[jnp.arange(batch)[:, None], positions].set(completions, mode="drop")
-    cache = lm.init_cache(batch, total)
-    all_positions = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (batch, total))
-    logits, cache = lm.forward(cache, tokens, all_positions)
-    predicting = jnp.take_along_axis(logits, (positions - 1)[..., None], axis=1)  # [B, T, V]
-    stats = token_statistics(predicting, completions, tau)
-    seqs = Sequences(tokens, seqs.prompt_length, length, stats.logp, stats.logq, stats.entropy)
+    rows = jnp.arange(batch)[:, None]
+    tokens = seqs.tokens.at[rows, seqs.prompt_length[:, None] + jnp.arange(steps)[None, :]].set(completions, mode="drop")
+    cache = prefill(lm, seqs._replace(tokens=tokens))
+    # position P_b - 1 + i feeds the token before completion token i and predicts it; i = T feeds
+    # the last completion token, so that the cache holds every token, as a full forward pass would
+    chunk = int(max(1, min(steps + 1, LOGITS_BUDGET // (batch * lm.vocab_size))))
+    chunks = -(-(steps + 1) // chunk)
+    targets = jnp.pad(completions, ((0, 0), (0, chunks * chunk - steps)))
+
+    def feed(cache, start):
+        index = start + jnp.arange(chunk)[None, :]
+        positions = seqs.prompt_length[:, None] - 1 + index
+        fed = jnp.take_along_axis(tokens, jnp.minimum(positions, total - 1), axis=1)
+        logits, cache = lm.forward(cache, fed, jnp.where(positions < total, positions, total))  # past the end: dropped
+        predicted = jax.lax.dynamic_slice_in_dim(targets, start, chunk, axis=1)
+        return cache, token_statistics(logits, predicted, tau)
+
+    cache, stats = jax.lax.scan(feed, cache, jnp.arange(chunks) * chunk)
+    per_token = lambda values: values.transpose(1, 0, 2).reshape(batch, chunks * chunk)[:, :steps]  # [B, T]
+    seqs = Sequences(tokens, seqs.prompt_length, length, *(per_token(values) for values in stats))
     valid = within_completion(seqs)
     mask = lambda x: jnp.where(valid, x, 0.0)
     return seqs._replace(logp=mask(seqs.logp), logq=mask(seqs.logq), entropy=mask(seqs.entropy)), cache
