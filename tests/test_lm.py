@@ -89,6 +89,29 @@ def test_a_rows_logits_do_not_depend_on_how_far_the_other_rows_reach(tiny_pair, 
     assert not np.array_equal(near[1], far[1])
 
 
+def test_teacher_forcing_in_chunks_scores_as_transformers_and_caches_as_one_pass(tiny_pair, monkeypatch):
+    """Completions fed two positions at a time (a logits budget a big vocabulary would impose):
+    every token's log p is transformers', and the cache is the one-chunk cache."""
+    reference, loaded, _ = tiny_pair
+    rng = np.random.default_rng(2)
+    prompts, steps = [list(rng.integers(3, 97, size=n)) for n in (3, 7)], 9
+    seqs = generation.new_sequences(prompts, steps)
+    completions = jnp.asarray(rng.integers(3, 97, size=(2, steps)), jnp.int32)  # no EOS among them
+    whole, whole_cache = generation.teacher_force(loaded.lm, seqs, completions, 0.5)
+    monkeypatch.setattr(generation, "LOGITS_BUDGET", 2 * 2 * loaded.lm.vocab_size)
+    chunked, chunked_cache = generation.teacher_force(loaded.lm, seqs, completions, 0.5)
+    for row, prompt in enumerate(prompts):
+        text = prompt + [int(t) for t in completions[row]]
+        with torch.no_grad():
+            log_p = torch.log_softmax(reference(torch.tensor(text)[None]).logits[0], dim=-1).numpy()
+        expected = log_p[np.arange(len(prompt) - 1, len(text) - 1), text[len(prompt):]]
+        np.testing.assert_allclose(np.asarray(chunked.logp[row]), expected, atol=1e-4)
+    for name in ("logp", "logq", "entropy", "length", "tokens"):
+        np.testing.assert_allclose(np.asarray(getattr(chunked, name)), np.asarray(getattr(whole, name)), atol=1e-5)
+    for ours, theirs in zip(jax.tree.leaves(chunked_cache), jax.tree.leaves(whole_cache)):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
 def test_qwen2_biases_are_loaded(tiny_pair):
     _, loaded, kind = tiny_pair
     assert loaded.lm.config.attention_bias == (kind == "qwen2")

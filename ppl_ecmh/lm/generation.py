@@ -180,7 +180,7 @@ def teacher_force(lm, seqs: Sequences, completions: jax.Array, tau) -> tuple[Seq
     batch, total = seqs.tokens.shape
     steps = seqs.max_new_tokens
     length = completion_length(lm, completions)
-    completions = jnp.where(completions == UNFINISHED, lm.eos_token_ids[0], completions)  # never read: past length
+    completions = jnp.maximum(completions, 0)  # UNFINISHED padding as token 0: past the length, never read
     rows = jnp.arange(batch)[:, None]
     tokens = seqs.tokens.at[rows, seqs.prompt_length[:, None] + jnp.arange(steps)[None, :]].set(completions, mode="drop")
     cache = prefill(lm, seqs._replace(tokens=tokens))
