@@ -248,8 +248,12 @@ def summarize(args) -> None:
         settings=settings, model_sha256=EMBEDDED_MODELS[settings["model"]].sha256,
         versions={name: importlib.metadata.version(name) for name in PACKAGES}, python=sys.version.split()[0],
         chains=len(records), wall_time_s=round(sum(r["wall_time_s"] for r in records), 1),
+        chains_done={f"{task} {kernel}": sum(r["task"] == task and r["kernel"] == kernel for r in records)
+                     for task in TASKS for kernel in KERNELS},
+        chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
         targets=_finite(rows), comparisons=_finite(comparisons(rows, kernels)),
     )
+    result["status"] = status(result)
     replace_atomically(results / "summary.json", json.dumps(result, indent=2) + "\n")
     write_figures(records, rows, kernels, settings, results / "figures")
     (results / "report.md").write_text(report(result, kernels))
@@ -342,7 +346,8 @@ def report(result: dict, kernels) -> str:
     lines = ["# Mixing of the cut distributions (issue 36)", "",
              f"`{result['command']}`", "",
              "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {result['chains']} chains, "
-             f"{result['wall_time_s'] / 3600:.2f} h of engine time.", "",
+             f"{result['wall_time_s'] / 3600:.2f} h of engine time (wall clock, pauses of the run included).", "",
+             result["status"], "",
              "## Paired comparisons over prompts", "",
              "Ratio kernel / baseline of each prompt's figure; geometric mean, 95% bootstrap interval over "
              "prompts, Wilcoxon signed-rank p. ESS per 1k tokens: higher is better. Tokens to R-hat 1.05: "
@@ -370,6 +375,16 @@ def report(result: dict, kernels) -> str:
               "![ESS per 1k tokens](figures/ess_per_1k_tokens.png)", "",
               "![autocorrelation](figures/autocorrelation.png)", "", "![cuts](figures/cut_against_entropy.png)", ""]
     return "\n".join(lines)
+
+
+def status(result: dict) -> str:
+    """Which (task, kernel) pairs have all their chains: a partial study says so at the top."""
+    expected = result["chains_per_kernel_and_task"]
+    missing = {pair: done for pair, done in result["chains_done"].items() if done < expected}
+    if not missing:
+        return f"Complete: every task and kernel has its {expected} chains."
+    return ("**Incomplete** (the study resumes with `python -m benchmarks.mixing run`): chains done of "
+            f"{expected}: " + ", ".join(f"{pair} {done}" for pair, done in result["chains_done"].items()) + ".")
 
 
 def main():
