@@ -2,6 +2,8 @@
 (`benchmarks.mixing`), on chains whose mixing is known: AR(1) draws, whose integrated
 autocorrelation time is (1 + rho) / (1 - rho)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,15 @@ def test_an_ess_set_by_the_chain_length_rather_than_the_data_is_not_reported(see
         estimate = mixing.efficiency(ar1(rng, rho, draws=20), tokens=1000.0).ess
         assert not estimate.estimable and "shorter than their autocorrelation time" in estimate.reason
     assert mixing.efficiency(ar1(rng, 0.0, draws=50), tokens=1000.0).ess.estimable
+
+
+def test_the_committed_mixing_summary_rederives_from_the_committed_chains():
+    results = Path(study.__file__).resolve().parents[1] / study.RESULTS
+    if not (results / "summary.json").is_file():
+        pytest.skip("no committed mixing study")
+    import json
+
+    summary = json.loads((results / "summary.json").read_text())
+    records = study.RecordStore(results / study.CHAINS, study.CHAIN_KEY).read()
+    assert summary["chains"] == len(records)
+    assert study._finite(study.target_table(records, summary["settings"]["kept_draws"])) == summary["targets"]
