@@ -140,8 +140,10 @@ def rhat(values) -> Estimate:
     return Estimate(value) if np.isfinite(value) else _not_estimable("ArviZ returned nan")
 
 
-def ess(values, method: str = "bulk") -> Estimate:
-    """Bulk or tail ESS of draws [chain, draw], when it depends on the draws (see the limits above)."""
+def ess(values, method: str = "bulk", keep_floor: bool = False) -> Estimate:
+    """Bulk or tail ESS of draws [chain, draw], when it depends on the draws (see the limits above).
+    `keep_floor` returns ArviZ's value near its floor too, for callers that want its size whatever
+    it means (the exactness tests size their Monte Carlo bounds with it)."""
     values = np.asarray(values, dtype=float)
     chains, draws = values.shape
     if draws < MIN_DRAWS_ESS:
@@ -156,7 +158,7 @@ def ess(values, method: str = "bulk") -> Estimate:
         return _not_estimable("ArviZ returned nan")
     if value >= split * np.log10(split) * (1 - 1e-9):
         return _not_estimable("at ArviZ's cap N log10 N: autocorrelations not resolved")
-    if value < MIN_ESS_PER_CHAIN * chains:
+    if value < MIN_ESS_PER_CHAIN * chains and not keep_floor:
         return _not_estimable(f"below {MIN_ESS_PER_CHAIN} effective draws per chain, near ArviZ's floor: the "
                               "chains are shorter than their autocorrelation time")
     return Estimate(value)

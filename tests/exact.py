@@ -120,7 +120,7 @@ def _effective_size(chains, support, pi, min_expected: float = 50.0) -> float:
 
     index = {x: i for i, x in enumerate(support)}
     states = np.array([[index[x] for x in chain] for chain in chains])  # [chain, draw]
-    sizes = [diagnostics.ess((states == index[x]).astype(float), "mean").value
+    sizes = [diagnostics.ess((states == index[x]).astype(float), "mean", keep_floor=True).value
              for x in support if pi[x] * states.size >= min_expected]
     sizes = [size for size in sizes if np.isfinite(size)]
     return float(min(sizes + [states.size]))
