@@ -112,7 +112,7 @@ def engine_rate(lm, settings: dict) -> dict:
     iterations = int(slots.counters.iterations - before.iterations)
     decoded = int(slots.counters.decoded - before.decoded)
     return dict(width=width, iterations=iterations, decoded=decoded, seconds=seconds,
-                reencoded=int(slots.counters.reencoded - before.reencoded),
+                saved=int(slots.counters.saved - before.saved), restored=int(slots.counters.restored - before.restored),
                 occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds)
 
 
@@ -183,7 +183,8 @@ def print_table(figures: dict) -> None:
     engine = figures["engine"]
     print(f"engine, ecmh block-wise, {engine['width']} chains, {engine['iterations']} iterations: occupancy "
           f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
-          f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['reencoded']} re-encoded")
+          f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches saved and "
+          f"{engine['restored']} restored")
 
 
 def main(argv=None):

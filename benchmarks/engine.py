@@ -127,7 +127,7 @@ def main():
     raw = decode_rate(model.lm, width)
     print(f"\n(b) the engine on {args.problems} GSM8K problems x {args.chains} chains, {args.study_model}, W={width} "
           f"(raw decode at W={width}: {raw:.1f} tok/s)")
-    print(f"{'sampler':>9} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'re-encoded':>10} "
+    print(f"{'sampler':>9} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'saved':>6} {'restored':>8} "
           f"{'wall s':>7}")
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
@@ -141,12 +141,12 @@ def main():
         stats = engine.stats
         useful = stats.decoded / seconds
         figures["engine"][sampler] = dict(width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(
-            results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, reencoded=stats.reencoded,
+            results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, saved=stats.saved, restored=stats.restored,
             decoded=stats.decoded, wall_s=seconds, narrow=not args.no_narrow, min_width=args.min_width,
             chains=args.chains)
         row = figures["engine"][sampler]
         print(f"{sampler:>9} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
-              f"{useful / raw:6.2f} {stats.reencoded:10d} {seconds:7.1f}", flush=True)
+              f"{useful / raw:6.2f} {stats.saved:6d} {stats.restored:8d} {seconds:7.1f}", flush=True)
 
     if args.lockstep:
         spec = SamplerSpec("ecmh", block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])

@@ -243,9 +243,10 @@ def prefix_ids(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def test_the_cache_always_holds_the_tokens_it_is_read_for():
-    """After every iteration, for every busy slot: the cache agrees with the current state below
-    `valid`, and with the proposal up to its last fed token. The toy model's cache is the id of the
-    prefix at each position, so a stale entry (a rejected proposal's, never re-encoded) shows."""
+    """After every iteration, for every busy slot: the working cache agrees with the current state
+    below `valid` and with the proposal up to its last fed token, and the backup agrees with the
+    current state below `backed`. The toy model's cache is the id of the prefix at each position,
+    so a stale entry (a rejected proposal's, never restored) shows."""
     logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # EOS (2) is rare: long completions
     problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
     schedule = Schedule.suffix_mh(9, 40, cut=CUTS["uniform"], alpha=4.0, tau=1.0)  # many rejections
@@ -258,16 +259,18 @@ def test_the_cache_always_holds_the_tokens_it_is_read_for():
     while np.asarray(slots.busy).any():
         slots = iterate(slots, lm, schedule)
         cache, valid, busy = np.asarray(slots.cache), np.asarray(slots.valid), np.asarray(slots.busy)
+        backup, backed = np.asarray(slots.backup), np.asarray(slots.backed)
         current = prefix_ids(np.asarray(slots.current.tokens), 3)
         proposal = prefix_ids(np.asarray(slots.proposal.tokens), 3)
         fed = np.asarray(slots.proposal.length)  # fed positions: up to P + length - 2, P = 1
-        proposing = valid >= np.asarray(slots.cut)  # P + cut - 1 <= valid, with P = 1
         for row in np.flatnonzero(busy):
             np.testing.assert_array_equal(cache[row, : valid[row]], current[row, : valid[row]])
-            if proposing[row]:
-                np.testing.assert_array_equal(cache[row, : fed[row]], proposal[row, : fed[row]])
+            np.testing.assert_array_equal(backup[row, : backed[row]], current[row, : backed[row]])
+            np.testing.assert_array_equal(cache[row, : fed[row]], proposal[row, : fed[row]])
+            # what a later step may keep of the current state is in one cache or the other
+            assert max(valid[row], backed[row]) >= np.asarray(slots.current.length)[row], row
     counters = slots.counters
-    assert int(counters.reencoded) > 20 and int(counters.decoded) > 500  # catch-ups were exercised
+    assert int(counters.restored) > 20 and int(counters.decoded) > 500  # restores were exercised
     assert not np.asarray(slots.steps.accepted)[:, 1:].all()
 
 
@@ -281,7 +284,7 @@ def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
     state = mh.init(jax.random.PRNGKey(0), problem.lm, seqs, 1.0)
     schedule = Schedule.thinned(9, 3, cut=CUTS["uniform"], alpha=4.0, tau=1.0)
     thinned = jax.jit(slot_ops.thinned_steps, static_argnums=3)
-    stale_before_reencoding = 0
+    stale_before_restoring = 0
     for call in range(4):
         state, steps = thinned(jax.random.PRNGKey(call), state, problem.lm, schedule)
         cache, current = np.asarray(state.cache), prefix_ids(np.asarray(state.seqs.tokens), 3)
@@ -289,14 +292,14 @@ def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
         for row in range(64):
             np.testing.assert_array_equal(cache[row, : end[row]], current[row, : end[row]])
         rejected = ~np.asarray(steps.accepted)[:, -1]
-        stale_before_reencoding += int((rejected & (np.asarray(steps.cut)[:, -1] < end - 1)).sum())
-    assert stale_before_reencoding > 10  # the last step's rejection left entries to re-encode
+        stale_before_restoring += int((rejected & (np.asarray(steps.cut)[:, -1] < end - 1)).sum())
+    assert stale_before_restoring > 10  # the last step's rejection left entries to restore
 
 
 @pytest.mark.slow
 def test_engine_draws_on_a_transformer_match_their_teacher_forced_scores(smollm):
     """After many rejections and refills, every draw's log p (kept token by token as it was
-    decoded, re-encoding after rejections) equals a fresh scoring of its tokens: no stale cache."""
+    decoded, restoring the cache after rejections) equals a fresh scoring of its tokens: no stale cache."""
     alpha = 4.0
     schedule = Schedule.suffix_mh(24, 6, cut=CUTS["mixture"], alpha=alpha, tau=1 / alpha)
     prompts = [smollm.encode(text, chat=False) for text in ("The capital of France is", "1, 2, 3,", "def f(x):")]

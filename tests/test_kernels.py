@@ -203,7 +203,7 @@ def test_models_of_another_form_are_refused_clearly():
 
 @pytest.mark.slow
 def test_kernel_log_target_equals_log_density_on_the_embedded_model(smollm):
-    """On a transformer's KV cache too, with 3 steps a draw: after the rows re-encoded what their
+    """On a transformer's KV cache too, with 3 steps a draw: after the rows restored what their
     rejections overwrote (one step a draw is the same check on the toy models above)."""
     prompt = smollm.encode("What is 3 + 4?", chat=True)
     mcmc = MCMC(kernels.EntropyCutMH(power_model, steps_per_draw=3), num_warmup=0, num_samples=2, num_chains=2,

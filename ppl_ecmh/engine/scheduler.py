@@ -64,7 +64,8 @@ class EngineStats:
     iterations: int = 0  # decode iterations
     slot_iterations: int = 0  # slots x iterations, at the width each iteration had
     decoded: int = 0  # useful proposal tokens, all slots
-    reencoded: int = 0  # tokens re-encoded after rejections
+    saved: int = 0  # slot caches copied into their backup before a proposal overwrote them
+    restored: int = 0  # slot caches copied back from their backup after a rejection
     width: int = 0  # slots at the start (the drain narrows the batch)
     seconds: float = 0.0
 
@@ -123,9 +124,9 @@ class Engine:
             charged += (now - tick) * spent / max(1, spent.sum())
             tick, seen = now, iterations
             counters = slots.counters
-            self.stats.iterations, self.stats.slot_iterations, self.stats.decoded, self.stats.reencoded = (
-                int(counters.iterations), int(counters.slot_iterations), int(counters.decoded),
-                int(counters.reencoded))
+            self.stats.iterations, self.stats.slot_iterations, self.stats.decoded = (
+                int(counters.iterations), int(counters.slot_iterations), int(counters.decoded))
+            self.stats.saved, self.stats.restored = int(counters.saved), int(counters.restored)
             self.stats.seconds = now - started
             finished = [slot for slot in range(len(holder)) if holder[slot] is not None and not busy[slot]]
             results = self._collect(slots, finished, [holder[slot] for slot in finished], charged[finished])

@@ -1,13 +1,17 @@
 """The engine's device side: W slots, each running its own chain, advanced one token per slot per
 iteration inside one compiled loop (DESIGN section 7).
 
-Every iteration feeds each busy slot one token through the model:
+Every iteration feeds each busy slot's proposal its last token and draws the next from
+softmax(logits / tau).
 
-- catching up: after a rejection the cache past the cut holds the rejected proposal's keys and
-  values; when a later cut lies beyond that point, the slot first re-encodes the current state's
-  tokens up to it, one per iteration (`valid` counts the cache positions that agree with the
-  current state). With one cache per slot this is the whole price of rejection;
-- proposing: feed the proposal's last token, draw the next from softmax(logits / tau).
+Each slot has two caches: the working cache the model reads and writes, and a backup of the
+current state's keys and values. A proposal writes its keys and values past its cut into the
+working cache, so before it starts, a slot whose working cache holds current-state entries past
+the cut that the backup lacks copies its working cache into the backup; after a rejection, a later
+step whose cut lies beyond what the working cache still holds of the current state first copies
+the backup back. Both are whole-slot copies, at most one each per step, instead of re-encoding the
+current tokens one decode iteration at a time (`valid` and `backed` count the leading positions of
+each cache that hold the current state).
 
 A slot whose proposal ends (EOS or the step's length cap) accepts or rejects it with the ratio of
 `ppl_ecmh.mh.log_acceptance`, records the step, and starts its next step in the same iteration,
@@ -58,15 +62,18 @@ class Counters(NamedTuple):
     iterations: jax.Array  # [] decode iterations
     slot_iterations: jax.Array  # [] slots x iterations, summed over the widths the batch had
     decoded: jax.Array  # [] proposal tokens decoded, over all slots
-    reencoded: jax.Array  # [] tokens re-encoded after rejections
+    saved: jax.Array  # [] slot caches copied into their backup before a proposal overwrote them
+    restored: jax.Array  # [] slot caches copied back from their backup after a rejection
     busy_iterations: jax.Array  # [W] iterations each slot's chain has been busy since admission
 
 
 class Slots(NamedTuple):
     current: Sequences  # [W] each chain's state
     proposal: Sequences  # [W] the step in flight: current's first `cut` tokens, then new ones
-    cache: Any  # the model's cache, one row per slot
-    valid: jax.Array  # [W] leading cache positions that hold the current state's keys and values, always
+    cache: Any  # the model's cache, one row per slot: the working cache
+    backup: Any  # the same shape: the current state's keys and values, while a proposal overwrites them
+    valid: jax.Array  # [W] leading positions of `cache` that hold the current state's keys and values
+    backed: jax.Array  # [W] leading positions of `backup` that hold them
     cut: jax.Array  # [W] kept completion tokens of the step in flight
     limit: jax.Array  # [W] completion length cap of the step in flight
     step: jax.Array  # [W] the step in flight
@@ -88,22 +95,24 @@ def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule) -> Slots:
     # every field its own array, so the slots can be donated to a compiled step whole
     seqs = lambda: Sequences(ints(width, prompt_block + total), jnp.ones(width, jnp.int32), ints(width),
                              *(jnp.zeros((width, total), jnp.float32) for _ in range(3)))
-    return _slots(seqs(), seqs(), lm.init_cache(width, prompt_block + total), ints(width), jnp.zeros(width, bool),
+    cache = lambda: lm.init_cache(width, prompt_block + total)
+    return _slots(seqs(), seqs(), cache(), cache(), ints(width), ints(width), jnp.zeros(width, bool),
                   jnp.zeros((width, 2), jnp.uint32), schedule)
 
 
-def _slots(current, proposal, cache, valid, busy, chain_key, schedule: Schedule) -> Slots:
+def _slots(current, proposal, cache, backup, valid, backed, busy, chain_key, schedule: Schedule) -> Slots:
     """Slots holding these chains at step 0, with empty records."""
     width, total, steps, draws = busy.shape[0], schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
     ints = lambda *shape: jnp.zeros(shape, jnp.int32)
     return Slots(
-        current=current, proposal=proposal, cache=cache, valid=valid, cut=ints(width), limit=ints(width),
+        current=current, proposal=proposal, cache=cache, backup=backup, valid=valid, backed=backed,
+        cut=ints(width), limit=ints(width),
         step=ints(width), busy=busy, chain_key=chain_key,
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
                          jnp.zeros((width, draws))),
-        counters=Counters(ints(), ints(), ints(), ints(), ints(width)),
+        counters=Counters(ints(), ints(), ints(), ints(), ints(), ints(width)),
     )
 
 
@@ -125,7 +134,8 @@ def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, compl
     first = jnp.zeros(rows, jnp.int32)
     slots = slots._replace(
         current=jax.tree.map(put, slots.current, fresh), cache=jax.tree.map(put, slots.cache, cache),
-        valid=put(slots.valid, prompt_length + fresh.length), step=put(slots.step, first),
+        valid=put(slots.valid, prompt_length + fresh.length), backed=put(slots.backed, first),
+        step=put(slots.step, first),
         busy=put(slots.busy, jnp.ones(rows, bool)), chain_key=put(slots.chain_key, chain_key),
         steps=jax.tree.map(lambda record: record.at[slot_index].set(jnp.zeros((), record.dtype), mode="drop"),
                            slots.steps),
@@ -135,7 +145,9 @@ def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, compl
 
 
 def _start_steps(slots: Slots, lm, starting, schedule: Schedule) -> Slots:
-    """For the slots `starting`, begin their step `slots.step`: choose the cut and reset the proposal."""
+    """For the slots `starting`, begin their step `slots.step`: choose the cut, make the working
+    cache hold the current state up to it and the backup hold what the proposal will overwrite,
+    and reset the proposal."""
     current, step = slots.current, slots.step
     if schedule.token_budget:  # best-of-N: a candidate from scratch, within what is left of the budget
         cut = jnp.zeros_like(step)
@@ -148,9 +160,42 @@ def _start_steps(slots: Slots, lm, starting, schedule: Schedule) -> Slots:
         limit = schedule.limit(step).astype(jnp.int32)
         # an extension of a sample that ended, or is already as long as its stage allows, decodes nothing
         limit = jnp.where(extension & (ends_with_eos(lm, current) | (current.length >= limit)), cut, limit)
+        slots = _backed_up(slots, starting, current.prompt_length + cut)
     proposal = select_rows(starting, current._replace(length=cut), slots.proposal)
     return slots._replace(proposal=proposal, cut=jnp.where(starting, cut, slots.cut),
                           limit=jnp.where(starting, limit, slots.limit))
+
+
+def _backed_up(slots: Slots, starting, kept) -> Slots:
+    """For the slots `starting` of a step that keeps the first `kept` [W] positions (prompt and
+    kept tokens) and feeds position kept - 1 first: restore the working cache from the backup if
+    it no longer holds the current state up to there (a rejection overwrote it), then save it to
+    the backup if the proposal would overwrite current-state entries the backup lacks. The backup
+    always holds the current state where the working cache does not, so after the restore the
+    working cache holds it up to kept - 1, and no token is ever re-encoded."""
+    restore = starting & (slots.valid < kept - 1)
+    cache = _copy_slots(slots.cache, slots.backup, restore)
+    valid = jnp.where(restore, slots.backed, slots.valid)
+    save = starting & (valid > kept) & (slots.backed < valid)
+    backup = _copy_slots(slots.backup, cache, save)
+    counters = slots.counters._replace(saved=slots.counters.saved + jnp.sum(save),
+                                       restored=slots.counters.restored + jnp.sum(restore))
+    return slots._replace(cache=cache, valid=valid, backup=backup, backed=jnp.where(save, valid, slots.backed),
+                          counters=counters)
+
+
+def _copy_slots(destination, source, slots):
+    """`destination` (a cache pytree, slot axis first) with the slots `slots` [W] (bool) copied
+    from `source`: a loop over those slots alone, each copy in place, so a step that copies no
+    slot (most) costs nothing and one that copies k costs k slot caches, not W."""
+    index = jnp.nonzero(slots, size=slots.shape[0], fill_value=0)[0]
+
+    def copy(i, destination):
+        take = lambda source: jax.lax.dynamic_index_in_dim(source, index[i], 0, keepdims=True)
+        return jax.tree.map(lambda d, s: jax.lax.dynamic_update_index_in_dim(d, take(s), index[i], 0),
+                            destination, source)
+
+    return jax.lax.fori_loop(0, jnp.sum(slots), copy, destination)
 
 
 def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
@@ -171,8 +216,9 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
         accept_prob = jnp.where(mh_step, jnp.exp(jnp.minimum(log_a, 0.0)), 1.0)
     new = select_rows(accepted, proposal, current)
     # an accepted proposal fed every position before its last token; a rejected one leaves `valid`
-    # where feeding it put it (at most its cut)
+    # where feeding it put it (at most its cut). The backup then holds the new state up to the cut.
     valid = jnp.where(accepted & (proposal.length > cut), current.prompt_length + proposal.length - 1, slots.valid)
+    backed = jnp.where(accepted, jnp.minimum(slots.backed, current.prompt_length + cut), slots.backed)
 
     at = jnp.where(finishing, step, schedule.num_steps)  # out of range: not recorded
     record = lambda buffer, value: buffer.at[rows, at].set(value, mode="drop")
@@ -197,7 +243,8 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     draws = DrawRecord(put(slots.draws.tokens, completion), put(slots.draws.entropy, jnp.where(inside, new.entropy, 0.0)),
                        put(slots.draws.length, new.length),
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
-    slots = slots._replace(current=new, valid=valid, step=next_step, busy=busy, steps=steps, draws=draws)
+    slots = slots._replace(current=new, valid=valid, backed=backed, step=next_step, busy=busy, steps=steps,
+                           draws=draws)
     return _start_steps(slots, lm, finishing & busy, schedule)
 
 
@@ -218,13 +265,11 @@ def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
     total = current.tokens.shape[1]
     prompt_length = current.prompt_length
     empty = slots.busy & (proposal.length >= slots.limit)  # a step with nothing to decode
-    catching_up = slots.busy & ~empty & (slots.valid < prompt_length + slots.cut - 1)
-    proposing = slots.busy & ~empty & ~catching_up
+    proposing = slots.busy & ~empty
 
     last = prompt_length + proposal.length - 1
-    position = jnp.where(catching_up, slots.valid, jnp.where(proposing, last, total))  # idle: out of range
-    token = jnp.where(catching_up, current.tokens[rows, jnp.minimum(slots.valid, total - 1)],
-                      proposal.tokens[rows, jnp.clip(last, 0, total - 1)])
+    position = jnp.where(proposing, last, total)  # idle: out of range
+    token = proposal.tokens[rows, jnp.clip(last, 0, total - 1)]
     logits, cache = lm.forward(slots.cache, token[:, None], position[:, None])
     logits = logits[:, 0]
 
@@ -241,15 +286,16 @@ def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
         entropy=proposal.entropy.at[rows, at].set(stats.entropy, mode="drop"),
     )
     finishing = empty | (proposing & (is_eos(lm, drawn) | (proposal.length >= slots.limit)))
-    # `valid` follows what was fed: a current-state token at `valid` extends it (a catch-up, or the
-    # kept token before the cut), a proposal token past the cut overwrites the current state there
+    # `valid` follows what was fed: the kept token before the cut at `valid` extends it, a proposal
+    # token past the cut overwrites the current state there
     past_cut = proposing & (last >= prompt_length + slots.cut)
-    valid = jnp.where((catching_up | proposing) & ~past_cut & (position == slots.valid), slots.valid + 1, slots.valid)
+    valid = jnp.where(proposing & ~past_cut & (position == slots.valid), slots.valid + 1, slots.valid)
     valid = jnp.where(past_cut, jnp.minimum(valid, last), valid)
     counters = slots.counters
-    counters = Counters(counters.iterations + 1, counters.slot_iterations + slots.busy.shape[0],
-                        counters.decoded + jnp.sum(proposing), counters.reencoded + jnp.sum(catching_up),
-                        counters.busy_iterations + slots.busy)
+    counters = counters._replace(iterations=counters.iterations + 1,
+                                 slot_iterations=counters.slot_iterations + slots.busy.shape[0],
+                                 decoded=counters.decoded + jnp.sum(proposing),
+                                 busy_iterations=counters.busy_iterations + slots.busy)
     slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters)
     return _finish_steps(slots, lm, finishing, schedule)
 
@@ -269,33 +315,20 @@ def advance(slots: Slots, lm, max_iterations, min_busy, schedule: Schedule) -> S
 def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tuple[SuffixMHState, StepRecord]:
     """The MH steps of a `Schedule.thinned` on every row of a lockstep sampler state, each row at
     its own pace in the slot loop (a row whose proposal ended starts its next step while the
-    others decode), then re-encode what each row's last rejections overwrote, so that the cache
-    agrees with the state again. Row r's randomness comes from the r-th key split from `rng_key`."""
+    others decode), then restore from the backup what each row's last rejection overwrote, so that
+    the cache agrees with the state again. Row r's randomness comes from the r-th key split from
+    `rng_key`."""
     seqs = state.seqs
     rows = seqs.length.shape[0]
     keys = jax.random.split(rng_key, rows)
     if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
         keys = jax.random.key_data(keys)
     busy = jnp.ones(rows, bool)
-    # the lockstep state's cache holds every completion token but the last (never fed)
-    slots = _slots(seqs, seqs, state.cache, seqs.prompt_length + seqs.length - 1, busy, keys, schedule)
+    # the lockstep state's cache holds every completion token but the last (never fed), and is the
+    # backup too at first
+    fed = seqs.prompt_length + seqs.length - 1
+    slots = _slots(seqs, seqs, state.cache, state.cache, fed, fed, busy, keys, schedule)
     slots = _start_steps(slots._replace(step=jnp.ones(rows, jnp.int32)), lm, busy, schedule)  # step 0: no extension
     slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, schedule)
-    return SuffixMHState(slots.current, _reencoded(slots, lm)), slots.steps
-
-
-def _reencoded(slots: Slots, lm):
-    """The cache after feeding each row's current tokens from `valid` up to its last but one."""
-    current = slots.current
-    rows, total = jnp.arange(current.length.shape[0]), current.tokens.shape[1]
-    end = current.prompt_length + current.length - 1
-
-    def feed(carry):
-        cache, valid = carry
-        behind = valid < end
-        token = current.tokens[rows, jnp.minimum(valid, total - 1)]
-        _, cache = lm.forward(cache, token[:, None], jnp.where(behind, valid, total)[:, None])
-        return cache, valid + behind
-
-    cache, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1] < end), feed, (slots.cache, slots.valid))
-    return cache
+    end = slots.current.prompt_length + slots.current.length - 1
+    return SuffixMHState(slots.current, _copy_slots(slots.cache, slots.backup, slots.valid < end)), slots.steps
