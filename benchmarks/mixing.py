@@ -3,11 +3,14 @@ compared the way MCMC studies compare samplers (the method: `ppl_ecmh.evaluation
 
 qwen2.5-coder-0.5b on the first 16 problems of the accuracy study's seeded GSM8K and HumanEval
 subsets (`benchmarks.study`), alpha 4, tau 1/alpha, T_max and steps in SETTINGS (chosen so that the
-whole study costs about 3 hours of this 2-core CPU). For each prompt, 4 ancestral completions are
-the chains' starts, shared by every kernel (a paired design); from them each kernel runs 4 chains
-of `mh_steps` MH steps on the engine, a draw after each step. The kernels differ only in where they
-cut: uniformly at random, in proportion to exp(entropy) (beta 1), the published entropy jump, and
-the default mixture (10% uniform into the entropy jump).
+whole study costs under 2 hours of this 2-core CPU). For each prompt, 4 ancestral completions at
+the proposal's temperature (`start_tau`) are the chains' starts, shared by every kernel (a paired
+design); from them each kernel runs 4 chains of `mh_steps` MH steps on the engine, a draw after
+each step. Starts at temperature 1 lie about 100 nats of alpha*log p below the target's typical set
+and were still climbing after 32 steps (the study's first design), so such chains measure burn-in,
+not mixing. The kernels differ only in where they cut: uniformly at random, in proportion to
+exp(entropy) (beta 1), the published entropy jump, and the default mixture (10% uniform into the
+entropy jump).
 
 Per prompt and kernel, from each chain's draws: acceptance; where cuts fall (relative position,
 entropy at the cut); bulk ESS and autocorrelation time of alpha*log p, of the completion length and
@@ -49,8 +52,8 @@ from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 from ppl_ecmh.tasks import get_task
 
-SETTINGS = dict(model="qwen2.5-coder-0.5b", alpha=4.0, tau=0.25, max_new_tokens=128, mh_steps=32, kept_draws=20,
-                chains=4, prompts=16, seed=0, width=64)
+SETTINGS = dict(model="qwen2.5-coder-0.5b", alpha=4.0, tau=0.25, start_tau=0.25, max_new_tokens=32, mh_steps=32,
+                kept_draws=20, chains=4, prompts=16, seed=0, width=64)
 # A few minutes on the small model, to try the whole pipeline: `run --pilot`, `summarize --pilot`.
 PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=32, mh_steps=12, kept_draws=10, chains=2, prompts=2,
                         width=8)
@@ -88,9 +91,10 @@ class Study:
                 if prefix + (problem.id, chain) not in done]
 
     def run_starts(self) -> None:
-        """Ancestral completions (tau 1) for the chains that have none yet."""
+        """Ancestral completions (at `start_tau`) for the chains that have none yet."""
         pending = self.work("start")
-        schedule = Schedule.independent(self.settings["max_new_tokens"], alpha=self.settings["alpha"], tau=1.0)
+        schedule = Schedule.independent(self.settings["max_new_tokens"], alpha=self.settings["alpha"],
+                                        tau=self.settings["start_tau"])
         for result in self._engine_run(pending, schedule, "ancestral", starts=None, description="starts"):
             problem, chain = result.item.tag
             length = int(result.length[-1])
@@ -237,6 +241,21 @@ def comparisons(rows: list[dict], kernels) -> list[dict]:
     return out
 
 
+def coverage(rows: list[dict], kernels) -> list[dict]:
+    """Per task and kernel: of its prompts, how many have an estimable ESS of alpha*log p and how
+    many reached R-hat 1.05. The paired ratios leave such prompts out; this says how many, and
+    which kernel left them."""
+    out = []
+    for task in TASKS:
+        for kernel in kernels:
+            chosen = [row for row in rows if (row["task"], row["kernel"]) == (task, kernel)]
+            if chosen:
+                out.append(dict(task=task, kernel=kernel, prompts=len(chosen),
+                                ess_estimable=sum(bool(np.isfinite(row["ess_log_target"])) for row in chosen),
+                                rhat_reached=sum(row["steps_to_rhat"] is not None for row in chosen)))
+    return out
+
+
 def summarize(args) -> None:
     results = PILOT_RESULTS if args.pilot else RESULTS
     settings = json.loads((results / "settings.json").read_text())
@@ -251,7 +270,7 @@ def summarize(args) -> None:
         chains_done={f"{task} {kernel}": sum(r["task"] == task and r["kernel"] == kernel for r in records)
                      for task in TASKS for kernel in KERNELS},
         chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
-        targets=_finite(rows), comparisons=_finite(comparisons(rows, kernels)),
+        targets=_finite(rows), coverage=coverage(rows, kernels), comparisons=_finite(comparisons(rows, kernels)),
     )
     result["status"] = status(result)
     replace_atomically(results / "summary.json", json.dumps(result, indent=2) + "\n")
@@ -348,7 +367,14 @@ def report(result: dict, kernels) -> str:
              "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {result['chains']} chains, "
              f"{result['wall_time_s'] / 3600:.2f} h of engine time (wall clock, pauses of the run included).", "",
              result["status"], "",
-             "## Paired comparisons over prompts", "",
+             "## Prompts each kernel lets the figures be estimated on", "",
+             "Of each kernel's prompts: how many have an estimable ESS of alpha log p over the kept draws "
+             "(not: a constant, or chains shorter than their autocorrelation time), and how many reached "
+             "split R-hat 1.05. The paired ratios below use only the prompts where both kernels' figures exist.", "",
+             "| task | kernel | prompts | ESS estimable | R-hat 1.05 reached |", "|---|---|---|---|---|"]
+    lines += [f"| {c['task']} | {c['kernel']} | {c['prompts']} | {c['ess_estimable']} | {c['rhat_reached']} |"
+              for c in result["coverage"]]
+    lines += ["", "## Paired comparisons over prompts", "",
              "Ratio kernel / baseline of each prompt's figure; geometric mean, 95% bootstrap interval over "
              "prompts, Wilcoxon signed-rank p. ESS per 1k tokens: higher is better. Tokens to R-hat 1.05: "
              "lower is better. Prompts where a figure is not estimable for either kernel are counted, and "

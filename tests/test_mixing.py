@@ -95,6 +95,20 @@ def test_the_study_reports_prompts_whose_figures_are_not_estimable_instead_of_dr
     assert "random nan" in correct["not_estimable"]["gsm8k/d"]
 
 
+def test_the_study_counts_for_each_kernel_the_prompts_its_chains_left_unestimable():
+    """A kernel whose chains on one prompt are much longer-memoried than the chain (rho 0.999 over
+    40 draws) has that prompt counted against it, not silently dropped with the pair."""
+    rng = np.random.default_rng(2)
+    records = [record for problem, slow in (("a", 0.3), ("b", 0.3), ("c", 0.999))
+               for kernel, rho in (("random", slow), ("entropy", 0.3))
+               for record in chain_records(rng, kernel, problem, rho, constant_answer=False)]
+    rows = study.target_table(records, kept_draws=24)
+    counts = {c["kernel"]: c for c in study.coverage(rows, ["random", "entropy"])}
+    assert counts["random"]["prompts"] == counts["entropy"]["prompts"] == 3
+    assert counts["random"]["ess_estimable"] == 2 and counts["entropy"]["ess_estimable"] == 3
+    assert counts["random"]["rhat_reached"] <= 2
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_an_ess_set_by_the_chain_length_rather_than_the_data_is_not_reported(seed):
     """4 chains of 20 draws: ArviZ gives about 7.5 for rho 0.99 and 0.999 alike (the chains are
