@@ -77,10 +77,7 @@ def test_ess_is_not_a_number_when_it_would_not_depend_on_the_data(draws):
 def test_ess_from_10_draws_on_depends_on_the_data():
     rng = np.random.default_rng(0)
     noise = diagnostics.ess(rng.normal(size=(4, 40)))
-    correlated = rng.normal(size=(4, 40))
-    for t in range(1, 40):  # AR(1), rho 0.7: autocorrelation time 5.7
-        correlated[:, t] += 0.7 * correlated[:, t - 1] - (1 - np.sqrt(1 - 0.49)) * correlated[:, t]
-    correlated = diagnostics.ess(correlated)
+    correlated = diagnostics.ess(ar1_chains(0.7, draws=40, seed=1))  # autocorrelation time 5.7
     assert noise.estimable and correlated.estimable and correlated.value < noise.value / 2
     # a random walk has no autocorrelation time: its ESS sits at the estimator's floor, not reported
     walk = diagnostics.ess(rng.normal(size=(4, 40)).cumsum(axis=1))

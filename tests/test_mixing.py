@@ -2,6 +2,7 @@
 (`benchmarks.mixing`), on chains whose mixing is known: AR(1) draws, whose integrated
 autocorrelation time is (1 + rho) / (1 - rho)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,6 @@ def test_the_committed_mixing_summary_rederives_from_the_committed_chains():
     results = Path(study.__file__).resolve().parents[1] / study.RESULTS
     if not (results / "summary.json").is_file():
         pytest.skip("no committed mixing study")
-    import json
-
     summary = json.loads((results / "summary.json").read_text())
     records = study.RecordStore(results / study.CHAINS, study.CHAIN_KEY).read()
     assert summary["chains"] == len(records)
