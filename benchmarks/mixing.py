@@ -155,10 +155,11 @@ class Study:
         completion = self.model.decode(tokens)
         key = (problem.id, completion)
         if key not in self.graded:
-            answer, correct, _ = grade(self.task, completion, problem)
+            graded = grade(self.task, completion, problem)
+            answer = graded["answer"]
             if self.task_name == "humaneval" and answer is not None:
                 answer = hashlib.sha1(answer.encode()).hexdigest()[:12]
-            self.graded[key] = (answer, correct)
+            self.graded[key] = (answer, graded["correct"])
         return self.graded[key]
 
 

@@ -81,6 +81,27 @@ def restore_outcomes(committed: RecordStore, runs: RecordStore) -> int:
     return len(missing)
 
 
+def study_summary(task: str, records: list[dict], settings: EvalSettings) -> dict:
+    """results/<task>/summary.json from the task's records: with or without their completion text,
+    so that the committed outcomes re-derive it."""
+    frame = summary.records_frame(records)
+    ran = set(frame["sampler"])
+    return {
+        "command": f"python -m benchmarks.study run --task {task}; python -m benchmarks.study summarize",
+        "settings": dataclasses.asdict(settings),
+        "seeds": SEEDS,
+        "model_sha256": EMBEDDED_MODELS[MODEL].sha256,
+        "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
+        "python": sys.version.split()[0],
+        "samplers_not_run_yet": [name for name in SAMPLERS if name not in ran],
+        "problem_ids": sorted(set(frame["problem_id"])),
+        "accuracy": summary.accuracy_table(frame).to_dict(orient="records"),
+        "completions": summary.completion_table(frame, settings.alpha, settings.max_new_tokens).to_dict(orient="records"),
+        "grading": summary.grading_table(frame).to_dict(orient="records"),
+        "paired": summary.paired_comparisons(frame).to_dict(orient="records"),
+    }
+
+
 def summarize(args) -> None:
     for task in TASKS:
         directory = RUNS / task
@@ -88,29 +109,12 @@ def summarize(args) -> None:
             print(f"{task}: no records yet in {directory}")
             continue
         records = RecordStore(directory / RECORDS).read()
-        frame = summary.records_frame(records)
-        ran = set(frame["sampler"])
-        settings = read_settings(directory)
-        completions = summary.completion_table(frame, settings.alpha, settings.max_new_tokens)
         out = RESULTS / task
         out.mkdir(parents=True, exist_ok=True)
-        result = {
-            "command": f"python -m benchmarks.study run --task {task}; python -m benchmarks.study summarize",
-            "settings": dataclasses.asdict(settings),
-            "seeds": SEEDS,
-            "model_sha256": EMBEDDED_MODELS[MODEL].sha256,
-            "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
-            "python": sys.version.split()[0],
-            "samplers_not_run_yet": [name for name in SAMPLERS if name not in ran],
-            "problem_ids": sorted(set(frame["problem_id"])),
-            "accuracy": summary.accuracy_table(frame).to_dict(orient="records"),
-            "completions": completions.to_dict(orient="records"),
-            "paired": summary.paired_comparisons(frame).to_dict(orient="records"),
-        }
-        (out / "summary.json").write_text(json.dumps(result, indent=2))
+        (out / "summary.json").write_text(json.dumps(study_summary(task, records, read_settings(directory)), indent=2))
         export_outcomes(records, out / OUTCOMES)
         write_eval_report(directory, out / "report.md", "md", examples=False)
-        print(f"{task}: {len(frame)} records -> {out}/summary.json, {out}/report.md, {out}/{OUTCOMES}")
+        print(f"{task}: {len(records)} records -> {out}/summary.json, {out}/report.md, {out}/{OUTCOMES}")
 
 
 def main():

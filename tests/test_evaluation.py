@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,51 @@ def test_a_grader_that_raises_fails_that_record_and_the_run_goes_on(letters, tmp
     assert len(records) == 10
     assert records["p3"]["correct"] is False and records["p3"]["grading_error"] == "PermissionError: cleanup failed"
     assert all(r["grading_error"] is None for key, r in records.items() if key != "p3")
+
+
+def test_the_grading_table_counts_how_each_test_run_ended_and_each_grader_that_raised():
+    outcomes = ["passed", "exited_early", "exited_early", "timeout", None, "failed", "sandbox_error"]
+    records = [dict(sampler="a" if i < 4 else "b", problem_id=f"p{i}", correct=outcome == "passed",
+                    execution=outcome, grading_error="OSError: x" if outcome is None else None)
+               for i, outcome in enumerate(outcomes)]
+    table = summary.grading_table(summary.records_frame(records)).set_index("sampler")
+    assert table.loc["a"].to_dict() == dict(records=4, passed=1, failed=0, timeout=1, exited_early=2,
+                                            sandbox_error=0, grader_raised=0)
+    assert table.loc["b"].to_dict() == dict(records=3, passed=0, failed=1, timeout=0, exited_early=0,
+                                            sandbox_error=1, grader_raised=1)
+    no_code = [dict(sampler="a", problem_id="p", correct=True, execution=None, grading_error=None)]
+    assert summary.grading_table(summary.records_frame(no_code)).empty
+    assert summary.grading_table(summary.records_frame([dict(sampler="a", problem_id="p", correct=True)])).empty
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "humaneval"])
+def test_the_committed_study_summary_rederives_from_the_committed_outcomes(task):
+    from benchmarks import study
+
+    results = Path(study.__file__).resolve().parents[1] / study.RESULTS / task
+    if not (results / study.OUTCOMES).is_file():
+        pytest.skip(f"no committed outcomes for {task}")
+    committed = json.loads((results / "summary.json").read_text())
+    settings = EvalSettings(**committed["settings"])
+    derived = study.study_summary(task, RecordStore(results / study.OUTCOMES).read(), settings)
+    for key in ("problem_ids", "samplers_not_run_yet", "accuracy", "completions", "grading", "paired"):
+        assert_close(json.loads(json.dumps(derived[key])), committed[key], key)
+
+
+def assert_close(derived, committed, where: str) -> None:
+    """Equal JSON values, floats to 1e-9 relative (nan equal to nan)."""
+    if isinstance(committed, dict):
+        assert derived.keys() == committed.keys(), where
+        for key in committed:
+            assert_close(derived[key], committed[key], f"{where}.{key}")
+    elif isinstance(committed, list):
+        assert len(derived) == len(committed), where
+        for index, (one, other) in enumerate(zip(derived, committed)):
+            assert_close(one, other, f"{where}[{index}]")
+    elif isinstance(committed, float):
+        assert derived == pytest.approx(committed, rel=1e-9, nan_ok=True), where
+    else:
+        assert derived == committed, where
 
 
 def test_a_second_eval_on_the_same_directory_is_refused_while_the_first_runs(letters, tmp_path):

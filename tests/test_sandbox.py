@@ -19,7 +19,7 @@ SECRET = "PPL_ECMH_PARENT_SECRET"
 def test_a_correct_program_passes_and_a_wrong_one_fails():
     assert run_python("assert sum(range(4)) == 6\nprint('ok')", LIMITS).passed
     result = run_python("assert sum(range(4)) == 7", LIMITS)
-    assert result.status == "failed" and "AssertionError" in result.stderr
+    assert result.status == "failed" and "AssertionError" in result.stderr and result.outcome == "failed"
 
 
 # Each exits with status 0 before the line after it runs; none of them may count as a pass.
@@ -38,11 +38,20 @@ EARLY_EXITS = {
 }
 
 
-@pytest.mark.parametrize("program", EARLY_EXITS.values(), ids=EARLY_EXITS.keys())
-def test_an_exit_with_status_zero_before_the_end_is_a_fail(program):
+# `exit` and `quit` come from the site module, which the sandbox does not load: they raise NameError.
+WITHOUT_SITE = {"exit", "quit", "exit in a function", "exit in a __main__ block"}
+
+
+def early_exit_outcome(name: str) -> str:
+    return "failed" if name in WITHOUT_SITE else "exited_early"
+
+
+@pytest.mark.parametrize("name, program", EARLY_EXITS.items(), ids=EARLY_EXITS.keys())
+def test_an_exit_with_status_zero_before_the_end_is_a_fail(name, program):
     result = run_python(program + "\nprint('reached the end')", LIMITS)
     assert not result.passed and "reached the end" not in result.stdout
-    assert result.status == "failed"
+    assert result.status == "failed" and result.outcome == early_exit_outcome(name)
+    assert (result.outcome == "failed") == ("NameError" in result.stderr)
 
 
 def test_a_program_that_runs_to_its_end_passes_whatever_it_left_registered():
@@ -196,7 +205,16 @@ def test_a_failure_of_the_sandbox_itself_is_a_failed_grade_with_its_reason_and_l
     monkeypatch.setattr(sandbox.subprocess, "Popen", no_interpreter)
     result = run_python("print(1)", LIMITS)
     assert result.status == "failed" and "sandbox: no interpreter" in result.stderr
+    assert result.outcome == "sandbox_error" and result.sandbox_error == "no interpreter"
     assert _sandbox_directories() == before
+
+
+def test_a_run_whose_directory_cannot_be_removed_is_a_sandbox_error_not_an_early_exit(monkeypatch):
+    remove_tree = sandbox._remove_tree
+    monkeypatch.setattr(sandbox, "_remove_tree", lambda path: remove_tree(path) and False)
+    result = run_python("print(1)", LIMITS)  # ran to its end with status 0
+    assert result.status == "failed" and result.returncode == 0 and not result.exited_early
+    assert result.outcome == "sandbox_error" and result.sandbox_error.startswith("could not remove")
 
 
 def test_an_immutable_file_left_in_the_sandbox_is_removed(tmp_path):

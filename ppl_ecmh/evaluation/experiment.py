@@ -347,10 +347,9 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
     for column, problem in enumerate(batch):
         length = int(run.stats["length"][0, -1, column])
         completion = model.decode(run.tokens[0, -1, column, :length])
-        answer, correct, grading_error = grade(task, completion, problem)
         records.append(dict(
-            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
-            correct=bool(correct), grading_error=grading_error,
+            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion,
+            **grade(task, completion, problem),
             reference=problem.answer if settings.task != "humaneval" else None,
             tokens_generated=int(run.stats["num_generated"][0, :, column].sum() + run.initial_generated[0, column]),
             completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
@@ -377,10 +376,9 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
         per_draw = schedule.draw_statistics(result.steps)
         length = int(result.length[-1])
         completion = model.decode(result.tokens[-1, :length])
-        answer, is_correct, grading_error = grade(task, completion, problem)
+        graded = grade(task, completion, problem)
         store.append([dict(
-            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, answer=answer,
-            correct=bool(is_correct), grading_error=grading_error,
+            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, **graded,
             reference=problem.answer if settings.task != "humaneval" else None,
             tokens_generated=int(result.steps["new_suffix_length"].sum()), completion_length=length,
             alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
@@ -389,20 +387,21 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
             batch_size=engine.width, token_budget=spec.token_budget, machine=machine,
             engine=dict(width=engine.width, occupancy=round(engine.stats.occupancy, 4)),
         )])
-        correct += bool(is_correct)
+        correct += graded["correct"]
         bar.update(1)
         bar.set_postfix(correct=f"{correct}/{done}", occupancy=f"{engine.stats.occupancy:.2f}",
                         tok_s=f"{engine.stats.decoded / max(engine.stats.seconds, 1e-9):.0f}")
 
 
-def grade(task, completion: str, problem) -> tuple[str | None, bool, str | None]:
-    """The task's grade, or a fail with the reason when grading itself raised: one completion that
-    breaks its grader must not stop the evaluation (nor be retried forever on resume)."""
+def grade(task, completion: str, problem) -> dict:
+    """A record's grade fields: the task's `Grade`, and `grading_error`, the reason when grading
+    itself raised (then a fail): one completion that breaks its grader must not stop the
+    evaluation (nor be retried forever on resume)."""
     try:
-        answer, correct = task.grade(completion, problem)
+        graded = task.grade(completion, problem)
     except Exception as error:  # noqa: BLE001 - any grader failure is this record's failed grade
-        return None, False, f"{type(error).__name__}: {error}"
-    return answer, bool(correct), None
+        return dict(answer=None, correct=False, execution=None, grading_error=f"{type(error).__name__}: {error}")
+    return dict(answer=graded.answer, correct=bool(graded.correct), execution=graded.execution, grading_error=None)
 
 
 def _batch_seed(seed: int, first_problem: str) -> int:

@@ -30,6 +30,10 @@ def eval_sections(settings, frame, pairs, examples: bool = True):
            *_table(summary.accuracy_table(frame)))
     yield (f"Completions (share cut off at {settings.max_new_tokens} tokens; log p per token, which p^alpha "
            "sharpening should raise)", *_table(summary.completion_table(frame, settings.alpha, settings.max_new_tokens)))
+    grading = summary.grading_table(frame)
+    if not grading.empty:
+        yield ("Grading (how each test run ended: an early exit with status 0 is a fail; sandbox errors and "
+               "graders that raised are fails that say nothing of the completion)", *_table(grading))
     passes = summary.pass_at_k(frame)
     yield "pass@k (unbiased estimator)", *_table(passes)
     if not pairs.empty:

@@ -106,6 +106,27 @@ def completion_table(frame: pd.DataFrame, alpha: float, max_new_tokens: int) -> 
     return pd.DataFrame(rows)
 
 
+EXECUTION_OUTCOMES = ("passed", "failed", "timeout", "exited_early", "sandbox_error")  # ExecutionResult.outcome
+
+
+def grading_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per sampler, how grading ended: for graders that run code, the runs that passed, failed,
+    timed out, exited early (status 0 before the tests' end: a fail, never a pass) or met an error
+    of the sandbox itself; and `grader_raised`, the grades where the grader raised (a fail with its
+    reason in `grading_error`). Empty when no record ran code and no grader raised."""
+    executions = frame["execution"] if "execution" in frame else pd.Series(None, index=frame.index, dtype=object)
+    raised = frame["grading_error"].notna() if "grading_error" in frame else pd.Series(False, index=frame.index)
+    if executions.isna().all() and not raised.any():
+        return pd.DataFrame()
+    rows = []
+    for sampler, group in frame.groupby("sampler", sort=False):
+        counts = executions[group.index].value_counts()
+        rows.append({"sampler": sampler, "records": len(group),
+                     **{outcome: int(counts.get(outcome, 0)) for outcome in EXECUTION_OUTCOMES},
+                     "grader_raised": int(raised[group.index].sum())})
+    return pd.DataFrame(rows)
+
+
 def paired_comparisons(frame: pd.DataFrame, lead: str = "ecmh", num_resamples: int = 10_000,
                        seed: int = 0) -> pd.DataFrame:
     """Every pair of samplers on the (problem, seed) outcomes both have: the accuracy difference,

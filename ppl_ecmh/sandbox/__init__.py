@@ -57,6 +57,7 @@ class ExecutionResult:
     stderr: str
     seconds: float
     layers: tuple[str, ...]  # confinement layers that were in force
+    sandbox_error: str | None = None  # the sandbox's own failure (nothing ran, or cleanup failed), not the program's
 
     @property
     def passed(self) -> bool:
@@ -65,7 +66,15 @@ class ExecutionResult:
     @property
     def exited_early(self) -> bool:
         """Exit status 0 without running to the end: `exit()`, `sys.exit(0)`, `os._exit(0)` and kin."""
-        return self.status == "failed" and self.returncode == 0
+        return self.status == "failed" and self.returncode == 0 and self.sandbox_error is None
+
+    @property
+    def outcome(self) -> str:
+        """Why the run passed or not, for counting: "passed", "failed", "timeout", "exited_early"
+        or "sandbox_error" (a fail that says nothing of the program)."""
+        if self.sandbox_error is not None:
+            return "sandbox_error"
+        return "exited_early" if self.exited_early else self.status
 
 
 def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
@@ -78,11 +87,12 @@ def run_python(program: str, limits: Limits = Limits()) -> ExecutionResult:
     try:
         result = _run(program, limits, private, workdir)
     except OSError as error:
-        result = ExecutionResult("failed", None, "", f"sandbox: {error}", 0.0, ())
+        result = ExecutionResult("failed", None, "", f"sandbox: {error}", 0.0, (), sandbox_error=str(error))
     left = [directory for directory in (workdir, private) if not _remove_tree(directory)]
     if left:
-        result = dataclasses.replace(result, status="failed",
-                                     stderr=result.stderr + f"\nsandbox: could not remove {', '.join(left)}")
+        reason = f"could not remove {', '.join(left)}"
+        result = dataclasses.replace(result, status="failed", stderr=result.stderr + f"\nsandbox: {reason}",
+                                     sandbox_error=reason)
     return result
 
 
@@ -101,7 +111,7 @@ def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionR
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
            "PYTHONIOENCODING": "utf-8"}
     out_path, err_path = Path(private, "stdout"), Path(private, "stderr")
-    started = time.perf_counter()
+    started, error = time.perf_counter(), None
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         try:
             process = subprocess.Popen(
@@ -122,6 +132,7 @@ def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionR
             returncode, status = None, "timeout"
         except BrokenPipeError:  # the child died before reading its nonce: nothing ran
             returncode, status = process.wait(), "failed"
+            error = "the harness ended before it read its nonce"
         finally:
             os.close(result_read)
             _kill_group(process)
@@ -132,7 +143,8 @@ def _run(program: str, limits: Limits, private: str, workdir: str) -> ExecutionR
         layers = tuple(json.loads(header))
     except ValueError:  # the child died before confining itself: nothing ran
         layers, stdout = (), header + stdout
-    return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers)
+        error = error or "the harness ended before it confined itself"
+    return ExecutionResult(status, returncode, stdout[-OUTPUT_TAIL:], _read_tail(err_path), seconds, layers, error)
 
 
 def _remove_tree(path: str) -> bool:

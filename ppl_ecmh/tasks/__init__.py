@@ -1,6 +1,6 @@
 """Benchmark tasks: problems loaded from local files or Hugging Face datasets, prompts, graders."""
 
-from ppl_ecmh.tasks.base import Problem, Task
+from ppl_ecmh.tasks.base import Grade, Problem, Task
 from ppl_ecmh.tasks.code import HumanEval
 from ppl_ecmh.tasks.math import AIME, GSM8K, MATH500
 from ppl_ecmh.tasks.multiple_choice import GPQA
@@ -14,4 +14,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["AIME", "GPQA", "GSM8K", "HumanEval", "MATH500", "TASKS", "Problem", "Task", "get_task"]
+__all__ = ["AIME", "GPQA", "GSM8K", "Grade", "HumanEval", "MATH500", "TASKS", "Problem", "Task", "get_task"]

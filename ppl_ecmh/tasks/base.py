@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from ppl_ecmh.errors import PplEcmhError
 
@@ -18,9 +18,16 @@ class Problem:
     metadata: dict = dataclasses.field(default_factory=dict)
 
 
+class Grade(NamedTuple):
+    answer: str | None  # the final answer extracted from the completion (for code: the program)
+    correct: bool
+    execution: str | None = None  # graders that run code: the sandbox's `ExecutionResult.outcome`
+
+
 class Task:
     """Subclasses set `name`, `default_source` (a Hugging Face dataset id) and `split`, and implement
-    `to_problem`, `prompt`, `extract` and `is_correct`."""
+    `to_problem`, `prompt`, `extract` and `is_correct` (or `grade` itself, where a grade says more
+    than right or wrong)."""
 
     name: str
     default_source: str
@@ -57,9 +64,9 @@ class Task:
     def is_correct(self, extracted: str | None, problem: Problem) -> bool:
         raise NotImplementedError
 
-    def grade(self, completion: str, problem: Problem) -> tuple[str | None, bool]:
+    def grade(self, completion: str, problem: Problem) -> Grade:
         extracted = self.extract(completion)
-        return extracted, extracted is not None and self.is_correct(extracted, problem)
+        return Grade(extracted, extracted is not None and self.is_correct(extracted, problem))
 
 
 def read_records(source: str, split: str = "test", config: str | None = None) -> list[dict[str, Any]]:

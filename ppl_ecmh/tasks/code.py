@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ppl_ecmh.sandbox import Limits, run_python
-from ppl_ecmh.tasks.base import Problem, Task
+from ppl_ecmh.tasks.base import Grade, Problem, Task
 
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
 STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(")
@@ -64,5 +64,9 @@ class HumanEval(Task):
         body = f"{problem.question}\n{code}" if defines_entry else problem.question + code
         return f"{body}\n\n{problem.metadata['test']}\n\ncheck({problem.metadata['entry_point']})\n"
 
-    def is_correct(self, extracted, problem):
-        return run_python(self.test_program(extracted, problem), self.limits).passed
+    def grade(self, completion, problem):
+        """Correct when the tests run to their end; `execution` says how a fail failed (an early
+        exit, a timeout, the sandbox's own error), so that a study can count them."""
+        program = self.extract(completion)
+        result = run_python(self.test_program(program, problem), self.limits)
+        return Grade(program, result.passed, result.outcome)
