@@ -7,6 +7,7 @@ import pytest
 
 from ppl_ecmh import diagnostics
 from ppl_ecmh.runner import Run
+from tests.chains import ar1
 
 
 def synthetic_run(log_target, alpha=4.0, positions=5):
@@ -28,31 +29,23 @@ def synthetic_run(log_target, alpha=4.0, positions=5):
     return Run(settings, tokens, entropy, stats, wall_time=np.full(draws, 0.5), initial_generated=np.array([7] + [0] * (chains - 1)))
 
 
-def ar1_chains(phi, chains=4, draws=4000, seed=0):
-    rng = np.random.default_rng(seed)
-    x = np.zeros((chains, draws))
-    noise = rng.normal(size=(chains, draws)) * np.sqrt(1 - phi**2)
-    x[:, 0] = rng.normal(size=chains)
-    for t in range(1, draws):
-        x[:, t] = phi * x[:, t - 1] + noise[:, t]
-    return x
-
-
-@pytest.mark.parametrize("phi", [0.0, 0.5, 0.9])
-def test_ess_of_ar1_chains_matches_theory(phi):
-    """AR(1) with coefficient phi has ESS = N (1 - phi) / (1 + phi)."""
-    idata = diagnostics.to_inference_data(synthetic_run(ar1_chains(phi)))
+@pytest.mark.parametrize("phi, draws", [(0.0, 4000), (0.5, 4000), (0.9, 20000)])
+def test_ess_of_ar1_chains_matches_theory(phi, draws):
+    """AR(1) with coefficient phi has ESS = N (1 - phi) / (1 + phi). The chains are long enough
+    that the estimate's spread over seeds (sd 2-4%) is far inside the 15% tolerance: at phi 0.9
+    and 4000 draws, 12 of 100 seeds missed it and 7 had an R-hat above 1.01."""
+    idata = diagnostics.to_inference_data(synthetic_run(ar1(0, phi, draws=draws)))
     table = diagnostics.summary(idata, var_names=("log_target",))
-    expected = 16000 * (1 - phi) / (1 + phi)
+    expected = 4 * draws * (1 - phi) / (1 + phi)
     assert abs(table.loc["log_target", "ess_bulk"] / expected - 1) < 0.15
     assert table.loc["log_target", "r_hat"] < 1.01
     assert table.loc["log_target", "ess_bulk_per_1k_tokens"] == pytest.approx(
-        1000 * table.loc["log_target", "ess_bulk"] / (4 * 4000 * 10 + 7)
+        1000 * table.loc["log_target", "ess_bulk"] / (4 * draws * 10 + 7)
     )
 
 
 def test_chains_stuck_in_different_modes_have_large_rhat():
-    chains = ar1_chains(0.5) + np.array([0.0, 0.0, 6.0, 6.0])[:, None]
+    chains = ar1(0, 0.5, draws=4000) + np.array([0.0, 0.0, 6.0, 6.0])[:, None]
     table = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(chains)), var_names=("log_target",))
     # rank normalization caps R-hat for two perfectly separated pairs of chains near 1.73, however
     # far apart the modes are; well-mixed chains stay below 1.01 (test above)
@@ -77,7 +70,7 @@ def test_ess_is_not_a_number_when_it_would_not_depend_on_the_data(draws):
 def test_ess_from_10_draws_on_depends_on_the_data():
     rng = np.random.default_rng(0)
     noise = diagnostics.ess(rng.normal(size=(4, 40)))
-    correlated = diagnostics.ess(ar1_chains(0.7, draws=40, seed=1))  # autocorrelation time 5.7
+    correlated = diagnostics.ess(ar1(1, 0.7, draws=40))  # autocorrelation time 5.7
     assert noise.estimable and correlated.estimable and correlated.value < noise.value / 2
     # a random walk has no autocorrelation time: its ESS sits at the estimator's floor, not reported
     walk = diagnostics.ess(rng.normal(size=(4, 40)).cumsum(axis=1))
@@ -100,7 +93,7 @@ def test_constant_functionals_single_chains_ties_and_the_cap_are_reported_with_t
 
 
 def test_summary_prints_na_with_reasons_and_flags_vehtari_limits():
-    idata = diagnostics.to_inference_data(synthetic_run(ar1_chains(0.5, draws=8) + np.arange(4.0)[:, None]))
+    idata = diagnostics.to_inference_data(synthetic_run(ar1(0, 0.5, draws=8) + np.arange(4.0)[:, None]))
     table = diagnostics.summary(idata)
     assert table[["ess_bulk", "ess_tail", "ess_bulk_per_1k_tokens"]].isna().all().all()
     text = diagnostics.format_summary(table)
@@ -110,14 +103,14 @@ def test_summary_prints_na_with_reasons_and_flags_vehtari_limits():
     assert attribute["ess_bulk"] is None and attribute["not_estimable"]["ess_bulk"] == "needs >= 10 draws per chain"
     assert attribute["r_hat"] > 1.01
 
-    mixed = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1_chains(0.0, draws=400))))
+    mixed = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1(0, 0.0, draws=400))))
     assert mixed.loc["log_target", "warnings"] == "" and mixed.loc["log_target", "not_estimable"] == ""
-    short = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1_chains(0.9, draws=40))))
-    assert "bulk ESS" in short.loc["log_target", "warnings"]  # about 0.05 x 160 draws, far below 400
+    short = diagnostics.summary(diagnostics.to_inference_data(synthetic_run(ar1(0, 0.5, draws=100))))
+    assert "bulk ESS" in short.loc["log_target", "warnings"]  # about 400 draws / 3: estimable, far below 400
 
 
 def test_netcdf_round_trip_keeps_everything(tmp_path):
-    run = synthetic_run(ar1_chains(0.3, draws=20))
+    run = synthetic_run(ar1(0, 0.3, draws=20))
     texts = [[f"chain {c} draw {d} é" for d in range(20)] for c in range(4)]
     idata = diagnostics.to_inference_data(run, texts=texts, model="smollm2-135m", prompt="What is 2+2?")
     diagnostics.save(idata, tmp_path / "run.nc")
@@ -135,7 +128,7 @@ def test_netcdf_round_trip_keeps_everything(tmp_path):
 
 
 def test_answer_agreement_counts_chains_with_the_modal_answer():
-    run = synthetic_run(ar1_chains(0.3, draws=3))
+    run = synthetic_run(ar1(0, 0.3, draws=3))
     texts = [["x", "x", "The answer is 4"], ["y", "y", "the answer is  4"], ["z", "z", "42"], ["w", "w", "4"]]
     idata = diagnostics.to_inference_data(run, texts=texts)
     assert diagnostics.answer_agreement(idata) == (0.25, "4")  # all four texts differ; a tie reports the smallest

@@ -10,18 +10,9 @@ import pytest
 
 from benchmarks import mixing as study
 from ppl_ecmh.evaluation import mixing
+from tests.chains import ar1
 
 SEEDS = range(5)
-
-
-def ar1(rng, rho: float, chains: int = 4, draws: int = 200, start=None) -> np.ndarray:
-    """Stationary AR(1) chains [chain, draw] with unit variance, or from `start` [chain]."""
-    x = np.empty((chains, draws))
-    x[:, 0] = rng.normal(size=chains) if start is None else start
-    noise = rng.normal(size=(chains, draws)) * np.sqrt(1 - rho**2)
-    for t in range(1, draws):
-        x[:, t] = rho * x[:, t - 1] + noise[:, t]
-    return x
 
 
 def ess_per_1k(rng, rho: float, targets: int) -> dict:
