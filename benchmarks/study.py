@@ -16,12 +16,14 @@ the last commit left it instead of starting over.
 
     python -m benchmarks.study run --task humaneval            # then --task gsm8k
     python -m benchmarks.study summarize                       # results/<task>/summary.json, report.md
+    python -m benchmarks.study compare --task humaneval --old 17b758c   # a rerun against an earlier summary
 """
 
 import argparse
 import dataclasses
 import importlib.metadata
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +119,64 @@ def summarize(args) -> None:
         print(f"{task}: {len(records)} records -> {out}/summary.json, {out}/report.md, {out}/{OUTCOMES}")
 
 
+def rerun_rows(old: dict, new: dict) -> list[dict]:
+    """Per sampler in both summaries of a task: accuracy then and now, the difference (now - then)
+    with Newcombe's 95% interval, and tokens and wall time per problem with their ratio. The
+    interval treats the runs as independent samples: they share their problems, but a run whose
+    per-problem outcomes were not kept cannot be paired, so it is conservative."""
+    before = {row["sampler"]: row for row in old["accuracy"]}
+    rows = []
+    for now in new["accuracy"]:
+        then = before.get(now["sampler"])
+        if then is None:
+            continue
+        right_then, right_now = round(then["accuracy"] * then["problems"]), round(now["accuracy"] * now["problems"])
+        low, high = summary.difference_interval(right_now, now["problems"], right_then, then["problems"])
+        rows.append(dict(sampler=now["sampler"], right_then=f"{right_then}/{then['problems']}",
+                         right_now=f"{right_now}/{now['problems']}", difference=now["accuracy"] - then["accuracy"],
+                         ci_low=low, ci_high=high, tokens_then=then["tokens_per_problem"],
+                         tokens_now=now["tokens_per_problem"], wall_s_then=then["wall_s_per_problem"],
+                         wall_s_now=now["wall_s_per_problem"],
+                         speed_up=then["wall_s_per_problem"] / now["wall_s_per_problem"]))
+    return rows
+
+
+def rerun_pairs(old: dict, new: dict) -> list[dict]:
+    """Per pair of samplers compared in both summaries: the problems only one of them got right,
+    then and now (the counts behind each run's McNemar test)."""
+    before = {(row["sampler"], row["versus"]): row for row in old["paired"]}
+    rows = []
+    for now in new["paired"]:
+        then = before.get((now["sampler"], now["versus"]))
+        if then is not None:
+            rows.append(dict(sampler=now["sampler"], versus=now["versus"],
+                             then=(then["only_sampler_right"], then["only_versus_right"], then["mcnemar_p_holm"]),
+                             now=(now["only_sampler_right"], now["only_versus_right"], now["mcnemar_p_holm"])))
+    return rows
+
+
+def compare(args) -> None:
+    old = json.loads(subprocess.run(["git", "show", f"{args.old}:{RESULTS / args.task / 'summary.json'}"],
+                                    check=True, capture_output=True, text=True).stdout)
+    new = json.loads((RESULTS / args.task / "summary.json").read_text())
+    rows = rerun_rows(old, new)
+    if not rows:
+        sys.exit(f"no sampler is in both the summary at {args.old} and the current one")
+    print(f"{args.task}: the summary at {args.old} (then) against results/{args.task}/summary.json (now)\n")
+    print("| sampler | right then | right now | now - then (95%) | tokens/problem then, now | wall s/problem then, now | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['sampler']} | {row['right_then']} | {row['right_now']} | {row['difference']:+.3f} "
+              f"({row['ci_low']:+.3f} to {row['ci_high']:+.3f}) | {row['tokens_then']:.0f}, {row['tokens_now']:.0f} | "
+              f"{row['wall_s_then']:.1f}, {row['wall_s_now']:.1f} | {row['speed_up']:.2f}x |")
+    print("\nPaired, per run: problems only the first sampler got right / only the second (Holm-adjusted McNemar p)\n")
+    print("| sampler | versus | then | now |")
+    print("|---|---|---|---|")
+    for row in rerun_pairs(old, new):
+        then, now = (f"{a} / {b} (p {p:.2g})" for a, b, p in (row["then"], row["now"]))
+        print(f"| {row['sampler']} | {row['versus']} | {then} | {now} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +187,10 @@ def main():
     runner.add_argument("--limit", type=int, default=None, help="a pilot on fewer problems, in its own directory (summarize ignores it)")
     runner.set_defaults(handler=run)
     commands.add_parser("summarize", help="write results/ from what has run").set_defaults(handler=summarize)
+    comparer = commands.add_parser("compare", help="a task's summary against the one at an earlier commit (a rerun)")
+    comparer.add_argument("--task", choices=list(TASKS), required=True)
+    comparer.add_argument("--old", required=True, help="the git revision of the earlier summary")
+    comparer.set_defaults(handler=compare)
     args = parser.parse_args()
     args.handler(args)
 

@@ -358,6 +358,14 @@ def test_completion_table_separates_cut_off_completions_and_scores_log_p_per_tok
     assert row["log_p_per_token"] == pytest.approx((-0.5 - 1.0 - 0.5) / 3)
 
 
+def test_difference_interval_is_newcombes_hybrid_score_interval():
+    # Newcombe (1998), Statistics in Medicine 17, 873-890, table II, example (a): 56/70 against 48/80
+    low, high = summary.difference_interval(56, 70, 48, 80)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    low, high = summary.difference_interval(9, 10, 3, 10)  # example (c) of the same table
+    assert (round(low, 4), round(high, 4)) == (0.1705, 0.8090)
+
+
 def test_pass_at_k_is_the_unbiased_estimator():
     # one problem, 4 seeds, 1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1
     passes = summary.pass_at_k(frame_of({"s": [[1, 0, 0, 0]]})).set_index("k")["pass_at_k"]
@@ -417,3 +425,23 @@ def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(lett
     assert all(r["num_draws"] == 1 for r in records if r["sampler"] == "power-smc")
     with pytest.raises(PplEcmhError, match="to match its budget"):
         run_eval(letters, ["best-of-n"], [1], tmp_path, model=LetterModel())
+
+
+def test_a_rerun_is_compared_per_sampler_and_per_pair_with_the_samplers_both_runs_have():
+    from benchmarks.study import rerun_pairs, rerun_rows
+
+    def summary_of(accuracy, wall_s, only):
+        rows = [dict(sampler=name, problems=80, accuracy=right / 80, tokens_per_problem=200.0, wall_s_per_problem=wall)
+                for (name, right), wall in zip(accuracy.items(), wall_s)]
+        return dict(accuracy=rows, paired=[dict(sampler="b", versus="a", only_sampler_right=only[0],
+                                                only_versus_right=only[1], mcnemar_p_holm=0.5)])
+
+    old = summary_of({"a": 40, "b": 60, "dropped": 10}, [100.0, 80.0, 1.0], (25, 5))
+    new = summary_of({"a": 44, "b": 60}, [25.0, 40.0], (20, 4))
+    rows = {row["sampler"]: row for row in rerun_rows(old, new)}
+    assert rows.keys() == {"a", "b"}
+    assert (rows["a"]["right_then"], rows["a"]["right_now"]) == ("40/80", "44/80")
+    assert rows["a"]["difference"] == pytest.approx(0.05) and rows["a"]["speed_up"] == pytest.approx(4.0)
+    assert (rows["a"]["ci_low"], rows["a"]["ci_high"]) == summary.difference_interval(44, 80, 40, 80)
+    assert rows["b"]["ci_low"] < 0 < rows["b"]["ci_high"] and rows["b"]["speed_up"] == pytest.approx(2.0)
+    assert rerun_pairs(old, new) == [dict(sampler="b", versus="a", then=(25, 5, 0.5), now=(20, 4, 0.5))]

