@@ -22,6 +22,12 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
     assert result.status == "failed" and "AssertionError" in result.stderr and result.outcome == "failed"
 
 
+def test_a_program_that_does_not_compile_is_the_programs_fail_not_the_sandboxs():
+    result = run_python("print(sorted([3, 1,\n", LIMITS)  # a completion cut off at its token limit
+    assert result.outcome == "failed" and result.sandbox_error is None and result.layers
+    assert "SyntaxError" in result.stderr
+
+
 # Each exits with status 0 before the line after it runs; none of them may count as a pass.
 EARLY_EXITS = {
     "os._exit": "import os\nos._exit(0)",
