@@ -1,7 +1,9 @@
 """The continuous-batching engine (DESIGN section 7): the same laws as the lockstep kernels, draws
 keyed by work (not by slot, queue order or interruption), and caches that never go stale."""
 
+import collections
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -134,22 +136,46 @@ def no_eos_problem(length=3):
                             4, 3, (0,), length)
 
 
-def best_of_law(problem, n: int) -> dict:
-    """P(the likeliest of n independent draws from p is x) = F(x)^n - F_<(x)^n, F summing p below x."""
-    completions = sorted(problem.completions(), key=lambda c: c[1])
-    p = np.exp([log_p for _, log_p in completions])
-    below = np.cumsum(p)
-    return {x: float(below[i] ** n - (below[i] - p[i]) ** n) for i, (x, _) in enumerate(completions)}
+def best_of_n_law(problem, budget: int) -> dict:
+    """The exact law of the completion compute-matched best-of-N keeps: candidates drawn from p one
+    after another, each capped at what is left of `budget`; the first is kept, then any with a
+    higher mean log p, and a candidate cut short by the cap (no EOS, under max_new_tokens) ranks
+    after every finished one. Enumerated over (tokens spent, completion kept), float64."""
+    eos = problem.lm.eos_token_ids
+
+    @functools.cache
+    def candidates(cap: int) -> list[tuple[tuple[int, ...], float, float]]:
+        """(completion, log p, score) of every candidate of at most `cap` tokens."""
+        out = []
+        for x, log_p in dataclasses.replace(problem, max_new_tokens=cap).completions():
+            finished = x[-1] in eos or len(x) >= problem.max_new_tokens
+            out.append((x, log_p, log_p / len(x) + (0.0 if finished else -1e6)))
+        return out
+
+    @functools.cache
+    def kept(spent: int, best, best_score: float) -> dict:
+        if spent >= budget:
+            return {best: 1.0}
+        law = collections.defaultdict(float)
+        for x, log_p, score in candidates(min(problem.max_new_tokens, budget - spent)):
+            better = best is None or score > best_score
+            for y, q in kept(spent + len(x), *((x, score) if better else (best, best_score))).items():
+                law[y] += np.exp(log_p) * q
+        return dict(law)
+
+    return kept(0, None, -np.inf)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget, n", [(9, 3), (8, 2)])
-def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(budget, n):
+@pytest.mark.parametrize("problem, budget", [(no_eos_problem(), 9), (no_eos_problem(), 8),
+                                             (toy.markov_problem(4, 4, seed=0), 9)],
+                         ids=["3 candidates", "2 and one cut short", "with EOS"])
+def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(problem, budget):
     """Candidates of 3 tokens: a budget of 9 buys 3 of them, and 8 buys 2 and one cut short, which
-    is never kept while a finished one exists. The draws follow the exact best-of-n law at every
-    seed, and are told apart from plain draws of p."""
-    problem = no_eos_problem()
-    schedule = Schedule.best_of_n(3, budget, alpha=1.0, tau=1.0)
+    is never kept while a finished one exists; with EOS, candidates of every length and as many as
+    the budget buys. The draws follow the exact best-of-N law at every seed, and are told apart
+    from plain draws of p."""
+    schedule = Schedule.best_of_n(problem.max_new_tokens, budget, alpha=1.0, tau=1.0)
 
     def best(seed):
         items = [WorkItem(problem.prompt, chain_key(seed, "best-of-n", 0, chain), chain) for chain in range(2000)]
@@ -158,7 +184,7 @@ def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(budget, n
         return [completion(r.tokens[0], r.length[0]) for r in results]
 
     draws = {seed: best(seed) for seed in SEEDS}
-    assert_exact_at_every_seed(lambda seed: Comparison(draws[seed], best_of_law(problem, n)))
+    assert_exact_at_every_seed(lambda seed: Comparison(draws[seed], best_of_n_law(problem, budget)))
     assert_rejected_at_every_seed(lambda seed: Comparison(draws[seed], problem.power_distribution(1.0)), "plain p")
 
 
