@@ -323,19 +323,24 @@ def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
 
 
 @pytest.mark.slow
-def test_engine_draws_on_a_transformer_match_their_teacher_forced_scores(smollm):
-    """After many rejections and refills, every draw's log p (kept token by token as it was
-    decoded, restoring the cache after rejections) equals a fresh scoring of its tokens: no stale cache."""
-    alpha = 4.0
-    schedule = Schedule.suffix_mh(24, 6, cut=CUTS["mixture"], alpha=alpha, tau=1 / alpha)
+@pytest.mark.parametrize("schedule", [Schedule.suffix_mh(24, 6, cut=CUTS["mixture"], alpha=4.0, tau=0.25),
+                                      Schedule.best_of_n(24, 60, alpha=4.0, tau=1.0)], ids=["suffix-mh", "best-of-n"])
+def test_engine_draws_on_a_transformer_match_their_teacher_forced_scores(smollm, schedule):
+    """After many rejections and refills (suffix MH), or many candidates decoded over each other
+    from the prompt on (best-of-N, which never backs its cache up), every draw's log p (kept token
+    by token as it was decoded) equals a fresh scoring of its tokens: no stale cache."""
     prompts = [smollm.encode(text, chat=False) for text in ("The capital of France is", "1, 2, 3,", "def f(x):")]
     results = chains(schedule, prompts, width=4, lm=smollm.lm)
-    assert any(not r.steps["accepted"][1:].all() for r in results.values())  # rejections happened
+    if schedule.token_budget:  # several candidates, the budget spent exactly
+        assert all((r.steps["new_suffix_length"] > 0).sum() >= 3 for r in results.values())
+        assert all(r.steps["new_suffix_length"].sum() == schedule.token_budget for r in results.values())
+    else:
+        assert any(not r.steps["accepted"][1:].all() for r in results.values())  # rejections happened
     block = max(len(p) for p in prompts)
     for (problem, _), result in results.items():
         seqs = generation.new_sequences([prompts[problem]] * result.tokens.shape[0], 24, prompt_block=block)
         scored, _ = generation.teacher_force(smollm.lm, seqs, jax.numpy.asarray(
-            np.where(np.arange(24) < result.length[:, None], result.tokens, smollm.lm.eos_token_ids[0])), 1 / alpha)
+            np.where(np.arange(24) < result.length[:, None], result.tokens, smollm.lm.eos_token_ids[0])), schedule.tau)
         np.testing.assert_array_equal(np.asarray(scored.length), result.length)
-        np.testing.assert_allclose(alpha * np.asarray(generation.sequence_log_prob(scored)), result.log_target,
+        np.testing.assert_allclose(schedule.alpha * np.asarray(generation.sequence_log_prob(scored)), result.log_target,
                                    rtol=1e-4, atol=1e-3)
