@@ -143,16 +143,16 @@ def rerun_rows(old: dict, new: dict) -> list[dict]:
 
 def rerun_pairs(old: dict, new: dict) -> list[dict]:
     """Per pair of samplers compared in both summaries: the problems only one of them got right,
-    then and now (the counts behind each run's McNemar test)."""
-    before = {(row["sampler"], row["versus"]): row for row in old["paired"]}
-    rows = []
-    for now in new["paired"]:
-        then = before.get((now["sampler"], now["versus"]))
-        if then is not None:
-            rows.append(dict(sampler=now["sampler"], versus=now["versus"],
-                             then=(then["only_sampler_right"], then["only_versus_right"], then["mcnemar_p_holm"]),
-                             now=(now["only_sampler_right"], now["only_versus_right"], now["mcnemar_p_holm"])))
-    return rows
+    then and now (the counts behind each run's McNemar test), in the order of the new summary's
+    pair (a summary puts the more accurate sampler first, so a pair's order can differ)."""
+    before = {}
+    for row in old["paired"]:
+        counts = (row["only_sampler_right"], row["only_versus_right"], row["mcnemar_p_holm"])
+        before[row["sampler"], row["versus"]] = counts
+        before[row["versus"], row["sampler"]] = (counts[1], counts[0], counts[2])
+    return [dict(sampler=now["sampler"], versus=now["versus"], then=before[now["sampler"], now["versus"]],
+                 now=(now["only_sampler_right"], now["only_versus_right"], now["mcnemar_p_holm"]))
+            for now in new["paired"] if (now["sampler"], now["versus"]) in before]
 
 
 def compare(args) -> None:

@@ -428,10 +428,10 @@ def test_best_of_n_matches_the_mean_cost_of_the_mh_sampler_listed_before_it(lett
 def test_a_rerun_is_compared_per_sampler_and_per_pair_with_the_samplers_both_runs_have():
     from benchmarks.study import rerun_pairs, rerun_rows
 
-    def summary_of(accuracy, wall_s, only):
+    def summary_of(accuracy, wall_s, only, order=("b", "a")):
         rows = [dict(sampler=name, problems=80, accuracy=right / 80, tokens_per_problem=200.0, wall_s_per_problem=wall)
                 for (name, right), wall in zip(accuracy.items(), wall_s)]
-        return dict(accuracy=rows, paired=[dict(sampler="b", versus="a", only_sampler_right=only[0],
+        return dict(accuracy=rows, paired=[dict(sampler=order[0], versus=order[1], only_sampler_right=only[0],
                                                 only_versus_right=only[1], mcnemar_p_holm=0.5)])
 
     old = summary_of({"a": 40, "b": 60, "dropped": 10}, [100.0, 80.0, 1.0], (25, 5))
@@ -443,3 +443,7 @@ def test_a_rerun_is_compared_per_sampler_and_per_pair_with_the_samplers_both_run
     assert (rows["a"]["ci_low"], rows["a"]["ci_high"]) == summary.difference_interval(44, 80, 40, 80)
     assert rows["b"]["ci_low"] < 0 < rows["b"]["ci_high"] and rows["b"]["speed_up"] == pytest.approx(2.0)
     assert rerun_pairs(old, new) == [dict(sampler="b", versus="a", then=(25, 5, 0.5), now=(20, 4, 0.5))]
+    # a pair the rerun orders the other way (its more accurate sampler first) is still compared, its
+    # first-run counts turned round
+    flipped = summary_of({"a": 64, "b": 60}, [25.0, 40.0], (6, 2), order=("a", "b"))
+    assert rerun_pairs(old, flipped) == [dict(sampler="a", versus="b", then=(5, 25, 0.5), now=(6, 2, 0.5))]
