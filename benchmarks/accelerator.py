@@ -100,14 +100,14 @@ def engine_rate(lm, settings: dict) -> dict:
     slots = device.empty_slots(lm, width, prompt, schedule)
     keys = np.stack([chain_key(0, "ecmh", chain, 0) for chain in range(width)])
     prompts = np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)).astype(np.int32)
-    admit = jax.jit(device.admit, static_argnums=(7,), donate_argnums=(0,))
-    advance = jax.jit(device.advance, static_argnums=(4,), donate_argnums=(0,))
+    admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
+    advance = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
     slots = admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
-                  jnp.asarray(keys), None, schedule)
-    slots = jax.block_until_ready(advance(slots, lm, 2, 1, schedule))  # compile
+                  jnp.asarray(keys), jnp.arange(width), None, schedule)
+    slots = jax.block_until_ready(advance(slots, lm, 2, 1, False, schedule))  # compile
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], 1, schedule))
+    slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], 1, False, schedule))
     seconds = time.perf_counter() - started
     iterations = int(slots.counters.iterations - before.iterations)
     decoded = int(slots.counters.decoded - before.decoded)

@@ -7,24 +7,29 @@
 (b) ecmh and karan-du with the study's settings (alpha 4, T_max 384, B 96, N_MCMC 4) on the first
     `--problems` GSM8K problems, `--chains` chains each (one, as the study ran), on the engine at
     `--width` slots (default: its default width, capped by the work), narrowing the batch in the
-    drain unless --no-narrow: occupancy (useful row-tokens / slot-iterations), useful tokens/s and
+    drain unless --no-narrow and running chains ahead in its free slots (--run-ahead on, off or both;
+    both runs each sampler ahead first, so that run pays the compiles the other reuses):
+    occupancy (useful row-tokens / slot-iterations), useful tokens/s and
     its ratio to raw decode at the full width, and the occupancy the same proposals would have had
     in lockstep batches of 8 (each step of a batch waits for its longest suffix). Raw decode is
     timed twice: over its first 64 tokens after the prompt, and over all T_max tokens. A decode
     step attends up to the batch's furthest live position, and the engine's slots sit anywhere
     in the completion, so the first figure is the rate of the cheapest positions and the second
-    that of the whole cache. (a) can be skipped with `--models` and no model.
+    that of the whole cache. Also: steps run ahead, tokens decoded ahead and discarded, and a
+    digest of the records, the same for runs that differ only in how they were scheduled. (a) can
+    be skipped with `--models` and no model.
 (c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
     for the wall-time ratio.
 
 Every ratio is between figures of this one run, on this machine; wall times include compilation.
 
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
-                                [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1]
+                                [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1] [--run-ahead on|off|both]
                                 [--samplers ecmh karan-du] [--lockstep] [--json FILE]
 """
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -89,6 +94,16 @@ def lockstep_occupancy(results, batch: int = 8) -> float:
     return float(useful / iterations)
 
 
+def records_digest(results) -> str:
+    """The first 8 hex digits of a SHA-256 over every chain's draws and step records, in tag order:
+    runs whose records are the same (whatever the width, narrowing or running ahead) print the same."""
+    digest = hashlib.sha256()
+    for result in sorted(results, key=lambda r: r.item.tag):
+        for array in (result.tokens, result.length, *(result.steps[name] for name in sorted(result.steps))):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:8]
+
+
 def gsm8k_prompts(model, count: int):
     task = get_task("gsm8k")
     problems = task.load(str(GSM8K) if GSM8K.exists() else None)
@@ -107,6 +122,8 @@ def main():
     parser.add_argument("--width", type=int, help="(b): slots (default: the default width, capped by the work)")
     parser.add_argument("--no-narrow", action="store_true", help="(b): keep the full width through the drain")
     parser.add_argument("--min-width", type=int, default=1, help="(b): the narrowest width of the drain")
+    parser.add_argument("--run-ahead", choices=["on", "off", "both"], default="on",
+                        help="(b): free slots in the drain run chains ahead, or stay idle; both: each sampler twice")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
     parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
     parser.add_argument("--json", help="write every figure to this file")
@@ -132,28 +149,35 @@ def main():
     print(f"\n(b) the engine on {args.problems} GSM8K problems x {args.chains} chains, {args.study_model}, W={width} "
           f"(raw decode at W={width}: {raw:.1f} tok/s over its first {NEW_TOKENS} tokens, {raw_to_limit:.1f} over "
           f"all {STUDY['max_new_tokens']})")
-    print(f"{'sampler':>9} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'/ raw T':>7} "
-          f"{'saved':>6} {'restored':>8} {'wall s':>7}")
+    print(f"{'sampler':>15} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'/ raw T':>7} "
+          f"{'saved':>6} {'restored':>8} {'ahead':>6} {'discarded':>9} {'wall s':>7} {'records':>8}")
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
         items = engine_items(prompts, spec, 0, args.chains, stages, problem_names=[p.id for p in problems])
-        engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
-                        min_width=args.min_width)
-        started = time.perf_counter()
-        results = list(engine.run(items))
-        seconds = time.perf_counter() - started
-        stats = engine.stats
-        useful = stats.decoded / seconds
-        figures["engine"][sampler] = dict(width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(
-            results), useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw,
-            raw_decode_to_limit_tokens_per_s=raw_to_limit, saved=stats.saved, restored=stats.restored,
-            decoded=stats.decoded, wall_s=seconds, narrow=not args.no_narrow, min_width=args.min_width,
-            chains=args.chains)
-        row = figures["engine"][sampler]
-        print(f"{sampler:>9} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
-              f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} {seconds:7.1f}",
-              flush=True)
+        for run_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.run_ahead]:
+            engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
+                            min_width=args.min_width, run_ahead=run_ahead)
+            started = time.perf_counter()
+            results = list(engine.run(items))
+            seconds = time.perf_counter() - started
+            stats = engine.stats
+            useful = stats.decoded / seconds
+            name = sampler if run_ahead else f"{sampler}, idle"
+            figures["engine"][name] = row = dict(
+                width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
+                useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
+                saved=stats.saved, restored=stats.restored, decoded=stats.decoded, ran_ahead=stats.ran_ahead,
+                discarded=stats.discarded, wall_s=seconds, narrow=not args.no_narrow, min_width=args.min_width,
+                run_ahead=run_ahead, chains=args.chains, records=records_digest(results))
+            print(f"{name:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
+                  f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
+                  f"{stats.ran_ahead:6d} {stats.discarded:9d} {seconds:7.1f} {row['records']:>8}", flush=True)
+        if args.run_ahead == "both":  # the first run compiled the loop the second reuses: a conservative ratio
+            ahead, idle = figures["engine"][sampler], figures["engine"][f"{sampler}, idle"]
+            same = "the same records" if ahead["records"] == idle["records"] else "RECORDS DIFFER"
+            print(f"{'':>15} idle free slots take {idle['wall_s'] / ahead['wall_s']:.2f}x the wall time, {same}",
+                  flush=True)
 
     if args.lockstep:
         spec = SamplerSpec("ecmh", block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
@@ -163,7 +187,7 @@ def main():
                          max_new_tokens=STUDY["max_new_tokens"], num_chains=1, num_draws=stages, num_warmup=0, seed=0,
                          prompt_block=block, progress=False)
         seconds = time.perf_counter() - started
-        engine_seconds = figures["engine"]["ecmh"]["wall_s"]
+        engine_seconds = figures["engine"]["ecmh" if args.run_ahead != "off" else "ecmh, idle"]["wall_s"]
         figures["lockstep_ecmh_wall_s"] = seconds
         print(f"\n(c) ecmh wall time: lockstep batches of 8 {seconds:.0f} s, engine {engine_seconds:.0f} s: "
               f"{seconds / engine_seconds:.2f}x")

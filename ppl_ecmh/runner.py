@@ -325,7 +325,8 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     settings |= _spec_settings(spec, None if independent else schedule.cut)
     settings["engine"] = dict(width=engine.width, occupancy=engine.stats.occupancy, iterations=engine.stats.iterations,
                               decoded=engine.stats.decoded, saved=engine.stats.saved,
-                              restored=engine.stats.restored)
+                              restored=engine.stats.restored, ran_ahead=engine.stats.ran_ahead,
+                              discarded=engine.stats.discarded)
     return Run(settings=settings, tokens=squeeze(tokens), entropy=squeeze(entropy),
                stats={name: squeeze(value) for name, value in stats.items()},
                wall_time=np.full(kept, engine.stats.seconds / kept), initial_generated=initial if batched else initial[:, 0])

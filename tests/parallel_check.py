@@ -6,6 +6,7 @@ records on one device and on data- and tensor-parallel meshes, and where the arr
 
 import collections
 import dataclasses
+import itertools
 import json
 
 import jax
@@ -43,8 +44,8 @@ def main() -> None:
     mesh = parallel.make_mesh(4, 2)  # where a data x model run keeps its arrays, after admission and decoding
     engine = Engine(lm, schedule, width=8, prompt_block=4, mesh=mesh)
     slots = parallel.shard_slots(scheduler._empty(engine.lm, 8, 4, schedule), mesh, 8)
-    slots = engine._fill(slots, [None] * 8, np.zeros(8, np.int64), np.zeros(8), collections.deque(items))
-    slots = scheduler._advance(slots, engine.lm, 16, True, schedule)
+    slots = engine._fill(slots, np.full(8, -1), {}, {}, itertools.count(), collections.deque(items))
+    slots = scheduler._advance(slots, engine.lm, 16, True, False, schedule)
     spec = lambda array: [str(axis) for axis in array.sharding.spec]
     report["placement"] = {"tokens": spec(slots.current.tokens), "cache": spec(slots.cache.k[0]),
                            "wq": spec(engine.lm.params["layers"][0]["wq"]),

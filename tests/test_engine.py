@@ -227,6 +227,24 @@ def test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had():
     assert floored.stats.slot_iterations == 8 * floored.stats.iterations
 
 
+@pytest.mark.parametrize("schedule", [
+    Schedule.suffix_mh(4, 8, cut=CUTS["mixture"], alpha=4.0, tau=1.0),
+    Schedule.blockwise(4, 2, 3, cut=CUTS["entropy_jump"], alpha=4.0, tau=1.0),
+], ids=["suffix", "blockwise"])
+def test_running_ahead_leaves_every_record_as_it_was_and_shortens_the_drain(schedule):
+    """Four chains in twelve slots, proposals from p for p^4 (half or more are rejected): the free
+    slots run chains ahead, as if the MH step in flight were rejected. Some bets are lost (an acceptance discards the tokens decoded ahead), the others
+    hand the chain on, so the run takes fewer iterations; every record is the same as without."""
+    items = [WorkItem(PROBLEM.prompt, chain_key(0, "ahead", chain, 0), chain) for chain in range(4)]
+    engines = {ahead: Engine(PROBLEM.lm, schedule, width=12, prompt_block=1, narrow=False, run_ahead=ahead)
+               for ahead in (True, False)}
+    runs = {ahead: {r.item.tag: r for r in engine.run(items)} for ahead, engine in engines.items()}
+    assert_same_records(runs[False], runs[True])
+    ahead, alone = engines[True].stats, engines[False].stats
+    assert ahead.ran_ahead > 4 and ahead.discarded > 0 and (alone.ran_ahead, alone.discarded) == (0, 0)
+    assert ahead.decoded == alone.decoded and ahead.iterations < alone.iterations
+
+
 def test_a_chain_records_every_step_and_draw_of_its_schedule():
     schedule = Schedule.blockwise(4, 2, 3, cut=CUTS["uniform"], alpha=2.0, tau=0.5)
     assert (schedule.num_steps, schedule.num_draws) == (8, 2)
@@ -268,22 +286,24 @@ def prefix_ids(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return ids
 
 
-def test_the_cache_always_holds_the_tokens_it_is_read_for():
+@pytest.mark.parametrize("free", [0, 4], ids=["every slot held", "four slots running ahead"])
+def test_the_cache_always_holds_the_tokens_it_is_read_for(free):
     """After every iteration, for every busy slot: the working cache agrees with the current state
     below `valid` and with the proposal up to its last fed token, and the backup agrees with the
     current state below `backed`. The toy model's cache is the id of the prefix at each position,
-    so a stale entry (a rejected proposal's, never restored) shows."""
+    so a stale entry (a rejected proposal's, never restored) shows. With free slots, chains run
+    ahead in copies of their slots, and the copies must hold the same."""
     logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # EOS (2) is rare: long completions
     problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
     schedule = Schedule.suffix_mh(9, 40, cut=CUTS["uniform"], alpha=4.0, tau=1.0)  # many rejections
-    lm, width = problem.lm, 6
-    slots = slot_ops.empty_slots(lm, width, 1, schedule)
-    keys = np.stack([chain_key(0, "cache", chain, 0) for chain in range(width)])
-    slots = slot_ops.admit(slots, lm, np.arange(width), np.zeros((width, 1), np.int32), np.ones(width, np.int32),
-                           keys, None, schedule)
-    iterate = jax.jit(slot_ops.iterate, static_argnums=2)
-    while np.asarray(slots.busy).any():
-        slots = iterate(slots, lm, schedule)
+    lm, chains = problem.lm, 6
+    slots = slot_ops.empty_slots(lm, chains + free, 1, schedule)
+    keys = np.stack([chain_key(0, "cache", chain, 0) for chain in range(chains)])
+    slots = slot_ops.admit(slots, lm, np.arange(chains), np.zeros((chains, 1), np.int32), np.ones(chains, np.int32),
+                           keys, np.arange(chains), None, schedule)
+    iterate = jax.jit(slot_ops.iterate, static_argnums=3)
+    while np.asarray(slots.busy | slots.ahead).any():
+        slots = iterate(slots, lm, True, schedule)
         cache, valid, busy = np.asarray(slots.cache), np.asarray(slots.valid), np.asarray(slots.busy)
         backup, backed = np.asarray(slots.backup), np.asarray(slots.backed)
         current = prefix_ids(np.asarray(slots.current.tokens), 3)
@@ -297,6 +317,7 @@ def test_the_cache_always_holds_the_tokens_it_is_read_for():
             assert max(valid[row], backed[row]) >= np.asarray(slots.current.length)[row], row
     counters = slots.counters
     assert int(counters.restored) > 20 and int(counters.decoded) > 500  # restores were exercised
+    assert (int(counters.ran_ahead) > 20) == (free > 0)
     assert not np.asarray(slots.steps.accepted)[:, 1:].all()
 
 

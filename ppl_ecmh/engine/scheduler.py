@@ -5,7 +5,8 @@ until a chain finishes or `iterations_per_trip` decode iterations have passed, t
 finished chains and admits more. One host trip per finished chain or per trip, never per token.
 Once the queue is empty the run drains: when no more than half the slots are busy, the host moves
 the busy ones into a batch half as wide (or narrower, down to `min_width`), whose decode steps
-cost less.
+cost less, and the free slots run chains ahead (`ppl_ecmh.engine.slots`): a chain's next step
+decodes beside its MH step in flight, in case that one is rejected.
 
     engine = Engine(lm, schedule, width=32, prompt_block=128)
     for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import time
 import zlib
 from typing import Any, Iterable, Iterator, Sequence
@@ -66,6 +68,8 @@ class EngineStats:
     decoded: int = 0  # useful proposal tokens, all slots
     saved: int = 0  # slot caches copied into their backup before a proposal overwrote them
     restored: int = 0  # slot caches copied back from their backup after a rejection
+    ran_ahead: int = 0  # steps begun ahead of their chain's step in flight, in the drain's free slots
+    discarded: int = 0  # tokens decoded ahead of a step that was then accepted (not in `decoded`)
     width: int = 0  # slots at the start (the drain narrows the batch)
     seconds: float = 0.0
 
@@ -79,11 +83,13 @@ class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None, narrow: bool = True, min_width: int = 8):
+                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = True):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
         weights over its model axis; None runs on the default device. `narrow`: halve the batch
         as the run drains, down to `min_width` slots (each narrower width compiles its loop once,
-        and below a few slots a decode step of an accelerator costs no less)."""
+        and below a few slots a decode step of an accelerator costs no less). `run_ahead`: once
+        nothing is queued, a free slot runs a chain's next step as if its MH step in flight were
+        rejected (`ppl_ecmh.engine.slots`); the records are the same either way."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
@@ -94,6 +100,7 @@ class Engine:
         self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
         self.narrow = narrow
         self.min_width = check_positive_int("min_width", min_width)
+        self.run_ahead = run_ahead
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
@@ -110,78 +117,96 @@ class Engine:
         slots = _empty(self.lm, width, self.prompt_block, self.schedule)
         if self.mesh is not None:
             slots = parallel.shard_slots(slots, self.mesh, width)
-        holder: list[WorkItem | None] = [None] * width
-        charged = np.zeros(width)  # seconds charged to each slot's chain so far
+        chains: dict[int, WorkItem] = {}  # the chains in the slots, by the number the device knows each by
+        charged: dict[int, float] = {}  # seconds charged to each of those chains so far
+        owner = np.full(width, -1)  # each slot's chain at the last trip (-1: free)
         seen = np.zeros(width, np.int64)  # each slot's busy iterations when last read
+        numbers = itertools.count()
         started = tick = time.perf_counter()
-        slots = self._fill(slots, holder, seen, charged, queue)
-        slots = _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(holder, queue), self.schedule)
+        slots = self._fill(slots, owner, chains, charged, numbers, queue)
+        slots = self._advance(slots, owner, queue)
         while True:
-            busy = np.asarray(slots.busy)  # waits for the device
+            busy, ahead = np.asarray(slots.busy), np.asarray(slots.ahead)  # waits for the device
+            now_owner = np.asarray(slots.owner)
             iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
             now = time.perf_counter()
-            spent = np.where([h is not None for h in holder], iterations - seen, 0)
-            charged += (now - tick) * spent / max(1, spent.sum())
-            tick, seen = now, iterations
-            counters = slots.counters
-            self.stats.iterations, self.stats.slot_iterations, self.stats.decoded = (
-                int(counters.iterations), int(counters.slot_iterations), int(counters.decoded))
-            self.stats.saved, self.stats.restored = int(counters.saved), int(counters.restored)
-            self.stats.seconds = now - started
-            finished = [slot for slot in range(len(holder)) if holder[slot] is not None and not busy[slot]]
-            results = self._collect(slots, finished, [holder[slot] for slot in finished], charged[finished])
-            for slot in finished:
-                holder[slot] = None
-            slots = self._fill(slots, holder, seen, charged, queue)
+            # each slot's iterations are charged to the chain it holds, or held before it was freed
+            held = np.where(now_owner >= 0, now_owner, owner)
+            spent = np.where(held >= 0, iterations - seen, 0)
+            for chain, share in zip(held, (now - tick) * spent / max(1, spent.sum())):
+                if chain >= 0:
+                    charged[chain] += share
+            tick, seen, owner = now, iterations, now_owner.copy()
+            self._read_counters(slots.counters, now - started)
+            finished = [slot for slot in range(len(owner)) if owner[slot] >= 0 and not busy[slot] and not ahead[slot]]
+            done = [int(owner[slot]) for slot in finished]
+            results = self._collect(slots, finished, [chains.pop(n) for n in done], [charged.pop(n) for n in done])
+            if finished:
+                owner[finished] = -1
+                slots = _release(slots, jnp.asarray(owner < 0))
+            slots = self._fill(slots, owner, chains, charged, numbers, queue)
             if not queue:
-                slots, holder, seen, charged = self._narrowed(slots, holder, seen, charged)
-            more = any(holder)
-            if more:  # dispatched before the results are handed out: the device runs meanwhile
-                slots = _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(holder, queue), self.schedule)
+                slots, owner, seen = self._narrowed(slots, owner, seen)
+            if chains:  # dispatched before the results are handed out: the device runs meanwhile
+                slots = self._advance(slots, owner, queue)
             if progress is not None:
                 progress(self.stats)
             yield from results
-            if not more:
+            if not chains:
                 return
 
-    def _min_busy(self, holder: list, queue) -> int:
+    def _advance(self, slots, owner: np.ndarray, queue):
+        """Dispatch the device loop; chains run ahead once nothing is queued for the free slots."""
+        return _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(owner, queue),
+                        self.run_ahead and not queue, self.schedule)
+
+    def _read_counters(self, counters, seconds: float):
+        stats = self.stats
+        stats.iterations, stats.slot_iterations = int(counters.iterations), int(counters.slot_iterations)
+        stats.discarded, stats.ran_ahead = int(counters.discarded), int(counters.ran_ahead)
+        stats.decoded = int(counters.decoded) - stats.discarded
+        stats.saved, stats.restored = int(counters.saved), int(counters.restored)
+        stats.seconds = seconds
+
+    def _min_busy(self, owner: np.ndarray, queue) -> int:
         """When the device loop should come back: as soon as a slot is freed while work is queued;
-        in the drain, once few enough slots are busy for `_narrowed` to narrow the batch; else
+        in the drain, once few enough slots are held for `_narrowed` to narrow the batch; else
         when every slot is idle."""
         if queue:
-            return sum(h is not None for h in holder)
+            return int(np.sum(owner >= 0))
         if not self.narrow:
             return 1
-        half = len(holder) // 2
-        return 1 + max((busy for busy in range(half + 1) if self._narrower_width(busy) <= half), default=0)
+        half = len(owner) // 2
+        return 1 + max((held for held in range(half + 1) if self._narrower_width(held) <= half), default=0)
 
     def _narrower_width(self, busy: int) -> int:
         """The width for `busy` chains in the drain: a power of two (few programs compile), split
         evenly over the mesh."""
         return parallel.data_parallel_width(max(self.min_width, 1 << max(0, busy - 1).bit_length()), self.mesh)
 
-    def _narrowed(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray):
-        """In the drain, the busy slots moved into a batch of `_narrower_width` slots, when that is
+    def _narrowed(self, slots, owner: np.ndarray, seen: np.ndarray):
+        """In the drain, the held slots moved into a batch of `_narrower_width` slots, when that is
         at most half the present width."""
-        live = [slot for slot in range(len(holder)) if holder[slot] is not None]
+        live = list(np.flatnonzero(owner >= 0))
         width = self._narrower_width(len(live))
-        if not self.narrow or not live or width > len(holder) // 2:
-            return slots, holder, seen, charged
-        keep = live + [slot for slot in range(len(holder)) if holder[slot] is None][: width - len(live)]
+        if not self.narrow or not live or width > len(owner) // 2:
+            return slots, owner, seen
+        keep = live + list(np.flatnonzero(owner < 0))[: width - len(live)]
         slots = _narrowed(slots, jnp.asarray(keep))
         if self.mesh is not None:
             slots = parallel.shard_slots(slots, self.mesh, width)
-        return slots, [holder[slot] for slot in keep], seen[keep], charged[keep]
+        return slots, owner[keep], seen[keep]
 
-    def _fill(self, slots, holder: list, seen: np.ndarray, charged: np.ndarray, queue: collections.deque):
-        """Admit queued items into the free slots, each with a fresh account of iterations and time."""
-        free = [slot for slot in range(len(holder)) if holder[slot] is None][: len(queue)]
+    def _fill(self, slots, owner: np.ndarray, chains: dict, charged: dict, numbers, queue: collections.deque):
+        """Admit queued items into the free slots, each chain with a new number and no time charged."""
+        free = list(np.flatnonzero(owner < 0))[: len(queue)]
         if not free:
             return slots
         admitted = [queue.popleft() for _ in free]
         for slot, item in zip(free, admitted):
-            holder[slot], seen[slot], charged[slot] = item, 0, 0.0
-        return self._admit(slots, free, admitted)
+            owner[slot] = number = next(numbers)
+            chains[number], charged[number] = item, 0.0
+        return self._admit(slots, free, admitted, owner[free])
 
     def _collect(self, slots, finished: list[int], items: list[WorkItem], seconds) -> list[ChainResult]:
         """The records of the chains in the slots `finished`, copied to the host."""
@@ -195,10 +220,13 @@ class Engine:
                             float(seconds[row]))
                 for row, item in enumerate(items)]
 
-    def _admit(self, slots, free: list[int], items: list[WorkItem]):
-        """Prefill `items` into the slots `free`, in a batch padded to a power of two (few shapes)."""
+    def _admit(self, slots, free: list[int], items: list[WorkItem], numbers: np.ndarray):
+        """Prefill `items` into the slots `free` as the chains `numbers`, in a batch padded to a
+        power of two (few shapes)."""
         rows = min(self.width, 1 << (len(free) - 1).bit_length())
         index = np.full(rows, self.width, np.int32)  # padding rows point past the slots: dropped
+        owner = np.full(rows, -1, np.int32)
+        owner[: len(free)] = numbers
         prompts = np.zeros((rows, self.prompt_block), np.int32)
         lengths = np.ones(rows, np.int32)
         keys = np.zeros((rows, 2), np.uint32)
@@ -209,11 +237,13 @@ class Engine:
             if starts is not None:
                 starts[row, : len(item.start)] = item.start
         return _admit(slots, self.lm, jnp.asarray(index), jnp.asarray(prompts), jnp.asarray(lengths),
-                      jnp.asarray(keys), None if starts is None else jnp.asarray(starts), self.schedule)
+                      jnp.asarray(keys), jnp.asarray(owner), None if starts is None else jnp.asarray(starts),
+                      self.schedule)
 
 
 # Compiled once per (schedule, shapes). Slots are donated: the device updates them in place.
 _empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
-_admit = jax.jit(device.admit, static_argnums=(7,), donate_argnums=(0,))
-_advance = jax.jit(device.advance, static_argnums=(4,), donate_argnums=(0,))
+_admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
+_advance = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
+_release = jax.jit(device.release, donate_argnums=(0,))
 _narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate

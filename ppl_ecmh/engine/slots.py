@@ -21,6 +21,13 @@ until the host admits the next (problem, chain) into it (`admit`, a batched pref
 Randomness is keyed by work: the cut, the acceptance and every proposal token of step s of a chain
 come from fold_in(chain_key, s) and the token's completion index, so a chain's draws do not depend
 on the slot count, on its neighbours or on when it was admitted.
+
+Running ahead (the drain's idle slots): a free slot may take a copy of a chain whose step s in
+flight is an MH step and run the chain on from step s + 1 as if s were rejected, since a rejection
+leaves the state, and so everything step s + 1 draws from its own keys, as it was. When step s
+ends, a rejection hands the chain to the slot ahead (with the record of step s) and frees the
+first; an acceptance discards the slot ahead. A chain's records are those it has without running
+ahead, token for token; a rejected MH step no longer holds up the step after it.
 """
 
 from __future__ import annotations
@@ -64,7 +71,9 @@ class Counters(NamedTuple):
     decoded: jax.Array  # [] proposal tokens decoded, over all slots
     saved: jax.Array  # [] slot caches copied into their backup before a proposal overwrote them
     restored: jax.Array  # [] slot caches copied back from their backup after a rejection
-    busy_iterations: jax.Array  # [W] iterations each slot's chain has been busy since admission
+    ran_ahead: jax.Array  # [] steps begun ahead of their chain's step in flight
+    discarded: jax.Array  # [] tokens decoded ahead of a step that was then accepted: wasted
+    busy_iterations: jax.Array  # [W] iterations each slot has been busy (the host reads differences)
 
 
 class Slots(NamedTuple):
@@ -78,6 +87,9 @@ class Slots(NamedTuple):
     limit: jax.Array  # [W] completion length cap of the step in flight
     step: jax.Array  # [W] the step in flight
     busy: jax.Array  # [W] the slot holds a chain with steps left
+    owner: jax.Array  # [W] the host's number for the chain the slot holds; -1: the slot is free
+    ahead: jax.Array  # [W] the slot runs its chain ahead, as if the step in flight in the other were rejected
+    ahead_decoded: jax.Array  # [W] tokens the slot has decoded ahead (wasted if that step is accepted)
     chain_key: jax.Array  # [W, 2] raw PRNG keys, one per chain
     steps: StepRecord
     draws: DrawRecord
@@ -97,28 +109,30 @@ def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule) -> Slots:
                              *(jnp.zeros((width, total), jnp.float32) for _ in range(3)))
     cache = lambda: lm.init_cache(width, prompt_block + total)
     return _slots(seqs(), seqs(), cache(), cache(), ints(width), ints(width), jnp.zeros(width, bool),
-                  jnp.zeros((width, 2), jnp.uint32), schedule)
+                  jnp.full(width, -1, jnp.int32), jnp.zeros((width, 2), jnp.uint32), schedule)
 
 
-def _slots(current, proposal, cache, backup, valid, backed, busy, chain_key, schedule: Schedule) -> Slots:
+def _slots(current, proposal, cache, backup, valid, backed, busy, owner, chain_key, schedule: Schedule) -> Slots:
     """Slots holding these chains at step 0, with empty records."""
     width, total, steps, draws = busy.shape[0], schedule.max_new_tokens, schedule.num_steps, schedule.num_draws
     ints = lambda *shape: jnp.zeros(shape, jnp.int32)
     return Slots(
         current=current, proposal=proposal, cache=cache, backup=backup, valid=valid, backed=backed,
         cut=ints(width), limit=ints(width),
-        step=ints(width), busy=busy, chain_key=chain_key,
+        step=ints(width), busy=busy, owner=owner, ahead=jnp.zeros(width, bool), ahead_decoded=ints(width),
+        chain_key=chain_key,
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
                          jnp.zeros((width, draws))),
-        counters=Counters(ints(), ints(), ints(), ints(), ints(), ints(width)),
+        counters=Counters(ints(), ints(), ints(), ints(), ints(), ints(), ints(), ints(width)),
     )
 
 
-def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, completions, schedule: Schedule) -> Slots:
-    """Start chains in the slots `slot_index` [R] (out of range: ignored) from prompts
-    [R, prompt_block], prefilled in one forward pass. With `completions` [R, T] (each ending at its
+def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, owner, completions,
+          schedule: Schedule) -> Slots:
+    """Start chains numbered `owner` [R] in the slots `slot_index` [R] (out of range: ignored) from
+    prompts [R, prompt_block], prefilled in one forward pass. With `completions` [R, T] (each ending at its
     first EOS, or T long), the chains start from those, scored in the same pass: step 0 then has
     nothing to extend, and the chain's first move is its first MH step."""
     rows, block = prompts.shape
@@ -136,10 +150,10 @@ def admit(slots: Slots, lm, slot_index, prompts, prompt_length, chain_key, compl
         current=jax.tree.map(put, slots.current, fresh), cache=jax.tree.map(put, slots.cache, cache),
         valid=put(slots.valid, prompt_length + fresh.length), backed=put(slots.backed, first),
         step=put(slots.step, first),
-        busy=put(slots.busy, jnp.ones(rows, bool)), chain_key=put(slots.chain_key, chain_key),
+        busy=put(slots.busy, jnp.ones(rows, bool)), owner=put(slots.owner, owner),
+        ahead=put(slots.ahead, jnp.zeros(rows, bool)), chain_key=put(slots.chain_key, chain_key),
         steps=jax.tree.map(lambda record: record.at[slot_index].set(jnp.zeros((), record.dtype), mode="drop"),
                            slots.steps),
-        counters=slots.counters._replace(busy_iterations=put(slots.counters.busy_iterations, first)),
     )
     return _start_steps(slots, lm, put(jnp.zeros_like(slots.busy), jnp.ones(rows, bool)), schedule)
 
@@ -184,14 +198,16 @@ def _backed_up(slots: Slots, starting, kept) -> Slots:
                           counters=counters)
 
 
-def _copy_slots(destination, source, slots):
+def _copy_slots(destination, source, slots, origin=None):
     """`destination` (a cache pytree, slot axis first) with the slots `slots` [W] (bool) copied
-    from `source`: a loop over those slots alone, each copy in place, so a step that copies no
-    slot (most) costs nothing and one that copies k costs k slot caches, not W."""
+    from `source` (slot j from slot `origin[j]`, by default j): a loop over those slots alone,
+    each copy in place, so a step that copies no slot (most) costs nothing and one that copies k
+    costs k slot caches, not W."""
     index = jnp.nonzero(slots, size=slots.shape[0], fill_value=0)[0]
+    origin = index if origin is None else origin[index]
 
     def copy(i, destination):
-        take = lambda source: jax.lax.dynamic_index_in_dim(source, index[i], 0, keepdims=True)
+        take = lambda source: jax.lax.dynamic_index_in_dim(source, origin[i], 0, keepdims=True)
         return jax.tree.map(lambda d, s: jax.lax.dynamic_update_index_in_dim(d, take(s), index[i], 0),
                             destination, source)
 
@@ -245,7 +261,77 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
     slots = slots._replace(current=new, valid=valid, backed=backed, step=next_step, busy=busy, steps=steps,
                            draws=draws)
-    return _start_steps(slots, lm, finishing & busy, schedule)
+    if not schedule.token_budget:
+        slots = _settle_runs_ahead(slots, finishing & mh_step, accepted, at, draw, schedule)
+    return _start_steps(slots, lm, finishing & slots.busy, schedule)
+
+
+def _partners(owner):
+    """For each slot, the other slot holding its chain, or W where there is none (a chain holds
+    at most two: its own and one running ahead)."""
+    width = owner.shape[0]
+    same = (owner[:, None] == owner[None, :]) & (owner[:, None] >= 0) & ~jnp.eye(width, dtype=bool)
+    return jnp.where(jnp.any(same, axis=1), jnp.argmax(same, axis=1), width)
+
+
+def _settle_runs_ahead(slots: Slots, settled, accepted, at, draw, schedule: Schedule) -> Slots:
+    """The slots ahead of the MH steps that ended now (`settled`, with their record's step `at`
+    and draw `draw`): a rejection hands the chain to the slot ahead, which takes the record of
+    that step and draw, and frees the slot behind; an acceptance discards the slot ahead."""
+    width = slots.owner.shape[0]
+    partner = _partners(slots.owner)
+    behind = jnp.minimum(partner, width - 1)
+    settling = slots.ahead & (partner < width) & settled[behind]  # slots ahead whose bet is settled now
+    promoted, discarded = settling & ~accepted[behind], settling & accepted[behind]
+    retired = settled & ~slots.ahead & (partner < width) & ~accepted  # the slot ahead goes on with the chain
+    rows = jnp.arange(width)
+
+    def take(record, index, size):
+        """Slot `behind`'s entry `index` of `record`, written into each promoted slot."""
+        source = record[behind, jnp.minimum(index[behind], size - 1)]
+        return record.at[rows, jnp.where(promoted, index[behind], size)].set(source, mode="drop")
+
+    steps = jax.tree.map(lambda record: take(record, at, schedule.num_steps), slots.steps)
+    draws = jax.tree.map(lambda record: take(record, draw, schedule.num_draws), slots.draws)
+    freed = discarded | retired
+    counters = slots.counters._replace(discarded=slots.counters.discarded + jnp.sum(jnp.where(discarded,
+                                                                                              slots.ahead_decoded, 0)))
+    return slots._replace(steps=steps, draws=draws, busy=slots.busy & ~freed, owner=jnp.where(freed, -1, slots.owner),
+                          ahead=slots.ahead & ~settling, ahead_decoded=jnp.where(settling, 0, slots.ahead_decoded),
+                          counters=counters)
+
+
+def _run_ahead(slots: Slots, lm, schedule: Schedule) -> Slots:
+    """Each free slot takes a chain whose step in flight is an MH step with a step after it and no
+    slot ahead yet (the k-th such chain into the k-th free slot): a copy of its slot, both caches
+    included, that begins the next step as if the one in flight were rejected."""
+    width = slots.owner.shape[0]
+    free = slots.owner < 0
+    can = (slots.busy & ~slots.ahead & (_partners(slots.owner) == width) & ~schedule.is_extension(slots.step)
+           & (slots.step + 1 < schedule.num_steps))
+    chains = jnp.nonzero(can, size=width, fill_value=width)[0]
+    origin = jnp.where(free, chains[jnp.clip(jnp.cumsum(free) - 1, 0, width - 1)], width)
+    forking = origin < width
+
+    def fork(slots: Slots) -> Slots:
+        source = jnp.minimum(origin, width - 1)
+        copy = lambda leaf: jnp.where(forking.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[source], leaf)
+        slots = slots._replace(**{name: jax.tree.map(copy, getattr(slots, name)) for name in (
+            "current", "valid", "backed", "step", "owner", "chain_key", "steps", "draws")})
+        slots = slots._replace(
+            cache=_copy_slots(slots.cache, slots.cache, forking, source),
+            backup=_copy_slots(slots.backup, slots.backup, forking, source),
+            step=slots.step + forking, busy=slots.busy | forking, ahead=slots.ahead | forking,
+            ahead_decoded=jnp.where(forking, 0, slots.ahead_decoded),
+            counters=slots.counters._replace(ran_ahead=slots.counters.ran_ahead + jnp.sum(forking)))
+        return _start_steps(slots, lm, forking, schedule)
+
+    return jax.lax.cond(jnp.any(forking), fork, lambda slots: slots, slots)
+
+
+def release(slots: Slots, free) -> Slots:
+    """The slots `free` [W] (bool) handed back: the host has collected their chains' records."""
+    return slots._replace(owner=jnp.where(free, -1, slots.owner))
 
 
 def narrowed(slots: Slots, keep) -> Slots:
@@ -258,8 +344,9 @@ def _spent(slots: Slots):
     return jnp.sum(slots.steps.new_suffix_length, axis=1)
 
 
-def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
-    """One decode iteration of every slot (see the module docstring)."""
+def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
+    """One decode iteration of every slot (see the module docstring); with `run_ahead`, free slots
+    then run chains ahead (only suffix-MH and block-wise steps can be rejected)."""
     current, proposal = slots.current, slots.proposal
     rows = jnp.arange(slots.step.shape[0])
     total = current.tokens.shape[1]
@@ -296,20 +383,25 @@ def iterate(slots: Slots, lm, schedule: Schedule) -> Slots:
                                  slot_iterations=counters.slot_iterations + slots.busy.shape[0],
                                  decoded=counters.decoded + jnp.sum(proposing),
                                  busy_iterations=counters.busy_iterations + slots.busy)
-    slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters)
-    return _finish_steps(slots, lm, finishing, schedule)
+    slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters,
+                           ahead_decoded=slots.ahead_decoded + (proposing & slots.ahead))
+    slots = _finish_steps(slots, lm, finishing, schedule)
+    if schedule.token_budget or not schedule.num_mcmc_steps:
+        return slots
+    return jax.lax.cond(run_ahead, lambda slots: _run_ahead(slots, lm, schedule), lambda slots: slots, slots)
 
 
-def advance(slots: Slots, lm, max_iterations, min_busy, schedule: Schedule) -> Slots:
-    """Iterate while at least `min_busy` slots are busy (1: until every slot is idle), for at most
-    `max_iterations`: the host sets `min_busy` to hear of a freed slot it can refill, or of a
-    drain it can narrow the batch for."""
+def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Schedule) -> Slots:
+    """Iterate while at least `min_busy` slots are busy or running ahead (1: until every slot is
+    idle), for at most `max_iterations`: the host sets `min_busy` to hear of a freed slot it can
+    refill, or of a drain it can narrow the batch for. A slot ahead that has done all its steps
+    counts until its chain's step in flight settles it, so every slot counted holds a chain."""
     start = slots.counters.iterations
 
     def running(slots):
-        return (jnp.sum(slots.busy) >= min_busy) & (slots.counters.iterations - start < max_iterations)
+        return (jnp.sum(slots.busy | slots.ahead) >= min_busy) & (slots.counters.iterations - start < max_iterations)
 
-    return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, schedule), slots)
+    return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, run_ahead, schedule), slots)
 
 
 def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tuple[SuffixMHState, StepRecord]:
@@ -327,8 +419,8 @@ def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tupl
     # the lockstep state's cache holds every completion token but the last (never fed), and is the
     # backup too at first
     fed = seqs.prompt_length + seqs.length - 1
-    slots = _slots(seqs, seqs, state.cache, state.cache, fed, fed, busy, keys, schedule)
+    slots = _slots(seqs, seqs, state.cache, state.cache, fed, fed, busy, jnp.arange(rows), keys, schedule)
     slots = _start_steps(slots._replace(step=jnp.ones(rows, jnp.int32)), lm, busy, schedule)  # step 0: no extension
-    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, schedule)
+    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, False, schedule)
     end = slots.current.prompt_length + slots.current.length - 1
     return SuffixMHState(slots.current, _copy_slots(slots.cache, slots.backup, slots.valid < end)), slots.steps
