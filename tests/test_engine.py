@@ -116,7 +116,7 @@ def chains(schedule, prompts, width, order=None, seed=0, lm=PROBLEM.lm):
              for problem, prompt in enumerate(prompts) for chain in range(3)]
     items = [items[i] for i in order] if order is not None else items
     block = max(len(p) for p in prompts)
-    return {r.item.tag: r for r in Engine(lm, schedule, width=width, prompt_block=block).run(items)}
+    return {r.item.tag: r for r in Engine(lm, schedule, width=width, prompt_block=block, run_ahead=True).run(items)}
 
 
 def assert_same_records(a: dict, b: dict):

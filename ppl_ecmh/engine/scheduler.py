@@ -5,8 +5,8 @@ until a chain finishes or `iterations_per_trip` decode iterations have passed, t
 finished chains and admits more. One host trip per finished chain or per trip, never per token.
 Once the queue is empty the run drains: when no more than half the slots are busy, the host moves
 the busy ones into a batch half as wide (or narrower, down to `min_width`), whose decode steps
-cost less, and the free slots run chains ahead (`ppl_ecmh.engine.slots`): a chain's next step
-decodes beside its MH step in flight, in case that one is rejected.
+cost less; with `run_ahead`, the free slots run chains ahead (`ppl_ecmh.engine.slots`): a chain's
+next step decodes beside its MH step in flight, in case that one is rejected.
 
     engine = Engine(lm, schedule, width=32, prompt_block=128)
     for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
@@ -83,13 +83,14 @@ class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = True):
+                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = False):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
         weights over its model axis; None runs on the default device. `narrow`: halve the batch
         as the run drains, down to `min_width` slots (each narrower width compiles its loop once,
         and below a few slots a decode step of an accelerator costs no less). `run_ahead`: once
         nothing is queued, a free slot runs a chain's next step as if its MH step in flight were
-        rejected (`ppl_ecmh.engine.slots`); the records are the same either way."""
+        rejected (`ppl_ecmh.engine.slots`). Off by default: on a 2-core CPU it made a drain
+        slower, and on smollm2-135m its records differed from an idle run's (docs/design.md)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
