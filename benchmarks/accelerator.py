@@ -11,8 +11,12 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
   Karan and Du's code calls for every proposal), tokens/s and our ratio to it;
 - peak device memory of each (None on a CPU).
 
-It writes a JSON of every figure and prints a table. `--tiny` runs the same code at a toy shape in
-seconds on a CPU (tests/test_accelerator_check.py does, so the script cannot rot).
+It writes a JSON of every figure as it is measured (so a run cut off by its lease still leaves
+what it measured) and prints a table. A measurement that fails records its error and the check goes
+on; so does one not started before `--deadline-s`, recorded as skipped; the exit status is 1 if any
+failed. JAX does not preallocate the device's memory here, so PyTorch's reference has room beside it.
+`--tiny` runs the same code at a toy shape in seconds on a CPU (tests/test_accelerator_check.py
+does, so the script cannot rot).
 
     PYTHONPATH=. python3 -m benchmarks.accelerator --json accelerator.json      # on the GPU machine
     python -m benchmarks.accelerator --tiny                                      # anywhere
@@ -21,22 +25,26 @@ seconds on a CPU (tests/test_accelerator_check.py does, so the script cannot rot
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
+import os
+import sys
 import time
+import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts its backend
 
-from benchmarks.decode import without_eos
-from benchmarks.engine import decode_rate
-from ppl_ecmh.cuts import EntropyJump
-from ppl_ecmh.engine import Schedule, chain_key
-from ppl_ecmh.engine import slots as device
-from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies
-from ppl_ecmh.lm.transformer import Transformer
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.decode import without_eos  # noqa: E402
+from benchmarks.engine import decode_rate  # noqa: E402
+from ppl_ecmh.cuts import EntropyJump  # noqa: E402
+from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
+from ppl_ecmh.engine import slots as device  # noqa: E402
+from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
+from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
 
 SHAPES = {
     "qwen2.5-7b": ModelConfig(architecture="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -91,9 +99,15 @@ def peak_memory_gb() -> float | None:
     return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
 
 
-def engine_rate(lm, settings: dict) -> dict:
+def decode_figures(lm, width: int, settings: dict) -> dict:
+    rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"])
+    return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb())
+
+
+def engine_figures(lm, settings: dict, decode: dict) -> dict:
     """ecmh's block-wise schedule on `chains` chains in as many slots for `engine_iterations`
-    decode iterations (after one compiling call): occupancy and useful tokens/s."""
+    decode iterations (after one compiling call): occupancy, useful tokens/s and their ratio to raw
+    decode at the same width (measured here unless `decode` has it)."""
     width, prompt = settings["chains"], settings["prompt"]
     schedule = Schedule.blockwise(settings["max_new_tokens"], settings["block_size"], settings["mcmc_steps"],
                                   cut=EntropyJump(power=4.0), alpha=4.0, tau=0.25)
@@ -109,16 +123,19 @@ def engine_rate(lm, settings: dict) -> dict:
     started = time.perf_counter()
     slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], 1, False, schedule))
     seconds = time.perf_counter() - started
-    iterations = int(slots.counters.iterations - before.iterations)
-    decoded = int(slots.counters.decoded - before.decoded)
+    after, peak = jax.device_get(slots.counters), peak_memory_gb()
+    del slots
+    iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
+    raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
     return dict(width=width, iterations=iterations, decoded=decoded, seconds=seconds,
-                saved=int(slots.counters.saved - before.saved), restored=int(slots.counters.restored - before.restored),
-                occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds)
+                saved=int(after.saved - before.saved), restored=int(after.restored - before.restored),
+                occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds,
+                raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak)
 
 
-def reference_rate(config: ModelConfig, width: int, settings: dict, device_name: str) -> dict | None:
-    """transformers + PyTorch `generate` at the same shape (random bfloat16 weights, sampling,
-    exactly `new_tokens` new tokens), or None without them."""
+def reference_model(config: ModelConfig, device_name: str):
+    """transformers' Qwen2 of `config`'s shape with random bfloat16 weights on `device_name`, or
+    None without PyTorch and transformers."""
     try:
         import torch
         import transformers
@@ -130,83 +147,146 @@ def reference_rate(config: ModelConfig, width: int, settings: dict, device_name:
         num_key_value_heads=config.num_kv_heads, rope_theta=config.rope_theta,
         max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings)
     with torch.device(device_name):
-        model = transformers.Qwen2ForCausalLM(hf_config).to(torch.bfloat16).eval()
-    prompts = torch.randint(0, config.vocab_size, (width, settings["prompt"]), device=device_name)
-    options = dict(max_new_tokens=settings["new_tokens"], min_new_tokens=settings["new_tokens"], do_sample=True,
-                   top_k=0, pad_token_id=0)
-    if device_name == "cuda":
+        return transformers.Qwen2ForCausalLM(hf_config).to(torch.bfloat16).eval()
+
+
+def reference_rate(model, width: int, settings: dict) -> dict:
+    """Tokens/s of the reference's `generate` (sampling, exactly `new_tokens` new tokens) at `width`
+    rows, and its peak device memory (weights included; None on a CPU)."""
+    import torch
+
+    on_gpu = model.device.type == "cuda"
+    prompts = torch.randint(0, model.config.vocab_size, (width, settings["prompt"]), device=model.device)
+    options = dict(do_sample=True, top_k=0, pad_token_id=0)
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        model.generate(prompts, max_new_tokens=2, min_new_tokens=2, do_sample=True, top_k=0, pad_token_id=0)
-        if device_name == "cuda":
+        model.generate(prompts, max_new_tokens=2, min_new_tokens=2, **options)  # warm up
+        if on_gpu:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        model.generate(prompts, **options)
-        if device_name == "cuda":
+        model.generate(prompts, max_new_tokens=settings["new_tokens"], min_new_tokens=settings["new_tokens"], **options)
+        if on_gpu:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device_name == "cuda" else None
-    del model
-    if device_name == "cuda":
+    return dict(tokens_per_s=width * settings["new_tokens"] / seconds,
+                peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if on_gpu else None)
+
+
+def release_reference_memory() -> None:
+    """Hand PyTorch's cached device memory back, so that JAX can grow into it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return dict(tokens_per_s=width * settings["new_tokens"] / seconds, peak_memory_gb=peak)
 
 
-def check_shape(name: str, settings: dict, reference_device: str) -> dict:
+class Check:
+    """The figures of one run, written to `path` before every measurement, so that a run cut off
+    keeps all it finished. A measurement that fails records its error and returns None, and so does
+    one not started by the deadline (seconds after the check began), recorded as skipped."""
+
+    def __init__(self, results: dict, path: str | None, deadline_s: float | None):
+        self.results, self.path = results | dict(errors={}, skipped=[]), path
+        self.started = time.perf_counter()
+        self.deadline = None if deadline_s is None else self.started + deadline_s
+
+    def measure(self, label: str, fn, *args):
+        self.save()
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.results["skipped"].append(label)
+            print(f"[{self.elapsed():6.0f} s] {label}: skipped, past the deadline", flush=True)
+            return None
+        try:
+            value = fn(*args)
+        except Exception as error:  # a lease is minutes long: record it and measure the rest
+            traceback.print_exc()
+            self.results["errors"][label] = f"{type(error).__name__}: {error}"
+            print(f"[{self.elapsed():6.0f} s] {label}: failed", flush=True)
+            return None
+        print(f"[{self.elapsed():6.0f} s] {label}: done", flush=True)
+        return value
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save(self) -> None:
+        if self.path:
+            with open(f"{self.path}.partial", "w") as handle:
+                json.dump(self.results | dict(seconds=self.elapsed()), handle, indent=2, default=str)
+            os.replace(f"{self.path}.partial", self.path)
+
+
+def check_shape(name: str, settings: dict, reference_device: str, check: Check) -> None:
+    """Every figure of one shape into the check's results. The reference runs first, so that
+    PyTorch's memory is handed back before JAX's grows."""
     config = SHAPES[name]
-    started = time.perf_counter()
-    lm = without_eos(random_transformer(config))
-    figures = dict(shape=name, parameters=sum(x.size for x in jax.tree.leaves(lm.params)),
-                   init_seconds=time.perf_counter() - started, decode={}, reference={})
+    figures = dict(shape=name, parameters=None, decode={}, reference={}, engine=None)
+    check.results["shapes"].append(figures)
+    model = check.measure(f"{name}: reference model", reference_model, config, reference_device)
     for width in settings["widths"]:
-        figures["decode"][width] = dict(tokens_per_s=decode_rate(lm, width, settings["prompt"],
-                                                                 settings["max_new_tokens"], settings["new_tokens"]),
-                                        peak_memory_gb=peak_memory_gb())
-        figures["reference"][width] = reference_rate(config, width, settings, reference_device)
-    engine = engine_rate(lm, settings)
-    raw = decode_rate(lm, settings["chains"], settings["prompt"], settings["max_new_tokens"], settings["new_tokens"])
-    figures["engine"] = engine | dict(raw_decode_tokens_per_s=raw, ratio_to_raw=engine["useful_tokens_per_s"] / raw,
-                                      peak_memory_gb=peak_memory_gb())
-    del lm
-    return figures
+        figures["reference"][width] = model and check.measure(f"{name}: reference at width {width}",
+                                                              reference_rate, model, width, settings)
+    del model
+    release_reference_memory()
+    started = time.perf_counter()
+    lm = check.measure(f"{name}: random weights", random_transformer, config)
+    if lm is None:
+        return
+    lm = without_eos(lm)
+    figures |= dict(parameters=sum(x.size for x in jax.tree.leaves(lm.params)),
+                    init_seconds=time.perf_counter() - started)
+    for width in settings["widths"]:
+        figures["decode"][width] = check.measure(f"{name}: decode at width {width}", decode_figures, lm, width,
+                                                 settings)
+    figures["engine"] = check.measure(f"{name}: engine", engine_figures, lm, settings, figures["decode"])
 
 
 def print_table(figures: dict) -> None:
-    print(f"\n{figures['shape']}: {figures['parameters'] / 1e9:.2f} B parameters")
-    print(f"{'width':>5} {'ours tok/s':>10} {'reference tok/s':>15} {'ours/ref':>8} {'peak GB (ours)':>14}")
-    for width, ours in figures["decode"].items():
-        reference = figures["reference"][width]
-        ref_rate = reference["tokens_per_s"] if reference else math.nan
-        peak = ours["peak_memory_gb"]
-        print(f"{width:>5} {ours['tokens_per_s']:10.1f} {ref_rate:15.1f} {ours['tokens_per_s'] / ref_rate:8.2f} "
-              f"{'n/a' if peak is None else f'{peak:.1f}':>14}")
+    def rate(entry):
+        return entry["tokens_per_s"] if entry else math.nan
+
+    def gigabytes(entry):
+        return "n/a" if not entry or entry["peak_memory_gb"] is None else f"{entry['peak_memory_gb']:.1f}"
+
+    print(f"\n{figures['shape']}: {(figures['parameters'] or math.nan) / 1e9:.2f} B parameters")
+    print(f"{'width':>5} {'ours tok/s':>10} {'reference tok/s':>15} {'ours/ref':>8} {'peak GB ours':>12} "
+          f"{'peak GB ref':>11}")
+    for width, reference in figures["reference"].items():
+        ours = figures["decode"].get(width)
+        print(f"{width:>5} {rate(ours):10.1f} {rate(reference):15.1f} {rate(ours) / rate(reference):8.2f} "
+              f"{gigabytes(ours):>12} {gigabytes(reference):>11}")
     engine = figures["engine"]
-    print(f"engine, ecmh block-wise, {engine['width']} chains, {engine['iterations']} iterations: occupancy "
-          f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
-          f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches saved and "
-          f"{engine['restored']} restored")
+    if engine:
+        print(f"engine, ecmh block-wise, {engine['width']} chains, {engine['iterations']} iterations: occupancy "
+              f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
+              f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
+              f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
 
 
-def main(argv=None):
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["qwen2.5-math-1.5b", "qwen2.5-7b"], choices=list(SHAPES))
     parser.add_argument("--tiny", action="store_true", help="the toy shape and sizes, for a CPU")
-    parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--json", help="write every figure to this file, as it is measured")
+    parser.add_argument("--deadline-s", type=float, help="start no measurement after this many seconds")
     args = parser.parse_args(argv)
     shapes, settings = (["tiny"], TINY) if args.tiny else (args.shapes, PAPER)
     platform = jax.devices()[0].platform
     reference_device = "cuda" if platform == "gpu" else "cpu"
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform}); settings {settings}")
-    results = dict(jax=jax.__version__, device=jax.devices()[0].device_kind, settings=settings, shapes=[])
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform}); settings {settings}", flush=True)
+    check = Check(dict(jax=jax.__version__, device=jax.devices()[0].device_kind, settings=settings, shapes=[]),
+                  args.json, args.deadline_s)
     for name in shapes:
-        figures = check_shape(name, settings, reference_device)
-        results["shapes"].append(figures)
+        check_shape(name, settings, reference_device, check)
+    check.save()
+    for figures in check.results["shapes"]:
         print_table(figures)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
-    return results
+    for label, error in check.results["errors"].items():
+        print(f"failed: {label}: {error}")
+    if check.results["skipped"]:
+        print(f"skipped past the deadline: {', '.join(check.results['skipped'])}")
+    return check.results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["errors"] else 0)

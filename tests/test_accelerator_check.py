@@ -12,6 +12,7 @@ def test_the_accelerator_check_runs_at_a_tiny_shape_and_writes_every_figure(tmp_
     path = tmp_path / "accelerator.json"
     accelerator.main(["--tiny", "--json", str(path)])
     results = json.loads(path.read_text())
+    assert results["errors"] == {} and results["skipped"] == []
     (figures,) = results["shapes"]
     assert figures["shape"] == "tiny" and figures["parameters"] > 0
     for width in map(str, accelerator.TINY["widths"]):
@@ -20,6 +21,43 @@ def test_the_accelerator_check_runs_at_a_tiny_shape_and_writes_every_figure(tmp_
     engine = figures["engine"]
     assert engine["iterations"] == accelerator.TINY["engine_iterations"]
     assert 0 < engine["occupancy"] <= 1 and engine["useful_tokens_per_s"] > 0 and engine["ratio_to_raw"] > 0
+
+
+def test_a_failed_measurement_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(accelerator, "reference_model", broken)
+    path = tmp_path / "accelerator.json"
+    results = accelerator.main(["--tiny", "--json", str(path)])
+    assert json.loads(path.read_text())["errors"] == results["errors"] == {
+        "tiny: reference model": "RuntimeError: out of memory"}
+    (figures,) = results["shapes"]
+    assert set(figures["reference"].values()) == {None}
+    assert figures["decode"][1]["tokens_per_s"] > 0 and figures["engine"]["occupancy"] > 0
+
+
+def test_past_the_deadline_nothing_starts_and_the_file_says_so(tmp_path):
+    path = tmp_path / "accelerator.json"
+    accelerator.main(["--tiny", "--json", str(path), "--deadline-s", "0"])
+    results = json.loads(path.read_text())
+    assert results["skipped"] == ["tiny: reference model", "tiny: random weights"]
+    assert results["shapes"][0]["parameters"] is None and results["shapes"][0]["engine"] is None
+
+
+def test_each_measurement_finds_the_ones_before_it_on_disk(tmp_path, monkeypatch):
+    """A run cut off by its lease keeps what it finished."""
+    path = tmp_path / "accelerator.json"
+    seen = []
+    decode_figures = accelerator.decode_figures
+
+    def watched(lm, width, settings):
+        seen.append(json.loads(path.read_text())["shapes"][0]["decode"])
+        return decode_figures(lm, width, settings)
+
+    monkeypatch.setattr(accelerator, "decode_figures", watched)
+    accelerator.main(["--tiny", "--json", str(path)])
+    assert seen[0] == {} and list(seen[1]) == ["1"]
 
 
 def test_the_paper_shapes_are_qwen_s():
