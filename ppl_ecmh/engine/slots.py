@@ -261,8 +261,10 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
     slots = slots._replace(current=new, valid=valid, backed=backed, step=next_step, busy=busy, steps=steps,
                            draws=draws)
-    if not schedule.token_budget:
-        slots = _settle_runs_ahead(slots, finishing & mh_step, accepted, at, draw, schedule)
+    if not schedule.token_budget:  # a chain holds a second slot only while one runs ahead
+        slots = jax.lax.cond(jnp.any(slots.ahead),
+                             lambda slots: _settle_runs_ahead(slots, finishing & mh_step, accepted, at, draw, schedule),
+                             lambda slots: slots, slots)
     return _start_steps(slots, lm, finishing & slots.busy, schedule)
 
 
