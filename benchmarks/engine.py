@@ -7,8 +7,9 @@
 (b) ecmh and karan-du with the study's settings (alpha 4, T_max 384, B 96, N_MCMC 4) on the first
     `--problems` GSM8K problems, `--chains` chains each (one, as the study ran), on the engine at
     `--width` slots (default: its default width, capped by the work), narrowing the batch in the
-    drain unless --no-narrow and running chains ahead in its free slots (--run-ahead on, off or both;
-    both runs each sampler ahead first, so that run pays the compiles the other reuses):
+    drain unless --no-narrow, its free slots idle as the engine's default or running chains ahead
+    (--run-ahead off, on or both; both runs each sampler ahead first, so that run pays the compiles
+    the other reuses):
     occupancy (useful row-tokens / slot-iterations), useful tokens/s and
     its ratio to raw decode at the full width, and the occupancy the same proposals would have had
     in lockstep batches of 8 (each step of a batch waits for its longest suffix). Raw decode is
@@ -122,7 +123,7 @@ def main():
     parser.add_argument("--width", type=int, help="(b): slots (default: the default width, capped by the work)")
     parser.add_argument("--no-narrow", action="store_true", help="(b): keep the full width through the drain")
     parser.add_argument("--min-width", type=int, default=1, help="(b): the narrowest width of the drain")
-    parser.add_argument("--run-ahead", choices=["on", "off", "both"], default="on",
+    parser.add_argument("--run-ahead", choices=["on", "off", "both"], default="off",
                         help="(b): free slots in the drain run chains ahead, or stay idle; both: each sampler twice")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
     parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
