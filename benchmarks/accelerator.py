@@ -9,7 +9,9 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
   of decode iterations: occupancy, useful tokens/s, and its ratio to raw decode at width 64;
 - the reference's code path at the same shape and widths: transformers + PyTorch `generate` (what
   Karan and Du's code calls for every proposal), tokens/s and our ratio to it;
-- peak device memory of each (None on a CPU).
+- peak device memory of each (None on a CPU);
+- where the time of a raw decode step and of an engine iteration goes at width 64: a profile of a
+  few of each, summed by XLA op (device busy time against wall time, and the ops that take most).
 
 It writes a JSON of every figure as it is measured (so a run cut off by its lease still leaves
 what it measured) and prints a table. A measurement that fails records its error and the check goes
@@ -26,10 +28,13 @@ does, so the script cannot rot).
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 
@@ -63,9 +68,11 @@ SHAPES = {
                         eos_token_ids=(-1,)),
 }
 PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
-             new_tokens=64, engine_iterations=512)
-TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 2), new_tokens=4,
-            engine_iterations=24)
+             new_tokens=64, engine_iterations=512, profile_iterations=32)
+TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
+            engine_iterations=24, profile_iterations=4)
+ADMIT = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
+ADVANCE = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
 
 
 def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Transformer:
@@ -104,37 +111,74 @@ def peak_memory_gb() -> float | None:
 
 
 def decode_figures(lm, width: int, settings: dict) -> dict:
-    rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"])
-    return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb())
+    """Raw decode at `width`; at the engine's width, also a profile of one more run."""
+    if width != settings["chains"]:
+        rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"])
+        return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"],
+                           trace_dir=trace_dir)
+        profile = kernel_summary(trace_dir) | dict(wall_s=width * settings["new_tokens"] / rate,
+                                                   steps=settings["new_tokens"])  # wall: the untraced run
+    return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb(), profile=profile)
 
 
 def engine_figures(lm, settings: dict, decode: dict) -> dict:
     """ecmh's block-wise schedule on `chains` chains in as many slots for `engine_iterations`
     decode iterations (after one compiling call): occupancy, useful tokens/s and their ratio to raw
-    decode at the same width (measured here unless `decode` has it)."""
+    decode at the same width (measured here unless `decode` has it); then `profile_iterations`
+    more, profiled."""
     width, prompt = settings["chains"], settings["prompt"]
     schedule = Schedule.blockwise(settings["max_new_tokens"], settings["block_size"], settings["mcmc_steps"],
                                   cut=EntropyJump(power=4.0), alpha=4.0, tau=0.25)
     slots = device.empty_slots(lm, width, prompt, schedule)
     keys = np.stack([chain_key(0, "ecmh", chain, 0) for chain in range(width)])
     prompts = np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)).astype(np.int32)
-    admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-    advance = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
-    slots = admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
+    slots = ADMIT(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
                   jnp.asarray(keys), jnp.arange(width), None, schedule)
-    slots = jax.block_until_ready(advance(slots, lm, 2, 1, False, schedule))  # compile
+    slots = jax.block_until_ready(ADVANCE(slots, lm, 2, 1, False, schedule))  # compile
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(advance(slots, lm, settings["engine_iterations"], 1, False, schedule))
+    slots = jax.block_until_ready(ADVANCE(slots, lm, settings["engine_iterations"], 1, False, schedule))
     seconds = time.perf_counter() - started
     after, peak = jax.device_get(slots.counters), peak_memory_gb()
-    del slots
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            slots = jax.block_until_ready(ADVANCE(slots, lm, settings["profile_iterations"], 1, False, schedule))
+        steps = settings["profile_iterations"]  # wall: as many iterations of the untraced run
+        profile = kernel_summary(trace_dir) | dict(wall_s=seconds / max(1, iterations) * steps, steps=steps)
+    del slots
     raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
     return dict(width=width, iterations=iterations, decoded=decoded, seconds=seconds,
                 saved=int(after.saved - before.saved), restored=int(after.restored - before.restored),
                 occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds,
-                raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak)
+                raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak,
+                profile=profile)
+
+
+def kernel_summary(trace_dir: str, top: int = 20) -> dict:
+    """Where a profiled run's time went, from its trace: the device's busy seconds (on a GPU the
+    kernels and copies of its stream lines), how many op executions that took, and the `top` XLA
+    ops (an event's `hlo_op`, else its name) by time. On a CPU the host threads' XLA op events
+    stand in, loops nested around their bodies and threads summed: there it only ranks ops."""
+    (path,) = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    profile = jax.profiler.ProfileData.from_file(path)
+    planes = list(profile.planes)  # an iterator: read once
+    devices = [line for plane in planes if plane.name.startswith("/device:") for line in plane.lines]
+    lines = [line for line in devices if line.name.startswith("Stream")] or devices
+    if not lines:
+        lines = [line for plane in planes if plane.name == "/host:CPU" for line in plane.lines]
+    nanoseconds, runs = collections.Counter(), collections.Counter()
+    for line in lines:
+        for event in line.events:
+            op = dict(event.stats).get("hlo_op")
+            if op is None and not devices:  # host threads: XLA's op events only
+                continue
+            nanoseconds[op or event.name] += event.duration_ns
+            runs[op or event.name] += 1
+    return dict(busy_s=sum(nanoseconds.values()) / 1e9, op_runs=sum(runs.values()),
+                top=[dict(op=op, ms=ns / 1e6, runs=runs[op]) for op, ns in nanoseconds.most_common(top)])
 
 
 def reference_model(config: ModelConfig, device_name: str):
@@ -265,6 +309,15 @@ def print_table(figures: dict) -> None:
               f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
               f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
               f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
+    profiles = [("raw decode step", (figures["decode"].get(figures["engine"]["width"]) if engine else None) or {}),
+                ("engine iteration", engine or {})]
+    for what, entry in profiles:
+        profile = entry.get("profile")
+        if profile:
+            per_step = lambda value: 1e3 * value / profile["steps"]
+            print(f"{what}: {per_step(profile['wall_s']):.2f} ms, device busy {per_step(profile['busy_s']):.2f} ms in "
+                  f"{profile['op_runs'] / profile['steps']:.0f} op runs; most: " + ", ".join(
+                      f"{top['op']} {per_step(top['ms'] / 1e3):.2f} ms" for top in profile["top"][:5]))
 
 
 def main(argv=None) -> dict:

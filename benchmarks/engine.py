@@ -54,9 +54,10 @@ PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
 def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
-                new_tokens: int = NEW_TOKENS) -> float:
+                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None) -> float:
     """Tokens/s of `width` rows decoding `new_tokens` tokens each after a `prompt_block` prompt,
-    the cache sized for `max_new_tokens`, EOS disabled."""
+    the cache sized for `max_new_tokens`, EOS disabled; with `trace_dir`, a third run (after the
+    compiling and the timed one) is profiled into it."""
     seqs = generation.new_sequences([[1] * prompt_block] * width, max_new_tokens, pad_id=0)
     lm = without_eos(lm)
     cache = jax.jit(generation.prefill)(lm, seqs)
@@ -65,6 +66,9 @@ def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens
         lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
     timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
     _, seconds = timed(decode, lm, jax.random.key(1), seqs, cache)
+    if trace_dir:
+        with jax.profiler.trace(trace_dir):
+            timed(decode, lm, jax.random.key(2), seqs, cache)
     return width * new_tokens / seconds
 
 
