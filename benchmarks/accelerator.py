@@ -72,7 +72,7 @@ PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, cha
 TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
             engine_iterations=24, profile_iterations=4)
 ADMIT = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-ADVANCE = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
+ADVANCE = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
 
 
 def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Transformer:

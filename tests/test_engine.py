@@ -301,7 +301,7 @@ def test_the_cache_always_holds_the_tokens_it_is_read_for(free):
     keys = np.stack([chain_key(0, "cache", chain, 0) for chain in range(chains)])
     slots = slot_ops.admit(slots, lm, np.arange(chains), np.zeros((chains, 1), np.int32), np.ones(chains, np.int32),
                            keys, np.arange(chains), None, schedule)
-    iterate = jax.jit(slot_ops.iterate, static_argnums=3)
+    iterate = jax.jit(slot_ops.iterate, static_argnums=(2, 3))
     while np.asarray(slots.busy | slots.ahead).any():
         slots = iterate(slots, lm, True, schedule)
         cache, valid, busy = np.asarray(slots.cache), np.asarray(slots.valid), np.asarray(slots.busy)

@@ -242,9 +242,10 @@ class Engine:
                       self.schedule)
 
 
-# Compiled once per (schedule, shapes). Slots are donated: the device updates them in place.
+# Compiled once per (schedule, shapes; for `_advance`, whether free slots run ahead). Slots are donated:
+# the device updates them in place.
 _empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
 _admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-_advance = jax.jit(device.advance, static_argnums=(5,), donate_argnums=(0,))
+_advance = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
 _release = jax.jit(device.release, donate_argnums=(0,))
 _narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate

@@ -262,9 +262,11 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     slots = slots._replace(current=new, valid=valid, backed=backed, step=next_step, busy=busy, steps=steps,
                            draws=draws)
     if not schedule.token_budget:  # a chain holds a second slot only while one runs ahead
-        slots = jax.lax.cond(jnp.any(slots.ahead),
-                             lambda slots: _settle_runs_ahead(slots, finishing & mh_step, accepted, at, draw, schedule),
-                             lambda slots: slots, slots)
+        # the caches stay out of the branch's operands: settling reads and writes neither
+        light = jax.lax.cond(jnp.any(slots.ahead),
+                             lambda light: _settle_runs_ahead(light, finishing & mh_step, accepted, at, draw, schedule),
+                             lambda light: light, slots._replace(cache=(), backup=()))
+        slots = light._replace(cache=slots.cache, backup=slots.backup)
     return _start_steps(slots, lm, finishing & slots.busy, schedule)
 
 
@@ -347,8 +349,9 @@ def _spent(slots: Slots):
 
 
 def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
-    """One decode iteration of every slot (see the module docstring); with `run_ahead`, free slots
-    then run chains ahead (only suffix-MH and block-wise steps can be rejected)."""
+    """One decode iteration of every slot (see the module docstring); with `run_ahead` (a Python
+    bool, so the default loop carries no branch for it), free slots then run chains ahead (only
+    suffix-MH and block-wise steps can be rejected)."""
     current, proposal = slots.current, slots.proposal
     rows = jnp.arange(slots.step.shape[0])
     total = current.tokens.shape[1]
@@ -388,9 +391,9 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
     slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters,
                            ahead_decoded=slots.ahead_decoded + (proposing & slots.ahead))
     slots = _finish_steps(slots, lm, finishing, schedule)
-    if schedule.token_budget or not schedule.num_mcmc_steps:
-        return slots
-    return jax.lax.cond(run_ahead, lambda slots: _run_ahead(slots, lm, schedule), lambda slots: slots, slots)
+    if run_ahead and schedule.num_mcmc_steps and not schedule.token_budget:
+        slots = _run_ahead(slots, lm, schedule)
+    return slots
 
 
 def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Schedule) -> Slots:
