@@ -111,16 +111,23 @@ def peak_memory_gb() -> float | None:
 
 
 def decode_figures(lm, width: int, settings: dict) -> dict:
-    """Raw decode at `width`; at the engine's width, also a profile of one more run."""
-    if width != settings["chains"]:
-        rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"])
-        return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb())
-    with tempfile.TemporaryDirectory() as trace_dir:
-        rate = decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"],
+    """Raw decode at `width`; at the engine's width, also a profile of one more run (or why not)."""
+    def rate(trace_dir=None):
+        return decode_rate(lm, width, settings["prompt"], settings["max_new_tokens"], settings["new_tokens"],
                            trace_dir=trace_dir)
-        profile = kernel_summary(trace_dir) | dict(wall_s=width * settings["new_tokens"] / rate,
-                                                   steps=settings["new_tokens"])  # wall: the untraced run
-    return dict(tokens_per_s=rate, peak_memory_gb=peak_memory_gb(), profile=profile)
+
+    if width != settings["chains"]:
+        return dict(tokens_per_s=rate(), peak_memory_gb=peak_memory_gb())
+    try:
+        with tempfile.TemporaryDirectory() as trace_dir:
+            tokens_per_s = rate(trace_dir)
+            profile = kernel_summary(trace_dir)
+    except Exception as error:  # a profiler the machine refuses costs the profile, not the rate
+        traceback.print_exc()
+        tokens_per_s, profile = rate(), dict(error=f"{type(error).__name__}: {error}")
+    steps = settings["new_tokens"]  # wall: the untraced run's
+    return dict(tokens_per_s=tokens_per_s, peak_memory_gb=peak_memory_gb(),
+                profile=profile | dict(steps=steps, wall_s=width * steps / tokens_per_s))
 
 
 def engine_figures(lm, settings: dict, decode: dict) -> dict:
@@ -143,12 +150,17 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     seconds = time.perf_counter() - started
     after, peak = jax.device_get(slots.counters), peak_memory_gb()
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            slots = jax.block_until_ready(ADVANCE(slots, lm, settings["profile_iterations"], 1, False, schedule))
-        steps = settings["profile_iterations"]  # wall: as many iterations of the untraced run
-        profile = kernel_summary(trace_dir) | dict(wall_s=seconds / max(1, iterations) * steps, steps=steps)
+    steps = settings["profile_iterations"]
+    try:
+        with tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir):
+                jax.block_until_ready(ADVANCE(slots, lm, steps, 1, False, schedule))
+            profile = kernel_summary(trace_dir)
+    except Exception as error:  # a profiler the machine refuses costs the profile, not the figures
+        traceback.print_exc()
+        profile = dict(error=f"{type(error).__name__}: {error}")
     del slots
+    profile |= dict(steps=steps, wall_s=seconds / max(1, iterations) * steps)  # wall: the untraced run's
     raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
     return dict(width=width, iterations=iterations, decoded=decoded, seconds=seconds,
                 saved=int(after.saved - before.saved), restored=int(after.restored - before.restored),
@@ -313,7 +325,9 @@ def print_table(figures: dict) -> None:
                 ("engine iteration", engine or {})]
     for what, entry in profiles:
         profile = entry.get("profile")
-        if profile:
+        if profile and "error" in profile:
+            print(f"{what}: no profile ({profile['error']})")
+        elif profile:
             per_step = lambda value: 1e3 * value / profile["steps"]
             print(f"{what}: {per_step(profile['wall_s']):.2f} ms, device busy {per_step(profile['busy_s']):.2f} ms in "
                   f"{profile['op_runs'] / profile['steps']:.0f} op runs; most: " + ", ".join(

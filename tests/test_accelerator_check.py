@@ -41,6 +41,19 @@ def test_a_failed_measurement_is_recorded_and_the_check_goes_on(tmp_path, monkey
     assert figures["decode"][1]["tokens_per_s"] > 0 and figures["engine"]["occupancy"] > 0
 
 
+def test_a_profiler_that_fails_costs_the_profile_alone(monkeypatch):
+    def refused(trace_dir):
+        raise RuntimeError("CUPTI_ERROR_INSUFFICIENT_PRIVILEGES")
+
+    monkeypatch.setattr(accelerator, "kernel_summary", refused)
+    results = accelerator.main(["--tiny"])
+    assert results["errors"] == {}
+    (figures,) = results["shapes"]
+    for entry in figures["decode"][accelerator.TINY["chains"]], figures["engine"]:
+        assert entry["profile"]["error"] == "RuntimeError: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES"
+    assert figures["decode"][accelerator.TINY["chains"]]["tokens_per_s"] > 0 and figures["engine"]["occupancy"] > 0
+
+
 def test_past_the_deadline_nothing_starts_and_the_file_says_so(tmp_path):
     path = tmp_path / "accelerator.json"
     accelerator.main(["--tiny", "--json", str(path), "--deadline-s", "0"])
