@@ -214,8 +214,9 @@ def _copy_slots(destination, source, slots, origin=None):
     return jax.lax.fori_loop(0, jnp.sum(slots), copy, destination)
 
 
-def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
-    """For the slots `finishing`, accept or reject their proposal, record the step, move on."""
+def _finish_steps(slots: Slots, lm, finishing, run_ahead: bool, schedule: Schedule) -> Slots:
+    """For the slots `finishing`, accept or reject their proposal, record the step, move on; with
+    `run_ahead`, settle the bets of the slots ahead of them."""
     current, proposal, cut, step = slots.current, slots.proposal, slots.cut, slots.step
     rows = jnp.arange(step.shape[0])
     if schedule.token_budget:  # best-of-N: the first candidate, then any that scores higher
@@ -261,12 +262,8 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)))
     slots = slots._replace(current=new, valid=valid, backed=backed, step=next_step, busy=busy, steps=steps,
                            draws=draws)
-    if not schedule.token_budget:  # a chain holds a second slot only while one runs ahead
-        # the caches stay out of the branch's operands: settling reads and writes neither
-        light = jax.lax.cond(jnp.any(slots.ahead),
-                             lambda light: _settle_runs_ahead(light, finishing & mh_step, accepted, at, draw, schedule),
-                             lambda light: light, slots._replace(cache=(), backup=()))
-        slots = light._replace(cache=slots.cache, backup=slots.backup)
+    if run_ahead and not schedule.token_budget:
+        slots = _settle_runs_ahead(slots, finishing & mh_step, accepted, at, draw, schedule)
     return _start_steps(slots, lm, finishing & slots.busy, schedule)
 
 
@@ -350,7 +347,7 @@ def _spent(slots: Slots):
 
 def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
     """One decode iteration of every slot (see the module docstring); with `run_ahead` (a Python
-    bool, so the default loop carries no branch for it), free slots then run chains ahead (only
+    bool: the default loop compiles without any of it), free slots then run chains ahead (only
     suffix-MH and block-wise steps can be rejected)."""
     current, proposal = slots.current, slots.proposal
     rows = jnp.arange(slots.step.shape[0])
@@ -390,7 +387,7 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
                                  busy_iterations=counters.busy_iterations + slots.busy)
     slots = slots._replace(proposal=proposal, cache=cache, valid=valid, counters=counters,
                            ahead_decoded=slots.ahead_decoded + (proposing & slots.ahead))
-    slots = _finish_steps(slots, lm, finishing, schedule)
+    slots = _finish_steps(slots, lm, finishing, run_ahead, schedule)
     if run_ahead and schedule.num_mcmc_steps and not schedule.token_budget:
         slots = _run_ahead(slots, lm, schedule)
     return slots
@@ -400,7 +397,9 @@ def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Sch
     """Iterate while at least `min_busy` slots are busy or running ahead (1: until every slot is
     idle), for at most `max_iterations`: the host sets `min_busy` to hear of a freed slot it can
     refill, or of a drain it can narrow the batch for. A slot ahead that has done all its steps
-    counts until its chain's step in flight settles it, so every slot counted holds a chain."""
+    counts until its chain's step in flight settles it, so every slot counted holds a chain. Only
+    a loop with `run_ahead` settles bets, so once one has run with it, the rest of the run must
+    (the host's queue, once empty, stays empty)."""
     start = slots.counters.iterations
 
     def running(slots):
