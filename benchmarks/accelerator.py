@@ -52,6 +52,7 @@ from benchmarks.engine import decode_rate  # noqa: E402
 from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
+from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop, as it runs)
 from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
 from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
 
@@ -71,8 +72,6 @@ PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, cha
              new_tokens=64, engine_iterations=512, profile_iterations=32)
 TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
             engine_iterations=24, profile_iterations=4)
-ADMIT = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-ADVANCE = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
 
 
 def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Transformer:
@@ -110,6 +109,12 @@ def peak_memory_gb() -> float | None:
     return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
 
 
+def failure(error: Exception) -> str:
+    """Print the traceback of `error` and return it in one line, for the figures' file."""
+    traceback.print_exc()
+    return f"{type(error).__name__}: {error}"
+
+
 def decode_figures(lm, width: int, settings: dict) -> dict:
     """Raw decode at `width`; at the engine's width, also a profile of one more run (or why not)."""
     def rate(trace_dir=None):
@@ -123,8 +128,7 @@ def decode_figures(lm, width: int, settings: dict) -> dict:
             tokens_per_s = rate(trace_dir)
             profile = kernel_summary(trace_dir)
     except Exception as error:  # a profiler the machine refuses costs the profile, not the rate
-        traceback.print_exc()
-        tokens_per_s, profile = rate(), dict(error=f"{type(error).__name__}: {error}")
+        tokens_per_s, profile = rate(), dict(error=failure(error))
     steps = settings["new_tokens"]  # wall: the untraced run's
     return dict(tokens_per_s=tokens_per_s, peak_memory_gb=peak_memory_gb(),
                 profile=profile | dict(steps=steps, wall_s=width * steps / tokens_per_s))
@@ -141,12 +145,12 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     slots = device.empty_slots(lm, width, prompt, schedule)
     keys = np.stack([chain_key(0, "ecmh", chain, 0) for chain in range(width)])
     prompts = np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)).astype(np.int32)
-    slots = ADMIT(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
+    slots = _admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
                   jnp.asarray(keys), jnp.arange(width), None, schedule)
-    slots = jax.block_until_ready(ADVANCE(slots, lm, 2, 1, False, schedule))  # compile
+    slots = jax.block_until_ready(_advance(slots, lm, 2, 1, False, schedule))  # compile
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(ADVANCE(slots, lm, settings["engine_iterations"], 1, False, schedule))
+    slots = jax.block_until_ready(_advance(slots, lm, settings["engine_iterations"], 1, False, schedule))
     seconds = time.perf_counter() - started
     after, peak = jax.device_get(slots.counters), peak_memory_gb()
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
@@ -154,11 +158,10 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     try:
         with tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir):
-                jax.block_until_ready(ADVANCE(slots, lm, steps, 1, False, schedule))
+                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule))
             profile = kernel_summary(trace_dir)
     except Exception as error:  # a profiler the machine refuses costs the profile, not the figures
-        traceback.print_exc()
-        profile = dict(error=f"{type(error).__name__}: {error}")
+        profile = dict(error=failure(error))
     del slots
     profile |= dict(steps=steps, wall_s=seconds / max(1, iterations) * steps)  # wall: the untraced run's
     raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
@@ -259,8 +262,7 @@ class Check:
         try:
             value = fn(*args)
         except Exception as error:  # a lease is minutes long: record it and measure the rest
-            traceback.print_exc()
-            self.results["errors"][label] = f"{type(error).__name__}: {error}"
+            self.results["errors"][label] = failure(error)
             print(f"[{self.elapsed():6.0f} s] {label}: failed", flush=True)
             return None
         print(f"[{self.elapsed():6.0f} s] {label}: done", flush=True)
@@ -321,8 +323,8 @@ def print_table(figures: dict) -> None:
               f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
               f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
               f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
-    profiles = [("raw decode step", (figures["decode"].get(figures["engine"]["width"]) if engine else None) or {}),
-                ("engine iteration", engine or {})]
+    profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
+    profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:
         profile = entry.get("profile")
         if profile and "error" in profile:
