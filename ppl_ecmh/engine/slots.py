@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from ppl_ecmh.baselines import best_of_n_score
 from ppl_ecmh.blockwise import ends_with_eos
 from ppl_ecmh.engine.schedule import Schedule
-from ppl_ecmh.lm.generation import Sequences, is_eos, prefill, sequence_log_prob, teacher_force, token_statistics
+from ppl_ecmh.lm.generation import (Sequences, is_eos, prefill, sample_tokens, sequence_log_prob, teacher_force,
+                                    token_statistics)
 from ppl_ecmh.mh import SuffixMHState, cut_log_probs, log_acceptance, select_rows
 
 CUT, ACCEPT, TOKEN = 0, 1, 2  # the uses of a step's key
@@ -364,7 +365,7 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
 
     index = proposal.length  # completion index of the token drawn now
     keys = jax.vmap(jax.random.fold_in)(_step_key(slots.chain_key, slots.step, TOKEN), index)
-    drawn = jax.vmap(jax.random.categorical)(keys, logits / schedule.tau).astype(jnp.int32)
+    drawn = jax.vmap(sample_tokens)(keys, logits / schedule.tau)
     stats = token_statistics(logits, drawn, schedule.tau)
     at = jnp.where(proposing, index, schedule.max_new_tokens)
     proposal = proposal._replace(
