@@ -152,19 +152,24 @@ def admitted_slots(lm, settings: dict, schedule: Schedule):
                   jnp.asarray(keys), jnp.arange(width), None, schedule)
 
 
+def timed_engine(advance, lm, settings: dict, schedule: Schedule, iterations: int):
+    """Fresh admitted slots advanced by `advance` for two iterations (compiling it), then for
+    `iterations` more, timed: (slots, seconds, the counters before and after the timed call)."""
+    slots = jax.block_until_ready(advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule))
+    before = jax.device_get(slots.counters)  # host copies: the slots are donated below
+    started = time.perf_counter()
+    slots = jax.block_until_ready(advance(slots, lm, iterations, 1, False, schedule))
+    return slots, time.perf_counter() - started, before, jax.device_get(slots.counters)
+
+
 def engine_figures(lm, settings: dict, decode: dict) -> dict:
     """ecmh's block-wise schedule on `chains` chains in as many slots for `engine_iterations`
     decode iterations (after one compiling call): occupancy, useful tokens/s and their ratio to raw
     decode at the same width (measured here unless `decode` has it); then `profile_iterations`
     more, profiled."""
     width, schedule = settings["chains"], engine_schedule(settings)
-    slots = admitted_slots(lm, settings, schedule)
-    slots = jax.block_until_ready(_advance(slots, lm, 2, 1, False, schedule))  # compile
-    before = jax.device_get(slots.counters)  # host copies: the slots are donated below
-    started = time.perf_counter()
-    slots = jax.block_until_ready(_advance(slots, lm, settings["engine_iterations"], 1, False, schedule))
-    seconds = time.perf_counter() - started
-    after, peak = jax.device_get(slots.counters), peak_memory_gb()
+    slots, seconds, before, after = timed_engine(_advance, lm, settings, schedule, settings["engine_iterations"])
+    peak = peak_memory_gb()
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
     steps = settings["profile_iterations"]
     try:
@@ -190,15 +195,11 @@ def engine_without_copies(lm, settings: dict) -> dict:
     timed over `ablation_iterations` from the same start as `engine_figures`. Its records are
     wrong; only its time counts. If an iteration then costs about a raw decode step, the copies'
     loops are where the engine's extra time goes."""
-    schedule = engine_schedule(settings)
     with unittest.mock.patch.object(device, "_copy_slots", lambda destination, *_: destination):
         advance = jax.jit(lambda *args: device.advance(*args), static_argnums=(4, 5), donate_argnums=(0,))
-        slots = jax.block_until_ready(advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule))
-        before = int(slots.counters.iterations)
-        started = time.perf_counter()
-        slots = jax.block_until_ready(advance(slots, lm, settings["ablation_iterations"], 1, False, schedule))
-        seconds = time.perf_counter() - started
-    iterations = int(slots.counters.iterations) - before
+        _, seconds, before, after = timed_engine(advance, lm, settings, engine_schedule(settings),
+                                                 settings["ablation_iterations"])
+    iterations = int(after.iterations - before.iterations)
     return dict(iterations=iterations, ms_per_iteration=1e3 * seconds / max(1, iterations))
 
 
