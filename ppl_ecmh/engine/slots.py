@@ -201,16 +201,18 @@ def _backed_up(slots: Slots, starting, kept) -> Slots:
 
 def _copy_slots(destination, source, slots, origin=None):
     """`destination` (a cache pytree, slot axis first) with the slots `slots` [W] (bool) copied
-    from `source` (slot j from slot `origin[j]`, by default j): a loop over those slots alone,
+    from `source` (slot j from slot `origin[j]`, by default j; `source=None`: from `destination`
+    itself, whose copied slots must then not be the origin of any): a loop over those slots alone,
     each copy in place, so a step that copies no slot (most) costs nothing and one that copies k
-    costs k slot caches, not W."""
+    costs k slot caches, not W. Reading `destination` through the loop's carry rather than as a
+    second operand is what lets XLA copy within one cache without first copying all of it."""
     index = jnp.nonzero(slots, size=slots.shape[0], fill_value=0)[0]
     origin = index if origin is None else origin[index]
 
     def copy(i, destination):
         take = lambda source: jax.lax.dynamic_index_in_dim(source, origin[i], 0, keepdims=True)
         return jax.tree.map(lambda d, s: jax.lax.dynamic_update_index_in_dim(d, take(s), index[i], 0),
-                            destination, source)
+                            destination, destination if source is None else source)
 
     return jax.lax.fori_loop(0, jnp.sum(slots), copy, destination)
 
@@ -315,20 +317,21 @@ def _run_ahead(slots: Slots, lm, schedule: Schedule) -> Slots:
     origin = jnp.where(free, chains[jnp.clip(jnp.cumsum(free) - 1, 0, width - 1)], width)
     forking = origin < width
 
-    def fork(slots: Slots) -> Slots:
-        source = jnp.minimum(origin, width - 1)
-        copy = lambda leaf: jnp.where(forking.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[source], leaf)
-        slots = slots._replace(**{name: jax.tree.map(copy, getattr(slots, name)) for name in (
-            "current", "valid", "backed", "step", "owner", "chain_key", "steps", "draws")})
-        slots = slots._replace(
-            cache=_copy_slots(slots.cache, slots.cache, forking, source),
-            backup=_copy_slots(slots.backup, slots.backup, forking, source),
-            step=slots.step + forking, busy=slots.busy | forking, ahead=slots.ahead | forking,
-            ahead_decoded=jnp.where(forking, 0, slots.ahead_decoded),
-            counters=slots.counters._replace(ran_ahead=slots.counters.ran_ahead + jnp.sum(forking)))
-        return _start_steps(slots, lm, forking, schedule)
-
-    return jax.lax.cond(jnp.any(forking), fork, lambda slots: slots, slots)
+    # No conditional around this, although most iterations fork nothing: for a conditional that
+    # carries the caches, XLA:GPU copies both whole caches at every iteration (docs/gpu-recipe.md).
+    # One loop copies both: it takes the backup that the finishing slots' saves wrote, so it runs
+    # after those saves read the working cache. A loop of its own for the working cache could run
+    # before them, and XLA would then copy the whole cache to keep what they read.
+    source = jnp.minimum(origin, width - 1)
+    copy = lambda leaf: jnp.where(forking.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[source], leaf)
+    slots = slots._replace(**{name: jax.tree.map(copy, getattr(slots, name)) for name in (
+        "current", "valid", "backed", "step", "owner", "chain_key", "steps", "draws")})
+    cache, backup = _copy_slots((slots.cache, slots.backup), None, forking, source)
+    slots = slots._replace(
+        cache=cache, backup=backup, step=slots.step + forking, busy=slots.busy | forking, ahead=slots.ahead | forking,
+        ahead_decoded=jnp.where(forking, 0, slots.ahead_decoded),
+        counters=slots.counters._replace(ran_ahead=slots.counters.ran_ahead + jnp.sum(forking)))
+    return _start_steps(slots, lm, forking, schedule)
 
 
 def release(slots: Slots, free) -> Slots:
