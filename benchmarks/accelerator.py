@@ -11,7 +11,10 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
   Karan and Du's code calls for every proposal), tokens/s and our ratio to it;
 - peak device memory of each (None on a CPU);
 - where the time of a raw decode step and of an engine iteration goes at width 64: a profile of a
-  few of each, summed by XLA op (device busy time against wall time, and the ops that take most).
+  few of each, summed by XLA op (device busy time against wall time, and the ops that take most);
+- decode tokens/s at width 64 late in the same cache (from position 1536 instead of 128): each
+  layer's attention then loops over 13 key/value chunks instead of 2, and XLA:GPU reads a
+  loop's condition on the host at every trip, so this says what those round trips cost.
 
 What XLA:GPU compiles the engine's loop into needs no GPU at all: see benchmarks/gpu_compile.py.
 
@@ -71,9 +74,9 @@ SHAPES = {
                         eos_token_ids=(-1,)),
 }
 PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
-             new_tokens=64, engine_iterations=512, profile_iterations=32)
+             new_tokens=64, engine_iterations=512, profile_iterations=32, late_prompt=1536)
 TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
-            engine_iterations=24, profile_iterations=4)
+            engine_iterations=24, profile_iterations=4, late_prompt=24)
 
 
 def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Transformer:
@@ -134,6 +137,15 @@ def decode_figures(lm, width: int, settings: dict) -> dict:
     steps = settings["new_tokens"]  # wall: the untraced run's
     return dict(tokens_per_s=tokens_per_s, peak_memory_gb=peak_memory_gb(),
                 profile=profile | dict(steps=steps, wall_s=width * steps / tokens_per_s))
+
+
+def late_decode_figures(lm, settings: dict) -> dict:
+    """Raw decode at the engine's width with `late_prompt` positions already cached, in a cache of
+    the same size as the other decode figures'."""
+    width, prompt = settings["chains"], settings["late_prompt"]
+    total = settings["prompt"] + settings["max_new_tokens"]
+    return dict(width=width, prompt=prompt, peak_memory_gb=peak_memory_gb(),
+                tokens_per_s=decode_rate(lm, width, prompt, total - prompt, settings["new_tokens"]))
 
 
 def engine_schedule(settings: dict) -> Schedule:
@@ -318,6 +330,8 @@ def check_shape(name: str, settings: dict, reference_device: str, check: Check) 
         figures["decode"][width] = check.measure(f"{name}: decode at width {width}", decode_figures, lm, width,
                                                  settings)
     figures["engine"] = check.measure(f"{name}: engine", engine_figures, lm, settings, figures["decode"])
+    figures["decode_late"] = check.measure(f"{name}: decode at width {settings['chains']} from position "
+                                           f"{settings['late_prompt']}", late_decode_figures, lm, settings)
 
 
 def print_table(figures: dict) -> None:
@@ -340,6 +354,11 @@ def print_table(figures: dict) -> None:
               f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
               f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
               f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
+    late = figures.get("decode_late")
+    if late:
+        early = rate(figures["decode"].get(late["width"]))
+        print(f"decode at width {late['width']} from position {late['prompt']}: {late['tokens_per_s']:.1f} tok/s, "
+              f"{late['tokens_per_s'] / early:.2f} of its rate after the prompt")
     profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
     profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:

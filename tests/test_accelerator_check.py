@@ -21,6 +21,8 @@ def test_the_accelerator_check_runs_at_a_tiny_shape_and_writes_every_figure(tmp_
     engine = figures["engine"]
     assert engine["iterations"] == accelerator.TINY["engine_iterations"]
     assert 0 < engine["occupancy"] <= 1 and engine["useful_tokens_per_s"] > 0 and engine["ratio_to_raw"] > 0
+    late = figures["decode_late"]
+    assert late["prompt"] == accelerator.TINY["late_prompt"] and late["tokens_per_s"] > 0
     # where the time goes: both profiles read back, with the ops that ran
     for profile in figures["decode"][str(accelerator.TINY["chains"])]["profile"], engine["profile"]:
         assert profile["op_runs"] > 0 and profile["busy_s"] > 0 and profile["wall_s"] > 0 and profile["steps"] > 0
