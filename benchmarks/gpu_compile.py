@@ -12,8 +12,8 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
 
 Loops: the engine's default loop, its loop with free slots running ahead, and raw decode (the
 reference). XLA:CPU elides copies that XLA:GPU keeps, so only a GPU compile shows them: the engine
-that ran on an H200 copied both whole caches at every iteration and cost 3.7 raw decode steps per
-iteration (docs/gpu-recipe.md).
+that ran on an H200 copied both whole caches at every iteration, and an iteration cost 3.7 raw
+decode steps (docs/gpu-recipe.md).
 
 Needs the CUDA plugin and nothing else of CUDA: no GPU, no driver (`pip install -e .[gpu-compile]`,
 best in an environment of its own: with the plugin installed, JAX looks for a GPU whenever it
@@ -34,7 +34,9 @@ import re
 import sys
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # with the CUDA plugin installed, do not look for a GPU
+# With the CUDA plugin installed, JAX must not look for a GPU: a failed look drops the plugin, and
+# with it the compile-only devices. This only works before anything in the process imports jax.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
