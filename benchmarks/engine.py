@@ -11,7 +11,8 @@
     (--run-ahead off, on or both; both runs each sampler ahead first, so that run pays the compiles
     the other reuses):
     occupancy (useful row-tokens / slot-iterations), useful tokens/s and
-    its ratio to raw decode at the full width, and the occupancy the same proposals would have had
+    its ratio to raw decode at the full width (also with the seconds JAX spent compiling left out
+    of the engine's wall time: it compiles its loop again for each width of the drain), and the occupancy the same proposals would have had
     in lockstep batches of 8 (each step of a batch waits for its longest suffix). Raw decode is
     timed twice: over its first 64 tokens after the prompt, and over all T_max tokens. A decode
     step attends up to the batch's furthest live position, and the engine's slots sit anywhere
@@ -32,6 +33,7 @@ Every ratio is between figures of this one run, on this machine; wall times incl
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -72,6 +74,28 @@ def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens
         with jax.profiler.trace(trace_dir):
             timed(decode, lm, jax.random.key(2), seqs, cache)
     return width * new_tokens / seconds
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+@contextlib.contextmanager
+def compile_seconds():
+    """[seconds] JAX spends tracing, lowering and compiling inside the block, as its monitoring
+    events report them: the engine compiles its loop again for every width of a drain, which raw
+    decode, timed after its compile, never pays."""
+    spent = [0.0]
+
+    def listener(event: str, duration: float, **_):
+        if event in COMPILE_EVENTS:
+            spent[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield spent
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def llama_cpp_rate(model_name: str) -> float | None:
@@ -172,7 +196,8 @@ def main():
           f"(raw decode at W={width}: {raw:.1f} tok/s over its first {NEW_TOKENS} tokens, {raw_to_limit:.1f} over "
           f"all {STUDY['max_new_tokens']})")
     print(f"{'sampler':>15} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'/ raw T':>7} "
-          f"{'saved':>6} {'restored':>8} {'ahead':>6} {'discarded':>9} {'wall s':>7} {'records':>8}")
+          f"{'saved':>6} {'restored':>8} {'ahead':>6} {'discarded':>9} {'wall s':>7} {'compile s':>9} "
+          f"{'/ raw, less compiles':>20} {'records':>8}")
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
@@ -182,20 +207,24 @@ def main():
             engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
                             min_width=args.min_width, run_ahead=run_ahead)
             started = time.perf_counter()
-            results = runs[run_ahead] = list(engine.run(items))
+            with compile_seconds() as compiling:
+                results = runs[run_ahead] = list(engine.run(items))
             seconds = time.perf_counter() - started
             stats = engine.stats
             useful = stats.decoded / seconds
+            running = stats.decoded / (seconds - compiling[0])
             name = sampler if run_ahead else f"{sampler}, idle"
             figures["engine"][name] = row = dict(
                 width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
                 useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
                 saved=stats.saved, restored=stats.restored, decoded=stats.decoded, ran_ahead=stats.ran_ahead,
-                discarded=stats.discarded, wall_s=seconds, narrow=not args.no_narrow, min_width=args.min_width,
+                discarded=stats.discarded, wall_s=seconds, compile_s=compiling[0], useful_tokens_per_s_less_compiles=running,
+                narrow=not args.no_narrow, min_width=args.min_width,
                 run_ahead=run_ahead, chains=args.chains, records=records_digest(results))
             print(f"{name:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
                   f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
-                  f"{stats.ran_ahead:6d} {stats.discarded:9d} {seconds:7.1f} {row['records']:>8}", flush=True)
+                  f"{stats.ran_ahead:6d} {stats.discarded:9d} {seconds:7.1f} {compiling[0]:9.1f} "
+                  f"{running / raw:20.2f} {row['records']:>8}", flush=True)
         if args.run_ahead == "both":  # the first run compiled the loop the second reuses: a conservative ratio
             ahead, idle = figures["engine"][sampler], figures["engine"][f"{sampler}, idle"]
             same = "the same records" if ahead["records"] == idle["records"] else "RECORDS DIFFER"
