@@ -154,11 +154,16 @@ def engine_schedule(settings: dict) -> Schedule:
                               cut=EntropyJump(power=4.0), alpha=4.0, tau=0.25)
 
 
-def admitted_slots(lm, settings: dict, schedule: Schedule):
-    """`chains` chains on random prompts, admitted into as many slots."""
+def engine_keys(settings: dict) -> np.ndarray:
+    """The chain keys of `chains` ecmh chains (host arrays, so they can enter a traced program)."""
+    return np.stack([chain_key(0, "ecmh", chain, 0) for chain in range(settings["chains"])])
+
+
+def admitted_slots(lm, settings: dict, schedule: Schedule, keys: np.ndarray | None = None):
+    """`chains` chains on random prompts, admitted into as many slots (with `keys`, those chain keys)."""
     width, prompt = settings["chains"], settings["prompt"]
     slots = device.empty_slots(lm, width, prompt, schedule)
-    keys = np.stack([chain_key(0, "ecmh", chain, 0) for chain in range(width)])
+    keys = engine_keys(settings) if keys is None else keys
     prompts = np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)).astype(np.int32)
     return _admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
                   jnp.asarray(keys), jnp.arange(width), None, schedule)

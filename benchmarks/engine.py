@@ -12,16 +12,16 @@
     the other reuses):
     occupancy (useful row-tokens / slot-iterations), useful tokens/s and
     its ratio to raw decode at the full width (also with the seconds JAX spent compiling left out
-    of the engine's wall time: it compiles its loop again for each width of the drain), and the occupancy the same proposals would have had
-    in lockstep batches of 8 (each step of a batch waits for its longest suffix). Raw decode is
-    timed twice: over its first 64 tokens after the prompt, and over all T_max tokens. A decode
-    step attends up to the batch's furthest live position, and the engine's slots sit anywhere
-    in the completion, so the first figure is the rate of the cheapest positions and the second
-    that of the whole cache. Also: steps run ahead, tokens decoded ahead and discarded, and a
-    digest of the records (draws and discrete step fields), the same for runs that differ only in
-    how they were scheduled; with --run-ahead both, how far the two runs' acceptance probabilities
-    differ (last bits, between batch widths). (a) can
-    be skipped with `--models` and no model.
+    of the engine's wall time: it compiles its loop again for each width of the drain), and the
+    occupancy the same proposals would have had in lockstep batches of 8 (each step of a batch
+    waits for its longest suffix). Raw decode is timed twice: over its first 64 tokens after the
+    prompt, and over all T_max tokens. A decode step attends up to the batch's furthest live
+    position, and the engine's slots sit anywhere in the completion, so the first figure is the
+    rate of the cheapest positions and the second that of the whole cache. Also: steps run ahead,
+    tokens decoded ahead and discarded, and a digest of the records (draws and discrete step
+    fields), the same for runs that differ only in how they were scheduled; with --run-ahead both,
+    how far the two runs' acceptance probabilities differ (last bits, between batch widths). (a)
+    can be skipped with `--models` and no model.
 (c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
     for the wall-time ratio.
 
@@ -218,8 +218,8 @@ def main():
                 width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
                 useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
                 saved=stats.saved, restored=stats.restored, decoded=stats.decoded, ran_ahead=stats.ran_ahead,
-                discarded=stats.discarded, wall_s=seconds, compile_s=compiling[0], useful_tokens_per_s_less_compiles=running,
-                narrow=not args.no_narrow, min_width=args.min_width,
+                discarded=stats.discarded, wall_s=seconds, compile_s=compiling[0],
+                useful_tokens_per_s_less_compiles=running, narrow=not args.no_narrow, min_width=args.min_width,
                 run_ahead=run_ahead, chains=args.chains, records=records_digest(results))
             print(f"{name:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
                   f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "

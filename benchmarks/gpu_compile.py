@@ -43,8 +43,9 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from jax.sharding import SingleDeviceSharding  # noqa: E402
 
-from benchmarks.accelerator import PAPER, SHAPES, TINY, engine_schedule, random_transformer  # noqa: E402
-from ppl_ecmh.engine import slots as device  # noqa: E402
+from benchmarks.accelerator import (PAPER, SHAPES, TINY, admitted_slots, engine_keys, engine_schedule,  # noqa: E402
+                                    random_transformer)
+from ppl_ecmh.engine.scheduler import _advance  # noqa: E402  (the engine's compiled loop, as it runs)
 from ppl_ecmh.lm import generation  # noqa: E402
 
 # An H100 SXM (sm_90, 132 multiprocessors, 50 MB of L2, 3.35 TB/s): what XLA:GPU needs to compile
@@ -85,19 +86,12 @@ def abstract_model(name: str, gpu):
 
 
 def engine_loop(lm, settings: dict, run_ahead: bool, gpu):
-    """The engine's compiled loop (`scheduler._advance`'s program) for `chains` slots holding ecmh's
+    """The engine's compiled loop (`scheduler._advance`) for `chains` slots holding ecmh's
     block-wise chains, compiled for `gpu`."""
-    width, prompt, schedule = settings["chains"], settings["prompt"], engine_schedule(settings)
-
-    def admitted(lm, keys):
-        slots = device.empty_slots(lm, width, prompt, schedule)
-        return device.admit(slots, lm, jnp.arange(width), jnp.ones((width, prompt), jnp.int32),
-                            jnp.full(width, prompt, jnp.int32), keys, jnp.arange(width), None, schedule)
-
-    slots = placed(jax.eval_shape(admitted, lm, jax.ShapeDtypeStruct((width, 2), jnp.uint32)), gpu)
+    schedule, keys = engine_schedule(settings), engine_keys(settings)
+    slots = placed(jax.eval_shape(lambda lm: admitted_slots(lm, settings, schedule, keys), lm), gpu)
     count = placed(jax.ShapeDtypeStruct((), jnp.int32), gpu)
-    advance = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
-    return advance.trace(slots, lm, count, count, run_ahead, schedule).lower(lowering_platforms=("cuda",)).compile()
+    return _advance.trace(slots, lm, count, count, run_ahead, schedule).lower(lowering_platforms=("cuda",)).compile()
 
 
 def raw_decode(lm, settings: dict, gpu):
@@ -169,9 +163,14 @@ def loop_figures(compiled, cache_elements: int) -> dict:
     return figures | dict(temp_gb=compiled.memory_analysis().temp_size_in_bytes / 1e9)
 
 
-def check_shape(name: str, settings: dict, gpu) -> dict:
+def settings_for(name: str) -> dict:
+    """The accelerator check's sizes for a shape: the toy ones for the toy shape."""
+    return TINY if name == "tiny" else PAPER
+
+
+def check_shape(name: str, gpu) -> dict:
     """Every loop's figures at one shape."""
-    config, lm = SHAPES[name], abstract_model(name, gpu)
+    config, lm, settings = SHAPES[name], abstract_model(name, gpu), settings_for(name)
     layer_elements = settings["chains"] * config.num_kv_heads * (settings["prompt"] + settings["max_new_tokens"]) \
         * config.head_dim
     figures = dict(shape=name, layer_cache_elements=layer_elements, loops={})
@@ -194,7 +193,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     gpu = compile_only_device(open(args.target_config).read() if args.target_config else H100_SXM)
     results = dict(jax=jax.__version__, target=gpu.device_kind, shapes=[
-        check_shape(name, TINY if name == "tiny" else PAPER, gpu) for name in args.shapes])
+        check_shape(name, gpu) for name in args.shapes])
     print(f"\njax {jax.__version__}, compiled for {gpu.device_kind} (no device used)")
     print(f"{'shape':>18} {'loop':>21} {'cache copies/it':>15} {'kernels/it':>10} {'temp GB':>8}")
     for shape in results["shapes"]:
