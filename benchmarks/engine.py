@@ -150,6 +150,32 @@ def accept_prob_difference(results, others) -> float:
                for tag in ours)
 
 
+def by_width(stats, raw_at: dict, raw_rate) -> dict:
+    """The engine's run by batch width (the drain narrows it): its seconds, iterations and useful
+    tokens at each width, against raw decode at that width (`raw_rate(width)`, measured once per
+    width into `raw_at`). `raw_seconds` is how long raw decode would take for the same tokens."""
+    account = {}
+    for width, share in sorted(stats.by_width.items(), reverse=True):
+        if width not in raw_at:
+            raw_at[width] = raw_rate(width)
+        account[width] = dict(iterations=share.iterations, decoded=share.decoded, seconds=share.seconds,
+                              raw_decode_tokens_per_s=raw_at[width], raw_seconds=share.decoded / raw_at[width])
+    return account
+
+
+def print_by_width(name: str, account: dict):
+    wall = sum(a["seconds"] for a in account.values())
+    raw_seconds = sum(a["raw_seconds"] for a in account.values())
+    print(f"{name:>15}: by width {'iterations':>10} {'useful tokens':>13} {'seconds':>8} {'share':>6} "
+          f"{'useful tok/s':>12} {'raw tok/s':>9} {'/ raw':>6}")
+    for width, a in account.items():
+        rate = a["decoded"] / a["seconds"]
+        print(f"{'':>15}  {'W=' + str(width):>8} {a['iterations']:10d} {a['decoded']:13d} {a['seconds']:8.1f} "
+              f"{a['seconds'] / wall:6.2f} {rate:12.1f} {a['raw_decode_tokens_per_s']:9.1f} "
+              f"{rate / a['raw_decode_tokens_per_s']:6.2f}")
+    print(f"{'':>15}  raw decode at the same widths would take {raw_seconds:.1f} s: {raw_seconds / wall:.2f} of the wall")
+
+
 def gsm8k_prompts(model, count: int):
     task = get_task("gsm8k")
     problems = task.load(str(GSM8K) if GSM8K.exists() else None)
@@ -198,11 +224,12 @@ def main():
     print(f"{'sampler':>15} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'/ raw T':>7} "
           f"{'saved':>6} {'restored':>8} {'ahead':>6} {'discarded':>9} {'wall s':>7} {'compile s':>9} "
           f"{'/ raw, less compiles':>20} {'records':>8}")
+    raw_at = {width: raw}  # raw decode tokens/s by width, for the drain's account
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
         items = engine_items(prompts, spec, 0, args.chains, stages, problem_names=[p.id for p in problems])
-        runs = {}
+        runs, names = {}, []
         for run_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.run_ahead]:
             engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
                             min_width=args.min_width, run_ahead=run_ahead)
@@ -214,6 +241,7 @@ def main():
             useful = stats.decoded / seconds
             running = stats.decoded / (seconds - compiling[0])
             name = sampler if run_ahead else f"{sampler}, idle"
+            names.append(name)
             figures["engine"][name] = row = dict(
                 width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
                 useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
@@ -225,6 +253,9 @@ def main():
                   f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
                   f"{stats.ran_ahead:6d} {stats.discarded:9d} {seconds:7.1f} {compiling[0]:9.1f} "
                   f"{running / raw:20.2f} {row['records']:>8}", flush=True)
+            row["by_width"] = by_width(stats, raw_at, lambda w: decode_rate(model.lm, w))
+        for name in names:
+            print_by_width(name, figures["engine"][name]["by_width"])
         if args.run_ahead == "both":  # the first run compiled the loop the second reuses: a conservative ratio
             ahead, idle = figures["engine"][sampler], figures["engine"][f"{sampler}, idle"]
             same = "the same records" if ahead["records"] == idle["records"] else "RECORDS DIFFER"

@@ -222,6 +222,13 @@ def test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had():
     assert wide.slot_iterations == 8 * wide.iterations
     assert narrowed.slot_iterations < 8 * narrowed.iterations and narrowed.decoded == wide.decoded
     assert narrowed.occupancy > wide.occupancy
+    # the account by width adds up to the totals, and shows the widths the drain narrowed to
+    assert list(wide.by_width) == [8] and list(narrowed.by_width)[0] == 8 and min(narrowed.by_width) < 8
+    for stats in (narrowed, wide):
+        shares = stats.by_width.values()
+        assert sum(s.iterations for s in shares) == stats.iterations and sum(s.decoded for s in shares) == stats.decoded
+        assert sum(s.seconds for s in shares) == pytest.approx(stats.seconds)
+    assert narrowed.slot_iterations == sum(width * s.iterations for width, s in narrowed.by_width.items())
     floored = Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, min_width=8)  # the default floor: no narrowing
     list(floored.run(items))
     assert floored.stats.slot_iterations == 8 * floored.stats.iterations

@@ -7,6 +7,6 @@ from a queue of (problem, chain) work, with randomness keyed by work.
 """
 
 from ppl_ecmh.engine.schedule import Schedule
-from ppl_ecmh.engine.scheduler import ChainResult, Engine, EngineStats, WorkItem, chain_key
+from ppl_ecmh.engine.scheduler import ChainResult, Engine, EngineStats, WidthShare, WorkItem, chain_key
 
-__all__ = ["ChainResult", "Engine", "EngineStats", "Schedule", "WorkItem", "chain_key"]
+__all__ = ["ChainResult", "Engine", "EngineStats", "Schedule", "WidthShare", "WorkItem", "chain_key"]

@@ -62,6 +62,15 @@ class ChainResult:
 
 
 @dataclasses.dataclass
+class WidthShare:
+    """What the device loop did at one batch width: its decode iterations, the useful tokens they
+    decoded, and the wall seconds between the host trips that bracket them (admission included)."""
+    iterations: int = 0
+    decoded: int = 0
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
 class EngineStats:
     iterations: int = 0  # decode iterations
     slot_iterations: int = 0  # slots x iterations, at the width each iteration had
@@ -72,6 +81,7 @@ class EngineStats:
     discarded: int = 0  # tokens decoded ahead of a step that was then accepted (not in `decoded`)
     width: int = 0  # slots at the start (the drain narrows the batch)
     seconds: float = 0.0
+    by_width: dict = dataclasses.field(default_factory=dict)  # width -> WidthShare: where the drain's time went
 
     @property
     def occupancy(self) -> float:
@@ -138,7 +148,7 @@ class Engine:
                 if chain >= 0:
                     charged[chain] += share
             tick, seen, owner = now, iterations, now_owner.copy()
-            self._read_counters(slots.counters, now - started)
+            self._read_counters(slots.counters, now - started, len(owner))
             finished = [slot for slot in range(len(owner)) if owner[slot] >= 0 and not busy[slot] and not ahead[slot]]
             done = [int(owner[slot]) for slot in finished]
             results = self._collect(slots, finished, [chains.pop(n) for n in done], [charged.pop(n) for n in done])
@@ -161,8 +171,14 @@ class Engine:
         return _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(owner, queue),
                         self.run_ahead and not queue, self.schedule)
 
-    def _read_counters(self, counters, seconds: float):
+    def _read_counters(self, counters, seconds: float, width: int):
+        """Update `stats` from the device's counters, charging what changed since the last trip to
+        the batch width the loop ran at."""
         stats = self.stats
+        share = stats.by_width.setdefault(width, WidthShare())
+        share.iterations += int(counters.iterations) - stats.iterations
+        share.decoded += int(counters.decoded) - int(counters.discarded) - stats.decoded
+        share.seconds += seconds - stats.seconds
         stats.iterations, stats.slot_iterations = int(counters.iterations), int(counters.slot_iterations)
         stats.discarded, stats.ran_ahead = int(counters.discarded), int(counters.ran_ahead)
         stats.decoded = int(counters.decoded) - stats.discarded
