@@ -6,7 +6,9 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
 - decode tokens/s of the JAX runtime at widths 1, 16, 64 and 256, the cache sized for a 128-token
   prompt plus T_max 3072;
 - the engine running ecmh's block-wise schedule (B 192, N_MCMC 10) on 64 chains for a fixed number
-  of decode iterations: occupancy, useful tokens/s, and its ratio to raw decode at width 64;
+  of decode iterations: occupancy, useful tokens/s, and its ratio to raw decode at width 64; with
+  static attention where the engine defaults to it (any backend but the CPU), over the smallest
+  span that holds every position those iterations reach;
 - the reference's code path at the same shape and widths: transformers + PyTorch `generate` (what
   Karan and Du's code calls for every proposal), tokens/s and our ratio to it;
 - peak device memory of each (None on a CPU);
@@ -14,7 +16,9 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
   few of each, summed by XLA op (device busy time against wall time, and the ops that take most);
 - decode tokens/s at width 64 late in the same cache (from position 1536 instead of 128): each
   layer's attention then loops over 13 key/value chunks instead of 2, and XLA:GPU reads a
-  loop's condition on the host at every trip, so this says what those round trips cost.
+  loop's condition on the host at every trip, so this says what those round trips cost; and
+  early and late again with static attention (`LanguageModel.within`: loops of a trip count
+  known when compiled, over 256 and 2048 positions), which has no such round trip.
 
 What XLA:GPU compiles the engine's loop into needs no GPU at all: see benchmarks/gpu_compile.py.
 
@@ -57,7 +61,7 @@ from benchmarks.engine import decode_rate  # noqa: E402
 from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
-from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop, as it runs)
+from ppl_ecmh.engine.scheduler import _admit, _advance, attention_span  # noqa: E402  (the engine's compiled loop)
 from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
 from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
 
@@ -141,11 +145,30 @@ def decode_figures(lm, width: int, settings: dict) -> dict:
 
 def late_decode_figures(lm, settings: dict) -> dict:
     """Raw decode at the engine's width with `late_prompt` positions already cached, in a cache of
-    the same size as the other decode figures'."""
-    width, prompt = settings["chains"], settings["late_prompt"]
-    total = settings["prompt"] + settings["max_new_tokens"]
-    return dict(width=width, prompt=prompt, peak_memory_gb=peak_memory_gb(),
-                tokens_per_s=decode_rate(lm, width, prompt, total - prompt, settings["new_tokens"]))
+    the same size as the other decode figures'; then, early and late, with static attention over
+    the smallest span that holds the positions decoded (`LanguageModel.within`): attention loops
+    of a known trip count, which XLA:GPU runs without waiting on the host at every trip."""
+    width, total = settings["chains"], settings["prompt"] + settings["max_new_tokens"]
+
+    def rate(lm, prompt):
+        return decode_rate(lm, width, prompt, total - prompt, settings["new_tokens"])
+
+    def static(prompt):
+        span = attention_span(total, prompt + settings["new_tokens"])
+        return dict(prompt=prompt, span=span, tokens_per_s=rate(lm.within(span), prompt))
+
+    late = settings["late_prompt"]
+    return dict(width=width, prompt=late, tokens_per_s=rate(lm, late), peak_memory_gb=peak_memory_gb(),
+                static=[static(settings["prompt"]), static(late)])
+
+
+def engine_span(settings: dict) -> int | None:
+    """The span of static attention for the check's engine loop, as the engine would default on
+    this backend (none on a CPU): one that holds every position its iterations reach."""
+    if jax.default_backend() == "cpu":
+        return None
+    reach = settings["prompt"] + 2 + settings["engine_iterations"] + settings["profile_iterations"]
+    return attention_span(settings["prompt"] + settings["max_new_tokens"], reach)
 
 
 def engine_schedule(settings: dict) -> Schedule:
@@ -172,10 +195,11 @@ def admitted_slots(lm, settings: dict, schedule: Schedule, keys: np.ndarray | No
 def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int):
     """Fresh admitted slots advanced by the engine's loop for two iterations (compiling it), then for
     `iterations` more, timed: (slots, seconds, the counters before and after the timed call)."""
-    slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule))
+    span = engine_span(settings)
+    slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule, span))
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(_advance(slots, lm, iterations, 1, False, schedule))
+    slots = jax.block_until_ready(_advance(slots, lm, iterations, 1, False, schedule, span))
     return slots, time.perf_counter() - started, before, jax.device_get(slots.counters)
 
 
@@ -192,14 +216,14 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     try:
         with tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir):
-                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule))
+                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule, engine_span(settings)))
             profile = kernel_summary(trace_dir)
     except Exception as error:  # a profiler the machine refuses costs the profile, not the figures
         profile = dict(error=failure(error))
     del slots
     profile |= dict(steps=steps, wall_s=seconds / max(1, iterations) * steps)  # wall: the untraced run's
     raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
-    return dict(width=width, iterations=iterations, decoded=decoded, seconds=seconds,
+    return dict(width=width, span=engine_span(settings), iterations=iterations, decoded=decoded, seconds=seconds,
                 saved=int(after.saved - before.saved), restored=int(after.restored - before.restored),
                 occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds,
                 raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak,
@@ -358,12 +382,16 @@ def print_table(figures: dict) -> None:
         print(f"engine, ecmh block-wise, {engine['width']} chains, {engine['iterations']} iterations: occupancy "
               f"{engine['occupancy']:.3f}, useful {engine['useful_tokens_per_s']:.1f} tok/s = "
               f"{engine['ratio_to_raw']:.2f} of raw decode at width {engine['width']}, {engine['saved']} caches "
-              f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB")
+              f"saved and {engine['restored']} restored, peak {gigabytes(engine)} GB, "
+              + (f"static attention over {engine['span']} positions" if engine.get("span") else "dynamic attention"))
     late = figures.get("decode_late")
     if late:
         early = rate(figures["decode"].get(late["width"]))
         print(f"decode at width {late['width']} from position {late['prompt']}: {late['tokens_per_s']:.1f} tok/s, "
               f"{late['tokens_per_s'] / early:.2f} of its rate after the prompt")
+        for static in late["static"]:
+            print(f"  with static attention over {static['span']} positions, from position {static['prompt']}: "
+                  f"{static['tokens_per_s']:.1f} tok/s")
     profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
     profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:

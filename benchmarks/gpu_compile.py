@@ -8,10 +8,15 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
   result is at least one layer's keys or values. Raw decode and the engine update their caches in
   place; a copy means XLA could not, and costs a pass over that much memory at every iteration;
 - kernels: fusions and library calls in the body (a nested loop's body counted once);
+- host-waiting loops: nested loops whose trip count XLA does not know. XLA:GPU runs such a loop
+  as a `WhileThunk` that copies its condition to the host and waits for the device at every trip
+  (while_thunk.cc): a transformer's attention loop up to the furthest live position makes one per
+  layer, each waiting chunks + 1 times per decode step;
 - the temporaries buffer assignment allocates, in GB.
 
-Loops: the engine's default loop, its loop with free slots running ahead, and raw decode (the
-reference). XLA:CPU elides copies that XLA:GPU keeps, so only a GPU compile shows them: the engine
+Loops: the engine's default loop, the same with static attention (over the whole cache: loops of
+known trip count, `Engine(static_attention=True)`, the default on an accelerator), its loop with
+free slots running ahead, and raw decode (the reference). XLA:CPU elides copies that XLA:GPU keeps, so only a GPU compile shows them: the engine
 that ran on an H200 copied both whole caches at every iteration, and an iteration cost 3.7 raw
 decode steps (docs/gpu-recipe.md).
 
@@ -85,13 +90,15 @@ def abstract_model(name: str, gpu):
     return placed(jax.eval_shape(lambda: random_transformer(SHAPES[name])), gpu)
 
 
-def engine_loop(lm, settings: dict, run_ahead: bool, gpu):
+def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = None):
     """The engine's compiled loop (`scheduler._advance`) for `chains` slots holding ecmh's
-    block-wise chains, compiled for `gpu`."""
+    block-wise chains, compiled for `gpu`; with a `span`, its static attention over that many
+    positions."""
     schedule, keys = engine_schedule(settings), engine_keys(settings)
     slots = placed(jax.eval_shape(lambda lm: admitted_slots(lm, settings, schedule, keys), lm), gpu)
     count = placed(jax.ShapeDtypeStruct((), jnp.int32), gpu)
-    return _advance.trace(slots, lm, count, count, run_ahead, schedule).lower(lowering_platforms=("cuda",)).compile()
+    return _advance.trace(slots, lm, count, count, run_ahead, schedule, span).lower(
+        lowering_platforms=("cuda",)).compile()
 
 
 def raw_decode(lm, settings: dict, gpu):
@@ -142,7 +149,7 @@ def loop_figures(compiled, cache_elements: int) -> dict:
     bodies = computations(hlo)
     entry = re.search(r"^ENTRY %(\S+)", hlo, re.M).group(1)
     outer = next(_callees(line, "while")[0] for line in bodies[entry] if " while(" in line)
-    figures = dict(cache_copies=0, kernels=0, nested_loops=0, cache_copies_in_nested_loops=0)
+    figures = dict(cache_copies=0, kernels=0, nested_loops=0, host_waiting_loops=0, cache_copies_in_nested_loops=0)
 
     def visit(name: str, in_nested_loop: bool) -> None:
         for instruction in bodies[name]:
@@ -154,6 +161,7 @@ def loop_figures(compiled, cache_elements: int) -> dict:
                 figures["kernels"] += 1
             if kind == "while":
                 figures["nested_loops"] += not in_nested_loop
+                figures["host_waiting_loops"] += "known_trip_count" not in instruction
                 visit(_callees(instruction, kind)[0], True)
             elif kind == "conditional":
                 for branch in _callees(instruction, kind):
@@ -174,7 +182,9 @@ def check_shape(name: str, gpu) -> dict:
     layer_elements = settings["chains"] * config.num_kv_heads * (settings["prompt"] + settings["max_new_tokens"]) \
         * config.head_dim
     figures = dict(shape=name, layer_cache_elements=layer_elements, loops={})
+    cache_size = settings["prompt"] + settings["max_new_tokens"]
     loops = dict(engine=lambda: engine_loop(lm, settings, False, gpu),
+                 engine_static_attention=lambda: engine_loop(lm, settings, False, gpu, span=cache_size),
                  engine_running_ahead=lambda: engine_loop(lm, settings, True, gpu),
                  raw_decode=lambda: raw_decode(lm, settings, gpu))
     for loop, build in loops.items():
@@ -195,11 +205,12 @@ def main(argv=None) -> dict:
     results = dict(jax=jax.__version__, target=gpu.device_kind, shapes=[
         check_shape(name, gpu) for name in args.shapes])
     print(f"\njax {jax.__version__}, compiled for {gpu.device_kind} (no device used)")
-    print(f"{'shape':>18} {'loop':>21} {'cache copies/it':>15} {'kernels/it':>10} {'temp GB':>8}")
+    print(f"{'shape':>18} {'loop':>23} {'cache copies/it':>15} {'kernels/it':>10} {'host-waiting loops':>18} "
+          f"{'temp GB':>8}")
     for shape in results["shapes"]:
         for loop, figures in shape["loops"].items():
-            print(f"{shape['shape']:>18} {loop:>21} {figures['cache_copies']:>15} {figures['kernels']:>10} "
-                  f"{figures['temp_gb']:>8.2f}")
+            print(f"{shape['shape']:>18} {loop:>23} {figures['cache_copies']:>15} {figures['kernels']:>10} "
+                  f"{figures['host_waiting_loops']:>18} {figures['temp_gb']:>8.2f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -11,8 +11,10 @@ import pytest
 
 from ppl_ecmh import cuts, mh
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
+from ppl_ecmh.engine import scheduler
 from ppl_ecmh.engine import slots as slot_ops
-from ppl_ecmh.lm import generation, toy
+from ppl_ecmh.lm import generation, toy, transformer
+from tests.parallel_check import tiny_model
 from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)  # entropy jumps: every cut's correction term matters
@@ -232,6 +234,36 @@ def test_the_drain_narrows_the_batch_and_counts_only_the_slots_it_had():
     floored = Engine(PROBLEM.lm, schedule, width=8, prompt_block=1, min_width=8)  # the default floor: no narrowing
     list(floored.run(items))
     assert floored.stats.slot_iterations == 8 * floored.stats.iterations
+
+
+@pytest.mark.parametrize("starting", [False, True], ids=["proposed", "from a completion"])
+def test_static_attention_leaves_every_record_as_it_was(starting, monkeypatch):
+    """A transformer's engine with attention over spans (loops of known trip count, what an
+    accelerator runs) against its dynamic loop: the same records, bit for bit, while the host
+    widens the span as the chains reach further. Chains started from 56-token completions reach
+    past the first span within the first trip: the device loop stops before feeding a position
+    beyond it."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)  # spans 32 and 64 (the cache)
+    lm = tiny_model()
+    schedule = Schedule.suffix_mh(60, 3, cut=CUTS["uniform"], alpha=4.0, tau=0.25)
+    rng = np.random.default_rng(0)
+    items = [WorkItem([5, 6, 7, 10 + i], chain_key(0, "spans", i, 0), i,
+                      [int(t) for t in rng.integers(1, lm.vocab_size, 56)] if starting else None) for i in range(6)]
+    spans = []
+
+    def recording(slots, lm, iterations, min_busy, run_ahead, schedule, span):
+        spans.append(span)
+        return advance(slots, lm, iterations, min_busy, run_ahead, schedule, span)
+
+    advance = scheduler._advance
+    monkeypatch.setattr(scheduler, "_advance", recording)
+    runs = {static: {r.item.tag: r for r in Engine(lm, schedule, width=4, prompt_block=4, iterations_per_trip=8,
+                                                    narrow=False, static_attention=static).run(items)}
+            for static in (True, False)}
+    assert_same_records(runs[False], runs[True])
+    static, dynamic = spans[: spans.index(None)], spans[spans.index(None):]
+    assert set(dynamic) == {None} and static[0] == 32 and 64 in static
+    assert max(int(r.length.max()) for r in runs[True].values()) > 32  # the chains did reach the second span
 
 
 @pytest.mark.parametrize("schedule", [

@@ -63,6 +63,24 @@ def test_check_sees_the_copies_of_a_conditional_around_the_caches():
     assert loops["engine"]["cache_copies"] == 0  # the default loop has no fork to wrap
 
 
+# Attention chunks of 16 positions: the toy shape's 40-position cache then takes an attention loop.
+SMALL_CHUNKS = """
+from ppl_ecmh.lm import transformer
+transformer.ATTENTION_CHUNK = 16
+"""
+
+
+def test_static_attention_leaves_no_attention_loop_waiting_on_the_host():
+    """Up to the furthest live position, each layer's attention loop has a trip count XLA cannot
+    know, so XLA:GPU waits on the host at each of its trips; over a span, none does (what is left
+    are the slot-copy loops, empty at most iterations)."""
+    loops = compiled_loops("tiny", SMALL_CHUNKS)
+    assert_no_cache_copies(loops)
+    layers = 2  # the toy shape's
+    dynamic, static = loops["engine"]["host_waiting_loops"], loops["engine_static_attention"]["host_waiting_loops"]
+    assert dynamic == static + layers and static <= 2, loops
+
+
 @pytest.mark.slow
 def test_engine_loops_copy_no_cache_on_a_gpu_at_the_paper_shape():
     assert_no_cache_copies(compiled_loops("qwen2.5-math-1.5b"))

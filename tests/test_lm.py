@@ -89,6 +89,24 @@ def test_a_rows_logits_do_not_depend_on_how_far_the_other_rows_reach(tiny_pair, 
     assert not np.array_equal(near[1], far[1])
 
 
+def test_attention_within_a_span_gives_the_same_logits_bit_for_bit(tiny_pair, monkeypatch):
+    """`within(span)` reads every chunk below the span, in a loop whose trip count is known when
+    compiled; the chunks past a row's position change nothing, so the logits are the dynamic
+    loop's, bit for bit, whatever the span (what the engine's static attention relies on)."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)
+    _, loaded, _ = tiny_pair
+    lm = loaded.lm
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 97, size=(2, 100)), jnp.int32)
+    cache = lm.init_cache(2, 100)
+    _, cache = lm.forward(cache, tokens, jnp.broadcast_to(jnp.arange(100), (2, 100)))
+    step = jax.jit(lambda lm, positions: lm.forward(cache, tokens[:, :1], positions)[0])
+    positions = jnp.asarray([[5], [40]])
+    dynamic = step(lm, positions)
+    for span in (48, 64, 100):
+        np.testing.assert_array_equal(step(lm.within(span), positions), dynamic)
+    assert not np.array_equal(step(lm.within(32), positions)[1], dynamic[1])  # a span short of a position cuts it off
+
+
 def test_teacher_forcing_in_chunks_scores_as_transformers_and_caches_as_one_pass(tiny_pair, monkeypatch):
     """Completions fed two positions at a time (a logits budget a big vocabulary would impose):
     every token's log p is transformers', and the cache is the one-chunk cache."""

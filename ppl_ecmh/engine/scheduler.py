@@ -29,7 +29,24 @@ import numpy as np
 from ppl_ecmh import parallel
 from ppl_ecmh.engine import slots as device
 from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.lm import transformer
 from ppl_ecmh.validation import check_positive_int
+
+
+def attention_spans(cache_size: int) -> tuple[int, ...]:
+    """The spans static attention picks from: doubling from two attention chunks, then the whole
+    cache. Doubling keeps the programs few (one per span reached, log2 of the cache in chunks) and
+    the attention read at most twice what the live positions need."""
+    spans, span = [], 2 * transformer.ATTENTION_CHUNK
+    while span < cache_size:
+        spans.append(span)
+        span *= 2
+    return (*spans, cache_size)
+
+
+def attention_span(cache_size: int, reach: int) -> int:
+    """The smallest of `attention_spans(cache_size)` above position `reach` (the cache, at most)."""
+    return next((span for span in attention_spans(cache_size) if span > reach), cache_size)
 
 
 def chain_key(seed: int, sampler: str, problem: int | str, chain: int) -> np.ndarray:
@@ -93,14 +110,21 @@ class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = False):
+                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = False,
+                 static_attention: bool | None = None):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
         weights over its model axis; None runs on the default device. `narrow`: halve the batch
         as the run drains, down to `min_width` slots (each narrower width compiles its loop once,
         and below a few slots a decode step of an accelerator costs no less). `run_ahead`: once
         nothing is queued, a free slot runs a chain's next step as if its MH step in flight were
         rejected (`ppl_ecmh.engine.slots`). Off by default: on a 2-core CPU it made a drain
-        slower, and on smollm2-135m its records differed from an idle run's (docs/design.md)."""
+        slower, and on smollm2-135m its records differed from an idle run's (docs/design.md).
+        `static_attention`: attention loops whose trip counts are known when compiled, over the
+        smallest of the `attention_spans` that holds the slots' positions for the next trip (one
+        program per span reached), instead of loops up to the furthest live position; XLA:GPU
+        waits on the host at every trip of the latter. None: on unless the default backend is
+        the CPU, which never waits and is better off with one program. The records are the same
+        (bit for bit on a CPU, tested)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
@@ -112,6 +136,9 @@ class Engine:
         self.narrow = narrow
         self.min_width = check_positive_int("min_width", min_width)
         self.run_ahead = run_ahead
+        if static_attention is None:
+            static_attention = jax.default_backend() != "cpu"
+        self.static_attention = static_attention
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
@@ -135,9 +162,10 @@ class Engine:
         numbers = itertools.count()
         started = tick = time.perf_counter()
         slots = self._fill(slots, owner, chains, charged, numbers, queue)
-        slots = self._advance(slots, owner, queue)
+        slots = self._advance(slots, owner, queue, self.prompt_block - 1)
         while True:
             busy, ahead = np.asarray(slots.busy), np.asarray(slots.ahead)  # waits for the device
+            furthest = self._furthest(slots, busy)
             now_owner = np.asarray(slots.owner)
             iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
             now = time.perf_counter()
@@ -155,21 +183,40 @@ class Engine:
             if finished:
                 owner[finished] = -1
                 slots = _release(slots, jnp.asarray(owner < 0))
+            admitting = bool(queue) and bool(np.any(owner < 0))
             slots = self._fill(slots, owner, chains, charged, numbers, queue)
+            if admitting:  # a chain admitted now feeds its prompt's last position first
+                furthest = max(furthest, self.prompt_block - 1)
             if not queue:
                 slots, owner, seen = self._narrowed(slots, owner, seen)
             if chains:  # dispatched before the results are handed out: the device runs meanwhile
-                slots = self._advance(slots, owner, queue)
+                slots = self._advance(slots, owner, queue, furthest)
             if progress is not None:
                 progress(self.stats)
             yield from results
             if not chains:
                 return
 
-    def _advance(self, slots, owner: np.ndarray, queue):
-        """Dispatch the device loop; chains run ahead once nothing is queued for the free slots."""
+    def _advance(self, slots, owner: np.ndarray, queue, furthest: int):
+        """Dispatch the device loop; chains run ahead once nothing is queued for the free slots.
+        `furthest`: the furthest position a slot feeds next, for the span of static attention."""
         return _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(owner, queue),
-                        self.run_ahead and not queue, self.schedule)
+                        self.run_ahead and not queue, self.schedule, self._span(furthest))
+
+    def _furthest(self, slots, busy: np.ndarray) -> int:
+        """The furthest position a busy slot feeds next, or a little past it (a slot whose step
+        has nothing to decode feeds nothing); only read for static attention."""
+        if not self.static_attention or not busy.any():
+            return 0
+        feeding = np.asarray(slots.current.prompt_length) + np.asarray(slots.proposal.length) - 1
+        return int(feeding[busy].max())
+
+    def _span(self, furthest: int) -> int | None:
+        """The smallest span that holds every position the next trip can feed (the device loop
+        stops early if a chain admitted with a long starting completion reaches further)."""
+        if not self.static_attention:
+            return None
+        return attention_span(self.prompt_block + self.schedule.max_new_tokens, furthest + self.iterations_per_trip)
 
     def _read_counters(self, counters, seconds: float, width: int):
         """Update `stats` from the device's counters, charging what changed since the last trip to
@@ -262,6 +309,6 @@ class Engine:
 # the device updates them in place.
 _empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
 _admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-_advance = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
+_advance = jax.jit(device.advance, static_argnums=(4, 5, 6), donate_argnums=(0,))
 _release = jax.jit(device.release, donate_argnums=(0,))
 _narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate

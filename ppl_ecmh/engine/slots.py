@@ -357,10 +357,10 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
     rows = jnp.arange(slots.step.shape[0])
     total = current.tokens.shape[1]
     prompt_length = current.prompt_length
-    empty = slots.busy & (proposal.length >= slots.limit)  # a step with nothing to decode
-    proposing = slots.busy & ~empty
+    proposing = _proposing(slots)
+    empty = slots.busy & ~proposing  # a step with nothing to decode
 
-    last = prompt_length + proposal.length - 1
+    last = _feeding_position(slots)
     position = jnp.where(proposing, last, total)  # idle: out of range
     token = proposal.tokens[rows, jnp.clip(last, 0, total - 1)]
     logits, cache = lm.forward(slots.cache, token[:, None], position[:, None])
@@ -397,17 +397,35 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
     return slots
 
 
-def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Schedule) -> Slots:
+def _proposing(slots: Slots):
+    """[W] the slots that feed a token at their next iteration: busy, with a proposal to extend."""
+    return slots.busy & (slots.proposal.length < slots.limit)
+
+
+def _feeding_position(slots: Slots):
+    """[W] the position each proposing slot feeds at its next iteration: its proposal's last token."""
+    return slots.current.prompt_length + slots.proposal.length - 1
+
+
+def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Schedule, span: int | None = None) -> Slots:
     """Iterate while at least `min_busy` slots are busy or running ahead (1: until every slot is
     idle), for at most `max_iterations`: the host sets `min_busy` to hear of a freed slot it can
     refill, or of a drain it can narrow the batch for. A slot ahead that has done all its steps
     counts until its chain's step in flight settles it, so every slot counted holds a chain. Only
     a loop with `run_ahead` settles bets, so once one has run with it, the rest of the run must
-    (the host's queue, once empty, stays empty)."""
+    (the host's queue, once empty, stays empty). With a `span` (static), the model attends below
+    it (`LanguageModel.within`: loops of known trip count, which XLA:GPU runs without waiting on
+    the host at every trip) and the loop also stops before a slot would feed a position at or past
+    it, for the host to pick a wider span."""
     start = slots.counters.iterations
+    if span is not None:
+        lm = lm.within(span)
 
     def running(slots):
-        return (jnp.sum(slots.busy | slots.ahead) >= min_busy) & (slots.counters.iterations - start < max_iterations)
+        going = (jnp.sum(slots.busy | slots.ahead) >= min_busy) & (slots.counters.iterations - start < max_iterations)
+        if span is not None:
+            going &= jnp.max(jnp.where(_proposing(slots), _feeding_position(slots), 0)) < span
+        return going
 
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, run_ahead, schedule), slots)
 

@@ -27,3 +27,8 @@ class LanguageModel(Protocol):
         Caches the given tokens at their positions and conditions each one on the cached tokens
         before it, so a row can restart from any earlier position of its own sequence.
         """
+
+    def within(self, span: int | None) -> "LanguageModel":
+        """This model for positions below `span` only (None: any position): the same logits, from
+        a program whose loops have trip counts known when it is compiled (a transformer's attention
+        reads the cache below `span`). A model with no such loop returns itself."""

@@ -68,7 +68,7 @@ def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
     return cache.at[rows, :, positions].set(new.astype(cache.dtype), mode="drop")
 
 
-def _attention(config, layer_params, x, positions, keys, values, inv_freq):
+def _attention(config, layer_params, x, positions, keys, values, inv_freq, span):
     """Self-attention of x [B, T, D] over a layer's cache; returns (output, keys, values)."""
     batch, steps, _ = x.shape
     q = linear(x, layer_params["wq"])
@@ -85,16 +85,18 @@ def _attention(config, layer_params, x, positions, keys, values, inv_freq):
 
     group = config.num_heads // config.num_kv_heads
     q = q.reshape(batch, steps, config.num_kv_heads, group, config.head_dim)
-    out = _attend_live(q, keys, values, positions)
+    out = _attend_live(q, keys, values, positions, span)
     out = out.reshape(batch, steps, config.num_heads * config.head_dim)
     return linear(out, layer_params["wo"]), keys, values
 
 
-def _attend_live(q, keys, values, positions):
+def _attend_live(q, keys, values, positions, span: int | None = None):
     """Softmax attention of queries q [B, T, kvh, g, hd] at `positions` [B, T] over the cached
     slots at or before each position, reading the cache only up to the furthest position: a loop
     over key/value chunks with an online softmax. A decode step then costs what the live tokens
-    cost, not what the cache holds.
+    cost, not what the cache holds. With a `span` (positions all below it), the loop reads the
+    chunks below the span instead: the same output, in a loop whose trip count is known when it
+    is compiled.
 
     A chunk that lies wholly past a row's position changes nothing for that row, exactly (its
     correction factor is 1 and its terms 0), so a row's output does not depend on how far the
@@ -110,7 +112,7 @@ def _attend_live(q, keys, values, positions):
         return out.transpose(0, 3, 1, 2, 4).astype(values.dtype)
     chunk = ATTENTION_CHUNK
     live = jnp.where(positions < size, positions, 0)
-    num_chunks = jnp.max(live) // chunk + 1
+    num_chunks = jnp.max(live) // chunk + 1 if span is None else -(-min(span, size) // chunk)
     batch, steps, kv_heads, group, _ = q.shape
     shape = (batch, kv_heads, group, steps)
 
@@ -146,18 +148,19 @@ def _mlp(layer_params, x):
     return linear(gated, layer_params["w_down"])
 
 
-def forward(params: dict, config: ModelConfig, cache: KVCache, tokens: jax.Array, positions: jax.Array):
+def forward(params: dict, config: ModelConfig, cache: KVCache, tokens: jax.Array, positions: jax.Array,
+            span: int | None = None):
     """Logits [B, T, V] (float32) for tokens [B, T] at positions [B, T].
 
     Writes the tokens' keys/values into the cache and returns it; attends to every cached slot at or
-    before each token's position.
+    before each token's position. `span`: see `Transformer.attention_span`.
     """
     x = params["embed"][tokens]
     keys, values = list(cache.k), list(cache.v)
     for layer, layer_params in enumerate(params["layers"]):  # unrolled: no per-step weight slicing
         h = rms_norm(x, layer_params["attn_norm"], config.rms_norm_eps)
         attended, keys[layer], values[layer] = _attention(
-            config, layer_params, h, positions, keys[layer], values[layer], params["inv_freq"]
+            config, layer_params, h, positions, keys[layer], values[layer], params["inv_freq"], span
         )
         x = x + attended
         x = x + _mlp(layer_params, rms_norm(x, layer_params["mlp_norm"], config.rms_norm_eps))
@@ -178,6 +181,12 @@ class Transformer:
 
     params: dict
     config: ModelConfig = dataclasses.field(metadata=dict(static=True))
+    # Attend below this cache position only, in loops of a trip count fixed when compiled; None: up
+    # to each step's furthest position, a trip count the device computes. XLA:GPU waits on the host
+    # at every trip of a loop whose count it does not know, so an accelerator's engine sets a span
+    # (`ppl_ecmh.engine`), while a CPU has nothing to wait for and compiles one program, not one
+    # per span. Every position fed must be below it.
+    attention_span: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def vocab_size(self) -> int:
@@ -199,4 +208,7 @@ class Transformer:
         return init_cache(self.config, batch_size, length, self.dtype)
 
     def forward(self, cache: KVCache, tokens: jax.Array, positions: jax.Array):
-        return forward(self.params, self.config, cache, tokens, positions)
+        return forward(self.params, self.config, cache, tokens, positions, self.attention_span)
+
+    def within(self, span: int | None) -> "Transformer":
+        return dataclasses.replace(self, attention_span=span)

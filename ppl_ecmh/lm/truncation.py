@@ -40,6 +40,9 @@ class TopK:
     def init_cache(self, batch_size: int, length: int):
         return self.lm.init_cache(batch_size, length)
 
+    def within(self, span: int | None) -> "TopK":
+        return dataclasses.replace(self, lm=self.lm.within(span))
+
     def forward(self, cache, tokens, positions):
         logits, cache = self.lm.forward(cache, tokens, positions)
         kth = jax.lax.top_k(logits, self.k)[0][..., -1:]
