@@ -392,6 +392,9 @@ def print_table(figures: dict) -> None:
         for static in late["static"]:
             print(f"  with static attention over {static['span']} positions, from position {static['prompt']}: "
                   f"{static['tokens_per_s']:.1f} tok/s")
+        if engine:
+            print(f"  the engine's useful tok/s against static raw decode after the prompt: "
+                  f"{engine['useful_tokens_per_s'] / late['static'][0]['tokens_per_s']:.2f}")
     profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
     profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:
