@@ -71,19 +71,22 @@ def test_tiny_checkpoints_match_transformers_logits(tiny_pair, chunk, monkeypatc
         assert np.abs(full_logits(loaded.lm, tokens) - expected).max() < 1e-4
 
 
+def one_step_after_100(lm, seed: int):
+    """A jitted decode step (model, positions [2, 1]) -> logits over a cache holding 100 random
+    tokens in each of 2 rows."""
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 97, size=(2, 100)), jnp.int32)
+    _, cache = lm.forward(lm.init_cache(2, 100), tokens, jnp.broadcast_to(jnp.arange(100), (2, 100)))
+    return jax.jit(lambda lm, positions: lm.forward(cache, tokens[:, :1], positions)[0])
+
+
 def test_a_rows_logits_do_not_depend_on_how_far_the_other_rows_reach(tiny_pair, monkeypatch):
     """The attention loop runs to the furthest position of the batch; for a row whose position is
     behind, the extra chunks change nothing, bit for bit (what keyed engine records rely on)."""
     monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)
-    _, loaded, _ = tiny_pair
-    lm = loaded.lm
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 97, size=(2, 100)), jnp.int32)
-    cache = lm.init_cache(2, 100)
-    _, cache = lm.forward(cache, tokens, jnp.broadcast_to(jnp.arange(100), (2, 100)))
-    step = jax.jit(lambda lm, cache, positions: lm.forward(cache, tokens[:, :1], positions)[0])
-    near = step(lm, cache, jnp.asarray([[5], [6]]))
-    far = step(lm, cache, jnp.asarray([[5], [99]]))
-    idle = step(lm, cache, jnp.asarray([[5], [100]]))  # an idle engine slot: out of range
+    lm, step = tiny_pair[1].lm, one_step_after_100(tiny_pair[1].lm, seed=1)
+    near = step(lm, jnp.asarray([[5], [6]]))
+    far = step(lm, jnp.asarray([[5], [99]]))
+    idle = step(lm, jnp.asarray([[5], [100]]))  # an idle engine slot: out of range
     np.testing.assert_array_equal(near[0], far[0])
     np.testing.assert_array_equal(near[0], idle[0])
     assert not np.array_equal(near[1], far[1])
@@ -94,12 +97,7 @@ def test_attention_within_a_span_gives_the_same_logits_bit_for_bit(tiny_pair, mo
     compiled; the chunks past a row's position change nothing, so the logits are the dynamic
     loop's, bit for bit, whatever the span (what the engine's static attention relies on)."""
     monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)
-    _, loaded, _ = tiny_pair
-    lm = loaded.lm
-    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 97, size=(2, 100)), jnp.int32)
-    cache = lm.init_cache(2, 100)
-    _, cache = lm.forward(cache, tokens, jnp.broadcast_to(jnp.arange(100), (2, 100)))
-    step = jax.jit(lambda lm, positions: lm.forward(cache, tokens[:, :1], positions)[0])
+    lm, step = tiny_pair[1].lm, one_step_after_100(tiny_pair[1].lm, seed=3)
     positions = jnp.asarray([[5], [40]])
     dynamic = step(lm, positions)
     for span in (48, 64, 100):
