@@ -20,8 +20,10 @@
     rate of the cheapest positions and the second that of the whole cache. Also: steps run ahead,
     tokens decoded ahead and discarded, and a digest of the records (draws and discrete step
     fields), the same for runs that differ only in how they were scheduled; with --run-ahead both,
-    how far the two runs' acceptance probabilities differ (last bits, between batch widths). (a)
-    can be skipped with `--models` and no model.
+    how far the two runs' acceptance probabilities differ (last bits, between batch widths).
+    `--static-attention on` runs the engine's attention over spans (loops of known trip count, its
+    default off a CPU) on any backend: its records must be the same. (a) can be skipped with
+    `--models` and no model.
 (c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
     for the wall-time ratio.
 
@@ -29,7 +31,8 @@ Every ratio is between figures of this one run, on this machine; wall times incl
 
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
                                 [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1] [--run-ahead on|off|both]
-                                [--samplers ecmh karan-du] [--lockstep] [--json FILE]
+                                [--static-attention default|on|off] [--samplers ecmh karan-du] [--lockstep]
+                                [--json FILE]
 """
 
 import argparse
@@ -196,6 +199,8 @@ def main():
     parser.add_argument("--min-width", type=int, default=1, help="(b): the narrowest width of the drain")
     parser.add_argument("--run-ahead", choices=["on", "off", "both"], default="off",
                         help="(b): free slots in the drain run chains ahead, or stay idle; both: each sampler twice")
+    parser.add_argument("--static-attention", choices=["default", "on", "off"], default="default",
+                        help="(b): attention loops of known trip count over spans (the engine's default off a CPU)")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
     parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
     parser.add_argument("--json", help="write every figure to this file")
@@ -232,7 +237,8 @@ def main():
         runs, names = {}, []
         for run_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.run_ahead]:
             engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
-                            min_width=args.min_width, run_ahead=run_ahead)
+                            min_width=args.min_width, run_ahead=run_ahead,
+                            static_attention=dict(default=None, on=True, off=False)[args.static_attention])
             started = time.perf_counter()
             with compile_seconds() as compiling:
                 results = runs[run_ahead] = list(engine.run(items))
@@ -248,6 +254,7 @@ def main():
                 saved=stats.saved, restored=stats.restored, decoded=stats.decoded, ran_ahead=stats.ran_ahead,
                 discarded=stats.discarded, wall_s=seconds, compile_s=compiling[0],
                 useful_tokens_per_s_less_compiles=running, narrow=not args.no_narrow, min_width=args.min_width,
+                static_attention=engine.static_attention,
                 run_ahead=run_ahead, chains=args.chains, records=records_digest(results))
             print(f"{name:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
                   f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
