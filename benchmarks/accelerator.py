@@ -61,7 +61,8 @@ from benchmarks.engine import decode_rate  # noqa: E402
 from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
-from ppl_ecmh.engine.scheduler import _admit, _advance, attention_span  # noqa: E402  (the engine's compiled loop)
+from ppl_ecmh.engine.scheduler import (_admit, _advance, attention_span,  # noqa: E402  (the engine's compiled loop)
+                                       static_attention_by_default)
 from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
 from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
 
@@ -165,7 +166,7 @@ def late_decode_figures(lm, settings: dict) -> dict:
 def engine_span(settings: dict) -> int | None:
     """The span of static attention for the check's engine loop, as the engine would default on
     this backend (none on a CPU): one that holds every position its iterations reach."""
-    if jax.default_backend() == "cpu":
+    if not static_attention_by_default():
         return None
     reach = settings["prompt"] + 2 + settings["engine_iterations"] + settings["profile_iterations"]
     return attention_span(settings["prompt"] + settings["max_new_tokens"], reach)
@@ -192,10 +193,10 @@ def admitted_slots(lm, settings: dict, schedule: Schedule, keys: np.ndarray | No
                   jnp.asarray(keys), jnp.arange(width), None, schedule)
 
 
-def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int):
-    """Fresh admitted slots advanced by the engine's loop for two iterations (compiling it), then for
-    `iterations` more, timed: (slots, seconds, the counters before and after the timed call)."""
-    span = engine_span(settings)
+def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int, span: int | None):
+    """Fresh admitted slots advanced by the engine's loop (attending over `span`) for two
+    iterations (compiling it), then for `iterations` more, timed: (slots, seconds, the counters
+    before and after the timed call)."""
     slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule, span))
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
@@ -209,21 +210,22 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     decode at the same width (measured here unless `decode` has it); then `profile_iterations`
     more, profiled."""
     width, schedule = settings["chains"], engine_schedule(settings)
-    slots, seconds, before, after = timed_engine(lm, settings, schedule, settings["engine_iterations"])
+    span = engine_span(settings)
+    slots, seconds, before, after = timed_engine(lm, settings, schedule, settings["engine_iterations"], span)
     peak = peak_memory_gb()
     iterations, decoded = int(after.iterations - before.iterations), int(after.decoded - before.decoded)
     steps = settings["profile_iterations"]
     try:
         with tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir):
-                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule, engine_span(settings)))
+                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule, span))
             profile = kernel_summary(trace_dir)
     except Exception as error:  # a profiler the machine refuses costs the profile, not the figures
         profile = dict(error=failure(error))
     del slots
     profile |= dict(steps=steps, wall_s=seconds / max(1, iterations) * steps)  # wall: the untraced run's
     raw = (decode.get(width) or {}).get("tokens_per_s") or decode_figures(lm, width, settings)["tokens_per_s"]
-    return dict(width=width, span=engine_span(settings), iterations=iterations, decoded=decoded, seconds=seconds,
+    return dict(width=width, span=span, iterations=iterations, decoded=decoded, seconds=seconds,
                 saved=int(after.saved - before.saved), restored=int(after.restored - before.restored),
                 occupancy=decoded / max(1, width * iterations), useful_tokens_per_s=decoded / seconds,
                 raw_decode_tokens_per_s=raw, ratio_to_raw=decoded / seconds / raw, peak_memory_gb=peak,

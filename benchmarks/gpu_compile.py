@@ -16,8 +16,8 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
 
 Loops: the engine's default loop, the same with static attention (over the whole cache: loops of
 known trip count, `Engine(static_attention=True)`, the default on an accelerator), its loop with
-free slots running ahead, and raw decode (the reference). XLA:CPU elides copies that XLA:GPU keeps, so only a GPU compile shows them: the engine
-that ran on an H200 copied both whole caches at every iteration, and an iteration cost 3.7 raw
+free slots running ahead, and raw decode (the reference). XLA:CPU elides copies that XLA:GPU
+keeps, so only a GPU compile shows them: the engine that ran on an H200 copied both whole caches at every iteration, and an iteration cost 3.7 raw
 decode steps (docs/gpu-recipe.md).
 
 Needs the CUDA plugin and nothing else of CUDA: no GPU, no driver (`pip install -e .[gpu-compile]`,
@@ -179,10 +179,9 @@ def settings_for(name: str) -> dict:
 def check_shape(name: str, gpu) -> dict:
     """Every loop's figures at one shape."""
     config, lm, settings = SHAPES[name], abstract_model(name, gpu), settings_for(name)
-    layer_elements = settings["chains"] * config.num_kv_heads * (settings["prompt"] + settings["max_new_tokens"]) \
-        * config.head_dim
-    figures = dict(shape=name, layer_cache_elements=layer_elements, loops={})
     cache_size = settings["prompt"] + settings["max_new_tokens"]
+    layer_elements = settings["chains"] * config.num_kv_heads * cache_size * config.head_dim
+    figures = dict(shape=name, layer_cache_elements=layer_elements, loops={})
     loops = dict(engine=lambda: engine_loop(lm, settings, False, gpu),
                  engine_static_attention=lambda: engine_loop(lm, settings, False, gpu, span=cache_size),
                  engine_running_ahead=lambda: engine_loop(lm, settings, True, gpu),

@@ -44,6 +44,12 @@ def attention_spans(cache_size: int) -> tuple[int, ...]:
     return (*spans, cache_size)
 
 
+def static_attention_by_default() -> bool:
+    """Whether the engine attends over spans unless told: on any backend but the CPU, which never
+    waits on the host in a loop and compiles one program faster than several."""
+    return jax.default_backend() != "cpu"
+
+
 def attention_span(cache_size: int, reach: int) -> int:
     """The smallest of `attention_spans(cache_size)` above position `reach` (the cache, at most)."""
     return next((span for span in attention_spans(cache_size) if span > reach), cache_size)
@@ -122,8 +128,8 @@ class Engine:
         `static_attention`: attention loops whose trip counts are known when compiled, over the
         smallest of the `attention_spans` that holds the slots' positions for the next trip (one
         program per span reached), instead of loops up to the furthest live position; XLA:GPU
-        waits on the host at every trip of the latter. None: on unless the default backend is
-        the CPU, which never waits and is better off with one program. The records are the same
+        waits on the host at every trip of the latter. None: `static_attention_by_default()`. The
+        records are the same
         (bit for bit on a CPU, tested)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
@@ -136,9 +142,7 @@ class Engine:
         self.narrow = narrow
         self.min_width = check_positive_int("min_width", min_width)
         self.run_ahead = run_ahead
-        if static_attention is None:
-            static_attention = jax.default_backend() != "cpu"
-        self.static_attention = static_attention
+        self.static_attention = static_attention_by_default() if static_attention is None else static_attention
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:
@@ -208,8 +212,7 @@ class Engine:
         has nothing to decode feeds nothing); only read for static attention."""
         if not self.static_attention or not busy.any():
             return 0
-        feeding = np.asarray(slots.current.prompt_length) + np.asarray(slots.proposal.length) - 1
-        return int(feeding[busy].max())
+        return int(np.asarray(device.feeding_position(slots))[busy].max())
 
     def _span(self, furthest: int) -> int | None:
         """The smallest span that holds every position the next trip can feed (the device loop

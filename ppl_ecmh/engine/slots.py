@@ -360,7 +360,7 @@ def iterate(slots: Slots, lm, run_ahead, schedule: Schedule) -> Slots:
     proposing = _proposing(slots)
     empty = slots.busy & ~proposing  # a step with nothing to decode
 
-    last = _feeding_position(slots)
+    last = feeding_position(slots)
     position = jnp.where(proposing, last, total)  # idle: out of range
     token = proposal.tokens[rows, jnp.clip(last, 0, total - 1)]
     logits, cache = lm.forward(slots.cache, token[:, None], position[:, None])
@@ -402,7 +402,7 @@ def _proposing(slots: Slots):
     return slots.busy & (slots.proposal.length < slots.limit)
 
 
-def _feeding_position(slots: Slots):
+def feeding_position(slots: Slots):
     """[W] the position each proposing slot feeds at its next iteration: its proposal's last token."""
     return slots.current.prompt_length + slots.proposal.length - 1
 
@@ -424,7 +424,7 @@ def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Sch
     def running(slots):
         going = (jnp.sum(slots.busy | slots.ahead) >= min_busy) & (slots.counters.iterations - start < max_iterations)
         if span is not None:
-            going &= jnp.max(jnp.where(_proposing(slots), _feeding_position(slots), 0)) < span
+            going &= jnp.max(jnp.where(_proposing(slots), feeding_position(slots), 0)) < span
         return going
 
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, run_ahead, schedule), slots)
