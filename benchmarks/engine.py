@@ -14,8 +14,9 @@
     its ratio to raw decode at the full width (also with the seconds JAX spent compiling left out
     of the engine's wall time: it compiles its loop again for each width of the drain), and the
     occupancy the same proposals would have had in lockstep batches of 8 (each step of a batch
-    waits for its longest suffix). Raw decode is timed twice: over its first 64 tokens after the
-    prompt, and over all T_max tokens. A decode step attends up to the batch's furthest live
+    waits for its longest suffix). Raw decode (the median of three timings) is measured over its
+    first 64 tokens after the prompt and over all T_max tokens, before the engine runs, and over its
+    first 64 again after them: the machine's speed may have drifted meanwhile. A decode step attends up to the batch's furthest live
     position, and the engine's slots sit anywhere in the completion, so the first figure is the
     rate of the cheapest positions and the second that of the whole cache. Also: steps run ahead,
     tokens decoded ahead and discarded, and a digest of the records (draws and discrete step
@@ -61,10 +62,11 @@ PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
 def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
-                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None) -> float:
+                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None, repeats: int = 3) -> float:
     """Tokens/s of `width` rows decoding `new_tokens` tokens each after a `prompt_block` prompt,
-    the cache sized for `max_new_tokens`, EOS disabled; with `trace_dir`, a third run (after the
-    compiling and the timed one) is profiled into it."""
+    the cache sized for `max_new_tokens`, EOS disabled: the median of `repeats` timed runs after
+    the compiling one (a shared machine's speed drifts); with `trace_dir`, one more run is
+    profiled into it."""
     seqs = generation.new_sequences([[1] * prompt_block] * width, max_new_tokens, pad_id=0)
     lm = without_eos(lm)
     cache = jax.jit(generation.prefill)(lm, seqs)
@@ -72,10 +74,10 @@ def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens
     decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(
         lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
     timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
-    _, seconds = timed(decode, lm, jax.random.key(1), seqs, cache)
+    seconds = float(np.median([timed(decode, lm, jax.random.key(1 + run), seqs, cache)[1] for run in range(repeats)]))
     if trace_dir:
         with jax.profiler.trace(trace_dir):
-            timed(decode, lm, jax.random.key(2), seqs, cache)
+            timed(decode, lm, jax.random.key(1 + repeats), seqs, cache)
     return width * new_tokens / seconds
 
 
@@ -269,6 +271,11 @@ def main():
             drift = accept_prob_difference(runs[True], runs[False])
             print(f"{'':>15} idle free slots take {idle['wall_s'] / ahead['wall_s']:.2f}x the wall time, {same}, "
                   f"acceptance probabilities within {drift:.1e} (relative)", flush=True)
+
+    raw_after = figures["raw_decode_after_tokens_per_s"] = decode_rate(model.lm, width)
+    print(f"\nraw decode at W={width} again, after the engine: {raw_after:.1f} tok/s (before: {raw:.1f}); useful/raw "
+          "against it: " + ", ".join(f"{name} {row['useful_tokens_per_s'] / raw_after:.2f}"
+                                     for name, row in figures["engine"].items()), flush=True)
 
     if args.lockstep:
         spec = SamplerSpec("ecmh", block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
