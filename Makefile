@@ -44,3 +44,4 @@ bench: setup
 	$(PY) -m benchmarks.sampler_overhead
 	$(PY) -m benchmarks.sampler_cost
 	$(PY) -m benchmarks.engine
+	$(PY) -m benchmarks.engine_iteration
