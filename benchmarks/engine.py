@@ -15,10 +15,11 @@
     of the engine's wall time: it compiles its loop again for each width of the drain), and the
     occupancy the same proposals would have had in lockstep batches of 8 (each step of a batch
     waits for its longest suffix). Raw decode (the median of three timings) is measured over its
-    first 64 tokens after the prompt and over all T_max tokens, before the engine runs, and over its
-    first 64 again after them: the machine's speed may have drifted meanwhile. A decode step attends up to the batch's furthest live
-    position, and the engine's slots sit anywhere in the completion, so the first figure is the
-    rate of the cheapest positions and the second that of the whole cache. Also: steps run ahead,
+    first 64 tokens after the prompt and over all T_max tokens, before the engine runs, and over
+    its first 64 again after them: the machine's speed may have drifted meanwhile. A decode step
+    attends up to the batch's furthest live position, and the engine's slots sit anywhere in the
+    completion, so the first figure is the rate of the cheapest positions and the second that of
+    the whole cache. Also: steps run ahead,
     tokens decoded ahead and discarded, and a digest of the records (draws and discrete step
     fields), the same for runs that differ only in how they were scheduled; with --run-ahead both,
     how far the two runs' acceptance probabilities differ (last bits, between batch widths).
@@ -61,23 +62,32 @@ STUDY = dict(alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4)
 PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
-def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
-                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None, repeats: int = 3) -> float:
-    """Tokens/s of `width` rows decoding `new_tokens` tokens each after a `prompt_block` prompt,
-    the cache sized for `max_new_tokens`, EOS disabled: the median of `repeats` timed runs after
-    the compiling one (a shared machine's speed drifts); with `trace_dir`, one more run is
-    profiled into it."""
+def decode_timer(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
+                 new_tokens: int = NEW_TOKENS):
+    """Raw decode, compiled here: `width` rows decoding `new_tokens` tokens each after a
+    `prompt_block` prompt, the cache sized for `max_new_tokens`, EOS disabled. Returns a timer:
+    `timer(run)` decodes once more (run-th key) and returns its seconds."""
     seqs = generation.new_sequences([[1] * prompt_block] * width, max_new_tokens, pad_id=0)
     lm = without_eos(lm)
     cache = jax.jit(generation.prefill)(lm, seqs)
     limit = jnp.full(width, new_tokens, jnp.int32)
     decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(
         lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
-    timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
-    seconds = float(np.median([timed(decode, lm, jax.random.key(1 + run), seqs, cache)[1] for run in range(repeats)]))
+    timer = lambda run: timed(decode, lm, jax.random.key(run), seqs, cache)[1]
+    timer(0)  # compile
+    return timer
+
+
+def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
+                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None, repeats: int = 3) -> float:
+    """Tokens/s of `decode_timer`'s raw decode: the median of `repeats` timed runs after the
+    compiling one (a shared machine's speed drifts); with `trace_dir`, one more run is profiled
+    into it."""
+    timer = decode_timer(lm, width, prompt_block, max_new_tokens, new_tokens)
+    seconds = float(np.median([timer(1 + run) for run in range(repeats)]))
     if trace_dir:
         with jax.profiler.trace(trace_dir):
-            timed(decode, lm, jax.random.key(1 + repeats), seqs, cache)
+            timer(1 + repeats)
     return width * new_tokens / seconds
 
 

@@ -4,9 +4,9 @@ Both at the same width on the same model, EOS disabled, the cache sized for the 
 160-token prompt block + T_max 384): the engine runs ecmh's block-wise schedule (alpha 4, B 96,
 N_MCMC 4) on that many chains of random prompts, first `--warmup` iterations untimed (past the
 chains' first steps, so that the slots sit at different positions), then `--iterations` at a
-time; raw decode
-(`generation.extend`) decodes as many tokens from two starts, just after the prompt and
-`--iterations` short of the cache's end, which bracket where a batch's attention reaches. The
+time; raw decode (`benchmarks.engine.decode_timer`) decodes as many tokens from two starts, just
+after the prompt and `--iterations` short of the cache's end, which bracket where a batch's
+attention reaches. The
 timings interleave, `--repeats` times, so a shared machine's drift falls on both alike; the
 medians' ratios are printed. An engine iteration attends up to its batch's furthest live
 position, printed beside it.
@@ -21,28 +21,14 @@ what `benchmarks/engine.py` also counts: idle slots, the drain's narrower batche
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.accelerator import admitted_slots, engine_schedule
 from benchmarks.decode import timed, without_eos
-from benchmarks.engine import PROMPT_BLOCK, STUDY
+from benchmarks.engine import PROMPT_BLOCK, STUDY, decode_timer
 from ppl_ecmh import load_model
 from ppl_ecmh.engine import slots as device
 from ppl_ecmh.engine.scheduler import _advance
-from ppl_ecmh.lm import generation
-
-
-def raw_decode(lm, width: int, start: int, tokens: int):
-    """A timer of raw decode: `width` rows decode `tokens` tokens from position `start` of a
-    cache of PROMPT_BLOCK + T_max positions (compiled here); each call returns seconds per token."""
-    cache_size = PROMPT_BLOCK + STUDY["max_new_tokens"]
-    seqs = generation.new_sequences([[1] * start] * width, cache_size - start, pad_id=0)
-    cache = jax.jit(generation.prefill)(lm, seqs)
-    keep, limit = jnp.zeros(width, jnp.int32), jnp.full(width, tokens, jnp.int32)
-    decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(lm, key, seqs, cache, keep, limit, 1.0))
-    timed(decode, lm, jax.random.key(0), seqs, cache)  # compile
-    return lambda: timed(decode, lm, jax.random.key(1), seqs, cache)[1] / tokens
 
 
 def main():
@@ -58,8 +44,9 @@ def main():
                     mcmc_steps=STUDY["mcmc_steps"], chains=args.width)
     schedule = engine_schedule(settings)
     slots = _advance(admitted_slots(lm, settings, schedule), lm, args.warmup, 1, False, schedule, None)
-    starts = (PROMPT_BLOCK, PROMPT_BLOCK + STUDY["max_new_tokens"] - args.iterations)
-    raws = {start: raw_decode(lm, args.width, start, args.iterations) for start in starts}
+    cache_size = PROMPT_BLOCK + STUDY["max_new_tokens"]
+    starts = (PROMPT_BLOCK, cache_size - args.iterations)
+    raws = {start: decode_timer(lm, args.width, start, cache_size - start, args.iterations) for start in starts}
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.model}, width {args.width}: ms per decode "
           f"iteration, {args.iterations} iterations per timing")
     print(f"{'engine':>8} {'furthest':>8} " + " ".join(f"{'raw from ' + str(s):>14}" for s in starts))
@@ -69,7 +56,7 @@ def main():
         slots, seconds = timed(lambda s: _advance(s, lm, args.iterations, 1, False, schedule, None), slots)
         engine = seconds / (int(slots.counters.iterations) - before)
         furthest = int(np.asarray(device.feeding_position(slots))[np.asarray(slots.busy)].max())
-        costs.append([engine] + [raws[start]() for start in starts])
+        costs.append([engine] + [raws[start](1) / args.iterations for start in starts])
         print(f"{engine * 1e3:8.1f} {furthest:8d} " + " ".join(f"{c * 1e3:14.1f}" for c in costs[-1][1:]), flush=True)
     median = np.median(np.array(costs), axis=0)
     print(f"median: engine {median[0] * 1e3:.1f} ms, " + ", ".join(

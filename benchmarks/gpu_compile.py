@@ -17,8 +17,8 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
 Loops: the engine's default loop, the same with static attention (over the whole cache: loops of
 known trip count, `Engine(static_attention=True)`, the default on an accelerator), its loop with
 free slots running ahead, and raw decode (the reference). XLA:CPU elides copies that XLA:GPU
-keeps, so only a GPU compile shows them: the engine that ran on an H200 copied both whole caches at every iteration, and an iteration cost 3.7 raw
-decode steps (docs/gpu-recipe.md).
+keeps, so only a GPU compile shows them: the engine that ran on an H200 copied both whole caches
+at every iteration, and an iteration cost 3.7 raw decode steps (docs/gpu-recipe.md).
 
 Needs the CUDA plugin and nothing else of CUDA: no GPU, no driver (`pip install -e .[gpu-compile]`,
 best in an environment of its own: with the plugin installed, JAX looks for a GPU whenever it

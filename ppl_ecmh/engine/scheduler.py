@@ -129,8 +129,7 @@ class Engine:
         smallest of the `attention_spans` that holds the slots' positions for the next trip (one
         program per span reached), instead of loops up to the furthest live position; XLA:GPU
         waits on the host at every trip of the latter. None: `static_attention_by_default()`. The
-        records are the same
-        (bit for bit on a CPU, tested)."""
+        records are the same (bit for bit on a CPU, tested)."""
         self.schedule, self.mesh = schedule, mesh
         self.width = check_positive_int("width", width)
         if mesh is not None:
