@@ -382,6 +382,24 @@ def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
     assert stale_before_restoring > 10  # the last step's rejection left entries to restore
 
 
+def test_thinned_steps_over_spans_leave_every_record_and_state_as_they_were(monkeypatch):
+    """`steps_per_draw` with static attention (an accelerator's default): one slot loop per span,
+    each until a slot would feed past it, then the rest over the whole cache. The same records,
+    states and caches as the dynamic loop, bit for bit, with rows that go past the first span and
+    come back below it as later steps cut."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)  # spans 32 and 64 (the cache)
+    lm = tiny_model()
+    seqs = generation.new_sequences([[5, 6, 7, 10 + row] for row in range(8)], 60)
+    state = jax.jit(mh.init)(jax.random.PRNGKey(0), lm, seqs, 1.0)
+    schedule = Schedule.thinned(60, 4, cut=CUTS["uniform"], alpha=4.0, tau=1.0)
+    thinned = jax.jit(slot_ops.thinned_steps, static_argnums=(3, 4))
+    runs = {static: thinned(jax.random.PRNGKey(1), state, lm, schedule, static) for static in (True, False)}
+    for static, dynamic in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False])):
+        np.testing.assert_array_equal(static, dynamic)
+    fed = 4 + np.asarray(runs[True][1].cut + runs[True][1].new_suffix_length)[:, 1:] - 1  # proposals' last positions
+    assert fed.max() >= 32 and fed.min() < 32 and not np.asarray(runs[True][1].accepted)[:, 1:].all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", [Schedule.suffix_mh(24, 6, cut=CUTS["mixture"], alpha=4.0, tau=0.25),
                                       Schedule.best_of_n(24, 60, alpha=4.0, tau=1.0)], ids=["suffix-mh", "best-of-n"])

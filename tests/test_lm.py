@@ -105,6 +105,31 @@ def test_attention_within_a_span_gives_the_same_logits_bit_for_bit(tiny_pair, mo
     assert not np.array_equal(step(lm.within(32), positions)[1], dynamic[1])  # a span short of a position cuts it off
 
 
+def test_decoding_over_spans_draws_the_same_tokens_bit_for_bit(tiny_pair, monkeypatch):
+    """`extend` with static attention (an accelerator's default) runs one loop per span (32, 64,
+    then the 67-position cache), each until a live row would feed past it: the same tokens and
+    statistics as the dynamic loop, bit for bit, from fresh prompts and from kept prefixes that
+    start past a span. One loop over too short a span scores tokens otherwise, so the comparison
+    sees a span a row outgrew."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)
+    lm = dataclasses.replace(tiny_pair[1].lm, config=dataclasses.replace(tiny_pair[1].lm.config, eos_token_ids=()))
+    rng = np.random.default_rng(4)
+    seqs = generation.new_sequences([list(rng.integers(3, 97, size=n)) for n in (3, 7, 5, 1)], 60)
+    cache = jax.jit(generation.prefill)(lm, seqs)
+    decode = jax.jit(generation.extend, static_argnums=7)
+    limit = jnp.asarray([60, 60, 45, 20], jnp.int32)
+    runs = {static: decode(lm, jax.random.key(0), seqs, cache, jnp.zeros(4, jnp.int32), limit, 1.0, static)
+            for static in (True, False)}
+    assert int(np.max(np.asarray(runs[False][0].prompt_length + runs[False][0].length))) > 64  # every span ran
+    kept = jnp.asarray([50, 10, 40, 20], jnp.int32)  # past the first span at the start; the last row is done
+    again = {static: decode(lm, jax.random.key(1), *runs[static], kept, limit, 1.0, static) for static in (True, False)}
+    for decoded in (runs, again):
+        for name in ("tokens", "length", "logp", "logq", "entropy"):
+            np.testing.assert_array_equal(getattr(decoded[True][0], name), getattr(decoded[False][0], name), name)
+    short, _ = decode(lm.within(32), jax.random.key(0), seqs, cache, jnp.zeros(4, jnp.int32), limit, 1.0, False)
+    assert not np.array_equal(short.logp, runs[False][0].logp)
+
+
 def test_teacher_forcing_in_chunks_scores_as_transformers_and_caches_as_one_pass(tiny_pair, monkeypatch):
     """Completions fed two positions at a time (a logits budget a big vocabulary would impose):
     every token's log p is transformers', and the cache is the one-chunk cache."""

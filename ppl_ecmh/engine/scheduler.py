@@ -29,30 +29,8 @@ import numpy as np
 from ppl_ecmh import parallel
 from ppl_ecmh.engine import slots as device
 from ppl_ecmh.engine.schedule import Schedule
-from ppl_ecmh.lm import transformer
+from ppl_ecmh.lm.spans import attention_span, static_attention_by_default
 from ppl_ecmh.validation import check_positive_int
-
-
-def attention_spans(cache_size: int) -> tuple[int, ...]:
-    """The spans static attention picks from: doubling from two attention chunks, then the whole
-    cache. Doubling keeps the programs few (one per span reached, log2 of the cache in chunks) and
-    the attention read at most twice what the live positions need."""
-    spans, span = [], 2 * transformer.ATTENTION_CHUNK
-    while span < cache_size:
-        spans.append(span)
-        span *= 2
-    return (*spans, cache_size)
-
-
-def static_attention_by_default() -> bool:
-    """Whether the engine attends over spans unless told: on any backend but the CPU, which never
-    waits on the host in a loop and compiles one program faster than several."""
-    return jax.default_backend() != "cpu"
-
-
-def attention_span(cache_size: int, reach: int) -> int:
-    """The smallest of `attention_spans(cache_size)` above position `reach` (the cache, at most)."""
-    return next((span for span in attention_spans(cache_size) if span > reach), cache_size)
 
 
 def chain_key(seed: int, sampler: str, problem: int | str, chain: int) -> np.ndarray:

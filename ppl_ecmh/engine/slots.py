@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from ppl_ecmh.baselines import best_of_n_score
 from ppl_ecmh.blockwise import ends_with_eos
 from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.lm import spans
 from ppl_ecmh.lm.generation import (Sequences, is_eos, prefill, sample_tokens, sequence_log_prob, teacher_force,
                                     token_statistics)
 from ppl_ecmh.mh import SuffixMHState, cut_log_probs, log_acceptance, select_rows
@@ -430,12 +431,14 @@ def advance(slots: Slots, lm, max_iterations, min_busy, run_ahead, schedule: Sch
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, run_ahead, schedule), slots)
 
 
-def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tuple[SuffixMHState, StepRecord]:
+def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule,
+                  static_attention: bool | None = None) -> tuple[SuffixMHState, StepRecord]:
     """The MH steps of a `Schedule.thinned` on every row of a lockstep sampler state, each row at
     its own pace in the slot loop (a row whose proposal ended starts its next step while the
     others decode), then restore from the backup what each row's last rejection overwrote, so that
     the cache agrees with the state again. Row r's randomness comes from the r-th key split from
-    `rng_key`."""
+    `rng_key`. `static_attention`: as `generation.extend`'s (one slot loop per attention span,
+    each until a slot would feed past it; the last, over the whole cache, runs to the end)."""
     seqs = state.seqs
     rows = seqs.length.shape[0]
     keys = jax.random.split(rng_key, rows)
@@ -447,6 +450,7 @@ def thinned_steps(rng_key, state: SuffixMHState, lm, schedule: Schedule) -> tupl
     fed = seqs.prompt_length + seqs.length - 1
     slots = _slots(seqs, seqs, state.cache, state.cache, fed, fed, busy, jnp.arange(rows), keys, schedule)
     slots = _start_steps(slots._replace(step=jnp.ones(rows, jnp.int32)), lm, busy, schedule)  # step 0: no extension
-    slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, False, schedule)
+    for span in spans.decode_spans(seqs.tokens.shape[1], static_attention):
+        slots = advance(slots, lm, jnp.iinfo(jnp.int32).max, 1, False, schedule, span)
     end = slots.current.prompt_length + slots.current.length - 1
     return SuffixMHState(slots.current, _copy_slots(slots.cache, slots.backup, slots.valid < end)), slots.steps

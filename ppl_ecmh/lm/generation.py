@@ -3,8 +3,9 @@
 `Sequences` holds a batch of prompts with their completions and, per completion token, the three
 numbers the Metropolis-Hastings ratio is built from: log p under the base model, log q under the
 proposal (temperature tau) and the base model's next-token entropy. `extend` truncates each row to
-a kept prefix and regenerates from there in one `lax.while_loop`, one token per row per iteration,
-each row stopping at EOS or its own length limit. Ancestral sampling, a suffix proposal and a block
+a kept prefix and regenerates from there in a `lax.while_loop` (on an accelerator, one per attention
+span: `ppl_ecmh.lm.spans`), one token per row per iteration, each row stopping at EOS or its own
+length limit. Ancestral sampling, a suffix proposal and a block
 extension are all calls of `extend` with different `keep` and `limit`.
 
 Layout: prompts are right-padded; row b's prompt fills positions [0, P_b) of `tokens` and its
@@ -13,11 +14,14 @@ completion positions [P_b, P_b + n_b). Per-token arrays are indexed by completio
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ppl_ecmh.lm import spans
 
 
 class Sequences(NamedTuple):
@@ -119,21 +123,30 @@ class _Loop(NamedTuple):
     done: jax.Array
 
 
-def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, tau) -> tuple[Sequences, Any]:
+def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, tau,
+           static_attention: bool | None = None) -> tuple[Sequences, Any]:
     """Keep the first `keep[b]` completion tokens of each row and sample new ones from the proposal
     softmax(logits / tau) until EOS or `limit[b]` completion tokens. Rows with keep >= limit are
     left as they are (truncated to `keep`).
 
     Requires the cache to hold every position before P_b + keep_b - 1 (true after `prefill`, after
     any `extend`, and for any keep up to the current length).
+
+    `static_attention` (None: `spans.static_attention_by_default()`, on any backend but the CPU):
+    one loop per attention span, each until a live row would feed a position past it, so that no
+    loop inside a decode step waits on the host (`ppl_ecmh.lm.spans`). The same tokens and
+    statistics, bit for bit on a CPU.
     """
     rows = jnp.arange(seqs.tokens.shape[0])
     seqs = seqs._replace(length=keep.astype(jnp.int32))
 
-    def body(loop: _Loop) -> _Loop:
+    def feeding(s: Sequences) -> jax.Array:
+        return s.prompt_length + s.length - 1  # position of each row's last token, fed next
+
+    def body(lm, loop: _Loop) -> _Loop:
         key, draw_key = jax.random.split(loop.key)
         s = loop.seqs
-        last = s.prompt_length + s.length - 1  # position of each row's last token
+        last = feeding(s)
         logits, cache = lm.forward(loop.cache, s.tokens[rows, last][:, None], last[:, None])
         logits = logits[:, 0]
         token = sample_tokens(draw_key, logits / tau)
@@ -151,9 +164,17 @@ def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, t
         done = loop.done | is_eos(lm, token) | (s.length >= limit)
         return _Loop(key, s, cache, done)
 
-    start = _Loop(key, seqs, cache, keep >= limit)
-    end = jax.lax.while_loop(lambda loop: ~jnp.all(loop.done), body, start)
-    return end.seqs, end.cache
+    def running(span: int | None, loop: _Loop) -> jax.Array:
+        going = ~jnp.all(loop.done)
+        if span is not None:  # rows done feed too, but nothing they compute is kept
+            going &= jnp.max(jnp.where(loop.done, 0, feeding(loop.seqs))) < span
+        return going
+
+    loop = _Loop(key, seqs, cache, keep >= limit)
+    for span in spans.decode_spans(seqs.tokens.shape[1], static_attention):
+        spanned = lm if span is None else lm.within(span)
+        loop = jax.lax.while_loop(functools.partial(running, span), functools.partial(body, spanned), loop)
+    return loop.seqs, loop.cache
 
 
 def within_completion(seqs: Sequences) -> jax.Array:
