@@ -14,11 +14,12 @@ device, since no checkpoint can travel; EOS disabled, so lengths are controlled)
 - peak device memory of each (None on a CPU);
 - where the time of a raw decode step and of an engine iteration goes at width 64: a profile of a
   few of each, summed by XLA op (device busy time against wall time, and the ops that take most);
-- decode tokens/s at width 64 late in the same cache (from position 1536 instead of 128): each
-  layer's attention then loops over 13 key/value chunks instead of 2, and XLA:GPU reads a
-  loop's condition on the host at every trip, so this says what those round trips cost; and
-  early and late again with static attention (`LanguageModel.within`: loops of a trip count
-  known when compiled, over 256 and 2048 positions), which has no such round trip.
+- decode tokens/s at width 64 after the prompt and late in the same cache (from position 1536
+  instead of 128), with each attention: dynamic, where each layer's attention loops over 2 and
+  then 13 key/value chunks and XLA:GPU reads a loop's condition on the host at every trip, so
+  this says what those round trips cost; and static (`ppl_ecmh.lm.spans`: loops of a trip count
+  known when compiled, over 256 and 2048 positions), which has no such round trip. The decode
+  figures above take the backend's default: static on a GPU, dynamic on a CPU.
 
 What XLA:GPU compiles the engine's loop into needs no GPU at all: see benchmarks/gpu_compile.py.
 
@@ -61,9 +62,9 @@ from benchmarks.engine import decode_rate  # noqa: E402
 from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
-from ppl_ecmh.engine.scheduler import (_admit, _advance, attention_span,  # noqa: E402  (the engine's compiled loop)
-                                       static_attention_by_default)
+from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop)
 from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
+from ppl_ecmh.lm.spans import attention_span, static_attention_by_default  # noqa: E402
 from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
 
 SHAPES = {
@@ -145,22 +146,20 @@ def decode_figures(lm, width: int, settings: dict) -> dict:
 
 
 def late_decode_figures(lm, settings: dict) -> dict:
-    """Raw decode at the engine's width with `late_prompt` positions already cached, in a cache of
-    the same size as the other decode figures'; then, early and late, with static attention over
-    the smallest span that holds the positions decoded (`LanguageModel.within`): attention loops
-    of a known trip count, which XLA:GPU runs without waiting on the host at every trip."""
-    width, total = settings["chains"], settings["prompt"] + settings["max_new_tokens"]
+    """Raw decode at the engine's width after the prompt and with `late_prompt` positions already
+    cached, in a cache of the same size as the other decode figures', with each attention: dynamic
+    (each layer's loop up to the furthest live position, a trip count XLA:GPU reads on the host at
+    every trip) and static (`generation.extend`'s loops over spans, known trip counts; the default
+    on an accelerator), with the span that holds the positions decoded."""
+    width, total, new_tokens = settings["chains"], settings["prompt"] + settings["max_new_tokens"], settings["new_tokens"]
 
-    def rate(lm, prompt):
-        return decode_rate(lm, width, prompt, total - prompt, settings["new_tokens"])
+    def rate(prompt, static):
+        return dict(prompt=prompt, span=attention_span(total, prompt + new_tokens) if static else None,
+                    tokens_per_s=decode_rate(lm, width, prompt, total - prompt, new_tokens, static_attention=static))
 
-    def static(prompt):
-        span = attention_span(total, prompt + settings["new_tokens"])
-        return dict(prompt=prompt, span=span, tokens_per_s=rate(lm.within(span), prompt))
-
-    late = settings["late_prompt"]
-    return dict(width=width, prompt=late, tokens_per_s=rate(lm, late), peak_memory_gb=peak_memory_gb(),
-                static=[static(settings["prompt"]), static(late)])
+    starts = (settings["prompt"], settings["late_prompt"])
+    figures = {attention: [rate(prompt, attention == "static") for prompt in starts] for attention in ("dynamic", "static")}
+    return dict(width=width, prompt=settings["late_prompt"], peak_memory_gb=peak_memory_gb(), **figures)
 
 
 def engine_span(settings: dict) -> int | None:
@@ -342,7 +341,8 @@ def check_shape(name: str, settings: dict, reference_device: str, check: Check) 
     """Every figure of one shape into the check's results. The reference runs first, so that
     PyTorch's memory is handed back before JAX's grows."""
     config = SHAPES[name]
-    figures = dict(shape=name, parameters=None, decode={}, reference={}, engine=None)
+    figures = dict(shape=name, parameters=None, decode={}, reference={}, engine=None,
+                   static_attention=static_attention_by_default())  # the decode figures' and the engine's
     check.results["shapes"].append(figures)
     model = check.measure(f"{name}: reference model", reference_model, config, reference_device)
     for width in settings["widths"]:
@@ -372,7 +372,8 @@ def print_table(figures: dict) -> None:
     def gigabytes(entry):
         return "n/a" if not entry or entry["peak_memory_gb"] is None else f"{entry['peak_memory_gb']:.1f}"
 
-    print(f"\n{figures['shape']}: {(figures['parameters'] or math.nan) / 1e9:.2f} B parameters")
+    print(f"\n{figures['shape']}: {(figures['parameters'] or math.nan) / 1e9:.2f} B parameters, "
+          + ("static" if figures.get("static_attention") else "dynamic") + " attention unless said")
     print(f"{'width':>5} {'ours tok/s':>10} {'reference tok/s':>15} {'ours/ref':>8} {'peak GB ours':>12} "
           f"{'peak GB ref':>11}")
     for width, reference in figures["reference"].items():
@@ -388,15 +389,12 @@ def print_table(figures: dict) -> None:
               + (f"static attention over {engine['span']} positions" if engine.get("span") else "dynamic attention"))
     late = figures.get("decode_late")
     if late:
-        early = rate(figures["decode"].get(late["width"]))
-        print(f"decode at width {late['width']} from position {late['prompt']}: {late['tokens_per_s']:.1f} tok/s, "
-              f"{late['tokens_per_s'] / early:.2f} of its rate after the prompt")
-        for static in late["static"]:
-            print(f"  with static attention over {static['span']} positions, from position {static['prompt']}: "
-                  f"{static['tokens_per_s']:.1f} tok/s")
-        if engine:
-            print(f"  the engine's useful tok/s against static raw decode after the prompt: "
-                  f"{engine['useful_tokens_per_s'] / late['static'][0]['tokens_per_s']:.2f}")
+        print(f"decode at width {late['width']}, tok/s after the prompt and from position {late['prompt']}:")
+        for attention in ("dynamic", "static"):
+            early, later = late[attention]
+            spans = f" (over {early['span']} and {later['span']} positions)" if early["span"] else ""
+            print(f"  {attention} attention{spans}: {early['tokens_per_s']:.1f} and {later['tokens_per_s']:.1f}, "
+                  f"late / early {later['tokens_per_s'] / early['tokens_per_s']:.2f}")
     profiled_decode = next((entry for entry in figures["decode"].values() if entry and "profile" in entry), {})
     profiles = [("raw decode step", profiled_decode), ("engine iteration", engine or {})]
     for what, entry in profiles:

@@ -63,27 +63,29 @@ PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
 def decode_timer(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
-                 new_tokens: int = NEW_TOKENS):
+                 new_tokens: int = NEW_TOKENS, static_attention: bool | None = None):
     """Raw decode, compiled here: `width` rows decoding `new_tokens` tokens each after a
-    `prompt_block` prompt, the cache sized for `max_new_tokens`, EOS disabled. Returns a timer:
-    `timer(run)` decodes once more (run-th key) and returns its seconds."""
+    `prompt_block` prompt, the cache sized for `max_new_tokens`, EOS disabled; `static_attention`
+    as `generation.extend`'s. Returns a timer: `timer(run)` decodes once more (run-th key) and
+    returns its seconds."""
     seqs = generation.new_sequences([[1] * prompt_block] * width, max_new_tokens, pad_id=0)
     lm = without_eos(lm)
     cache = jax.jit(generation.prefill)(lm, seqs)
     limit = jnp.full(width, new_tokens, jnp.int32)
     decode = jax.jit(lambda lm, key, seqs, cache: generation.extend(
-        lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0))
+        lm, key, seqs, cache, jnp.zeros(width, jnp.int32), limit, 1.0, static_attention))
     timer = lambda run: timed(decode, lm, jax.random.key(run), seqs, cache)[1]
     timer(0)  # compile
     return timer
 
 
 def decode_rate(lm, width: int, prompt_block: int = PROMPT_BLOCK, max_new_tokens: int = STUDY["max_new_tokens"],
-                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None, repeats: int = 3) -> float:
+                new_tokens: int = NEW_TOKENS, trace_dir: str | None = None, repeats: int = 3,
+                static_attention: bool | None = None) -> float:
     """Tokens/s of `decode_timer`'s raw decode: the median of `repeats` timed runs after the
     compiling one (a shared machine's speed drifts); with `trace_dir`, one more run is profiled
     into it."""
-    timer = decode_timer(lm, width, prompt_block, max_new_tokens, new_tokens)
+    timer = decode_timer(lm, width, prompt_block, max_new_tokens, new_tokens, static_attention)
     seconds = float(np.median([timer(1 + run) for run in range(repeats)]))
     if trace_dir:
         with jax.profiler.trace(trace_dir):

@@ -16,9 +16,11 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
 
 Loops: the engine's default loop, the same with static attention (over the whole cache: loops of
 known trip count, `Engine(static_attention=True)`, the default on an accelerator), its loop with
-free slots running ahead, and raw decode (the reference). XLA:CPU elides copies that XLA:GPU
-keeps, so only a GPU compile shows them: the engine that ran on an H200 copied both whole caches
-at every iteration, and an iteration cost 3.7 raw decode steps (docs/gpu-recipe.md).
+free slots running ahead, and raw decode (the reference; also over spans, the lockstep samplers'
+default on a GPU: one loop per span, the figures the most any of them has). XLA:CPU elides
+copies that XLA:GPU keeps, so only a GPU compile shows them: the engine that ran on an H200
+copied both whole caches at every iteration, and an iteration cost 3.7 raw decode steps
+(docs/gpu-recipe.md).
 
 Needs the CUDA plugin and nothing else of CUDA: no GPU, no driver (`pip install -e .[gpu-compile]`,
 best in an environment of its own: with the plugin installed, JAX looks for a GPU whenever it
@@ -101,8 +103,10 @@ def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = Non
         lowering_platforms=("cuda",)).compile()
 
 
-def raw_decode(lm, settings: dict, gpu):
-    """`generation.extend` on `chains` rows, the cache sized for the prompt and T_max, compiled for `gpu`."""
+def raw_decode(lm, settings: dict, gpu, static_attention: bool = False):
+    """`generation.extend` on `chains` rows, the cache sized for the prompt and T_max, compiled for
+    `gpu`; with `static_attention`, its loops over spans (the default on a GPU; this process's
+    backend is the CPU, so it is said here)."""
     width = settings["chains"]
     seqs = placed(jax.eval_shape(lambda: generation.new_sequences([[1] * settings["prompt"]] * width,
                                                                   settings["max_new_tokens"])), gpu)
@@ -110,7 +114,7 @@ def raw_decode(lm, settings: dict, gpu):
     rows = placed(jax.ShapeDtypeStruct((width,), jnp.int32), gpu)
     key = placed(jax.eval_shape(lambda: jax.random.key(0)), gpu)
     decode = jax.jit(lambda lm, key, seqs, cache, keep, limit: generation.extend(lm, key, seqs, cache, keep, limit,
-                                                                                 1.0))
+                                                                                 1.0, static_attention))
     return decode.trace(lm, key, seqs, cache, rows, rows).lower(lowering_platforms=("cuda",)).compile()
 
 
@@ -142,13 +146,21 @@ def _callees(instruction: str, kind: str) -> list[str]:
 
 
 def loop_figures(compiled, cache_elements: int) -> dict:
-    """Per iteration of the module's outermost loop: its cache-sized copies (in its body and its
+    """Per iteration of the module's outermost loops (a decode over spans has one per span; each
+    figure is the most any of them has): its cache-sized copies (in its body and its
     conditionals' branches) and kernels, with the copies its nested loops make per inner iteration,
     and the module's temporaries."""
     hlo = compiled.as_text()
     bodies = computations(hlo)
     entry = re.search(r"^ENTRY %(\S+)", hlo, re.M).group(1)
-    outer = next(_callees(line, "while")[0] for line in bodies[entry] if " while(" in line)
+    outer = [_callees(line, "while")[0] for line in bodies[entry] if " while(" in line]
+    each = [outer_loop_figures(bodies, body, cache_elements) for body in outer]
+    return {name: max(figures[name] for figures in each) for name in each[0]} | dict(
+        outer_loops=len(outer), temp_gb=compiled.memory_analysis().temp_size_in_bytes / 1e9)
+
+
+def outer_loop_figures(bodies: dict[str, list[str]], outer: str, cache_elements: int) -> dict:
+    """`loop_figures` of one outermost loop, by the name of its body."""
     figures = dict(cache_copies=0, kernels=0, nested_loops=0, host_waiting_loops=0, cache_copies_in_nested_loops=0)
 
     def visit(name: str, in_nested_loop: bool) -> None:
@@ -168,7 +180,7 @@ def loop_figures(compiled, cache_elements: int) -> dict:
                     visit(branch, in_nested_loop)
 
     visit(outer, False)
-    return figures | dict(temp_gb=compiled.memory_analysis().temp_size_in_bytes / 1e9)
+    return figures
 
 
 def settings_for(name: str) -> dict:
@@ -185,7 +197,8 @@ def check_shape(name: str, gpu) -> dict:
     loops = dict(engine=lambda: engine_loop(lm, settings, False, gpu),
                  engine_static_attention=lambda: engine_loop(lm, settings, False, gpu, span=cache_size),
                  engine_running_ahead=lambda: engine_loop(lm, settings, True, gpu),
-                 raw_decode=lambda: raw_decode(lm, settings, gpu))
+                 raw_decode=lambda: raw_decode(lm, settings, gpu),
+                 raw_decode_static_attention=lambda: raw_decode(lm, settings, gpu, static_attention=True))
     for loop, build in loops.items():
         started = time.perf_counter()
         figures["loops"][loop] = loop_figures(build(), layer_elements) | dict(
@@ -204,12 +217,13 @@ def main(argv=None) -> dict:
     results = dict(jax=jax.__version__, target=gpu.device_kind, shapes=[
         check_shape(name, gpu) for name in args.shapes])
     print(f"\njax {jax.__version__}, compiled for {gpu.device_kind} (no device used)")
-    print(f"{'shape':>18} {'loop':>23} {'cache copies/it':>15} {'kernels/it':>10} {'host-waiting loops':>18} "
-          f"{'temp GB':>8}")
+    print(f"{'shape':>18} {'loop':>27} {'loops':>5} {'cache copies/it':>15} {'kernels/it':>10} "
+          f"{'host-waiting loops':>18} {'temp GB':>8} {'compile s':>9}")
     for shape in results["shapes"]:
         for loop, figures in shape["loops"].items():
-            print(f"{shape['shape']:>18} {loop:>23} {figures['cache_copies']:>15} {figures['kernels']:>10} "
-                  f"{figures['host_waiting_loops']:>18} {figures['temp_gb']:>8.2f}")
+            print(f"{shape['shape']:>18} {loop:>27} {figures['outer_loops']:>5} {figures['cache_copies']:>15} "
+                  f"{figures['kernels']:>10} {figures['host_waiting_loops']:>18} {figures['temp_gb']:>8.2f} "
+                  f"{figures['compile_s']:>9.1f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -22,7 +22,10 @@ def test_the_accelerator_check_runs_at_a_tiny_shape_and_writes_every_figure(tmp_
     assert engine["iterations"] == accelerator.TINY["engine_iterations"]
     assert 0 < engine["occupancy"] <= 1 and engine["useful_tokens_per_s"] > 0 and engine["ratio_to_raw"] > 0
     late = figures["decode_late"]
-    assert late["prompt"] == accelerator.TINY["late_prompt"] and late["tokens_per_s"] > 0
+    assert late["prompt"] == accelerator.TINY["late_prompt"]
+    assert [[start["span"] is None for start in late[attention]] for attention in ("dynamic", "static")] == [
+        [True, True], [False, False]]
+    assert all(start["tokens_per_s"] > 0 for attention in ("dynamic", "static") for start in late[attention])
     # where the time goes: both profiles read back, with the ops that ran
     for profile in figures["decode"][str(accelerator.TINY["chains"])]["profile"], engine["profile"]:
         assert profile["op_runs"] > 0 and profile["busy_s"] > 0 and profile["wall_s"] > 0 and profile["steps"] > 0

@@ -79,6 +79,12 @@ def test_static_attention_leaves_no_attention_loop_waiting_on_the_host():
     layers = 2  # the toy shape's
     dynamic, static = loops["engine"]["host_waiting_loops"], loops["engine_static_attention"]["host_waiting_loops"]
     assert dynamic == static + layers and static <= 2, loops
+    # raw decode (the lockstep samplers' loop): one attention loop per layer waits, dynamically; over
+    # spans 32 and the 40-position cache, one decode loop per span, and nothing in them waits
+    raw, spanned = loops["raw_decode"], loops["raw_decode_static_attention"]
+    assert (raw["outer_loops"], raw["host_waiting_loops"]) == (1, layers), loops
+    assert (spanned["outer_loops"], spanned["host_waiting_loops"]) == (2, 0), loops
+    assert abs(spanned["kernels"] - raw["kernels"]) <= 2, loops  # the same step, less the reach the loops computed
 
 
 @pytest.mark.slow
