@@ -3,10 +3,10 @@
 `Sequences` holds a batch of prompts with their completions and, per completion token, the three
 numbers the Metropolis-Hastings ratio is built from: log p under the base model, log q under the
 proposal (temperature tau) and the base model's next-token entropy. `extend` truncates each row to
-a kept prefix and regenerates from there in a `lax.while_loop` (on an accelerator, one per attention
-span: `ppl_ecmh.lm.spans`), one token per row per iteration, each row stopping at EOS or its own
-length limit. Ancestral sampling, a suffix proposal and a block
-extension are all calls of `extend` with different `keep` and `limit`.
+a kept prefix and regenerates from there in a `lax.while_loop` (on an accelerator, one per
+attention span: `ppl_ecmh.lm.spans`), one token per row per iteration, each row stopping at EOS or
+its own length limit. Ancestral sampling, a suffix proposal and a block extension are all calls of
+`extend` with different `keep` and `limit`.
 
 Layout: prompts are right-padded; row b's prompt fills positions [0, P_b) of `tokens` and its
 completion positions [P_b, P_b + n_b). Per-token arrays are indexed by completion index i = 0..T-1.
