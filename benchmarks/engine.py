@@ -170,13 +170,16 @@ def accept_prob_difference(results, others) -> float:
 def by_width(stats, raw_at: dict, raw_rate) -> dict:
     """The engine's run by batch width (the drain narrows it): its seconds, iterations and useful
     tokens at each width, against raw decode at that width (`raw_rate(width)`, measured once per
-    width into `raw_at`). `raw_seconds` is how long raw decode would take for the same tokens."""
+    width into `raw_at`). `raw_seconds` is how long raw decode would take for the same tokens;
+    `raw_step_seconds` how long it would take for the same iterations (idle slots included): the
+    engine's time if its loop cost raw decode's step."""
     account = {}
     for width, share in sorted(stats.by_width.items(), reverse=True):
         if width not in raw_at:
             raw_at[width] = raw_rate(width)
         account[width] = dict(iterations=share.iterations, decoded=share.decoded, seconds=share.seconds,
-                              raw_decode_tokens_per_s=raw_at[width], raw_seconds=share.decoded / raw_at[width])
+                              raw_decode_tokens_per_s=raw_at[width], raw_seconds=share.decoded / raw_at[width],
+                              raw_step_seconds=share.iterations * width / raw_at[width])
     return account
 
 
@@ -191,6 +194,12 @@ def print_by_width(name: str, account: dict):
               f"{a['seconds'] / wall:6.2f} {rate:12.1f} {a['raw_decode_tokens_per_s']:9.1f} "
               f"{rate / a['raw_decode_tokens_per_s']:6.2f}")
     print(f"{'':>15}  raw decode at the same widths would take {raw_seconds:.1f} s: {raw_seconds / wall:.2f} of the wall")
+    widest = account[max(account)]
+    steps = sum(a["raw_step_seconds"] for a in account.values())
+    decoded = sum(a["decoded"] for a in account.values())
+    print(f"{'':>15}  the same iterations at raw decode's step cost: {steps:.1f} s, {steps / wall:.2f} of the wall; "
+          f"a loop as fast as raw decode, with this run's idle slots and drain, would reach useful/raw "
+          f"{decoded / steps / widest['raw_decode_tokens_per_s']:.2f}")
 
 
 def gsm8k_prompts(model, count: int):
