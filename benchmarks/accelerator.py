@@ -145,17 +145,21 @@ def decode_figures(lm, width: int, settings: dict) -> dict:
                 profile=profile | dict(steps=steps, wall_s=width * steps / tokens_per_s))
 
 
-def late_decode_figures(lm, settings: dict) -> dict:
+def late_decode_figures(lm, settings: dict, decode: dict | None = None) -> dict:
     """Raw decode at the engine's width after the prompt and with `late_prompt` positions already
     cached, in a cache of the same size as the other decode figures', with each attention: dynamic
     (each layer's loop up to the furthest live position, a trip count XLA:GPU reads on the host at
     every trip) and static (`generation.extend`'s loops over spans, known trip counts; the default
-    on an accelerator), with the span that holds the positions decoded."""
+    on an accelerator), with the span that holds the positions decoded. `decode`: the decode
+    figures at that width after the prompt, whose rate serves for the backend's default attention
+    there (a lease's minutes go further)."""
     width, total, new_tokens = settings["chains"], settings["prompt"] + settings["max_new_tokens"], settings["new_tokens"]
 
     def rate(prompt, static):
+        measured = decode and prompt == settings["prompt"] and static == static_attention_by_default()
         return dict(prompt=prompt, span=attention_span(total, prompt + new_tokens) if static else None,
-                    tokens_per_s=decode_rate(lm, width, prompt, total - prompt, new_tokens, static_attention=static))
+                    tokens_per_s=decode["tokens_per_s"] if measured else decode_rate(
+                        lm, width, prompt, total - prompt, new_tokens, static_attention=static))
 
     starts = (settings["prompt"], settings["late_prompt"])
     figures = {attention: [rate(prompt, attention == "static") for prompt in starts] for attention in ("dynamic", "static")}
@@ -362,7 +366,8 @@ def check_shape(name: str, settings: dict, reference_device: str, check: Check) 
                                                  settings)
     figures["engine"] = check.measure(f"{name}: engine", engine_figures, lm, settings, figures["decode"])
     figures["decode_late"] = check.measure(f"{name}: decode at width {settings['chains']} from position "
-                                           f"{settings['late_prompt']}", late_decode_figures, lm, settings)
+                                           f"{settings['late_prompt']}", late_decode_figures, lm, settings,
+                                           figures["decode"].get(settings["chains"]))
 
 
 def print_table(figures: dict) -> None:
