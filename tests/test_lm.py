@@ -268,8 +268,8 @@ def test_unknown_model_or_missing_path(name):
 def test_a_missing_embedded_package_says_how_to_install(name, install, monkeypatch):
     import importlib.metadata
 
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
+    def missing(package):
+        raise importlib.metadata.PackageNotFoundError(package)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ModelNotFoundError, match=install):

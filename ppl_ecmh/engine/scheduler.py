@@ -29,7 +29,7 @@ import numpy as np
 from ppl_ecmh import parallel
 from ppl_ecmh.engine import slots as device
 from ppl_ecmh.engine.schedule import Schedule
-from ppl_ecmh.lm.spans import attention_span, static_attention_by_default
+from ppl_ecmh.lm.spans import attention_span, uses_static_attention
 from ppl_ecmh.validation import check_positive_int
 
 
@@ -119,7 +119,7 @@ class Engine:
         self.narrow = narrow
         self.min_width = check_positive_int("min_width", min_width)
         self.run_ahead = run_ahead
-        self.static_attention = static_attention_by_default() if static_attention is None else static_attention
+        self.static_attention = uses_static_attention(static_attention)
         self.stats = EngineStats(width=self.width)
 
     def run(self, items: Iterable[WorkItem], progress=None) -> Iterator[ChainResult]:

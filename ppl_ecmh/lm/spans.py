@@ -38,9 +38,13 @@ def static_attention_by_default() -> bool:
     return jax.default_backend() != "cpu"
 
 
+def uses_static_attention(static_attention: bool | None) -> bool:
+    """A loop's choice of static attention: as told, or (None) `static_attention_by_default()`;
+    the engine and the lockstep loops decide alike."""
+    return static_attention_by_default() if static_attention is None else static_attention
+
+
 def decode_spans(cache_size: int, static_attention: bool | None) -> tuple[int | None, ...]:
     """The spans a lockstep decode loop runs over, one loop each, in order: `attention_spans` with
-    static attention (None: `static_attention_by_default()`), else one loop with no span."""
-    if static_attention is None:
-        static_attention = static_attention_by_default()
-    return attention_spans(cache_size) if static_attention else (None,)
+    static attention (`uses_static_attention`), else one loop with no span."""
+    return attention_spans(cache_size) if uses_static_attention(static_attention) else (None,)
