@@ -63,9 +63,9 @@ from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
 from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop)
-from ppl_ecmh.lm.config import ModelConfig, rope_inverse_frequencies  # noqa: E402
+from ppl_ecmh.lm.config import ModelConfig  # noqa: E402
 from ppl_ecmh.lm.spans import attention_span, static_attention_by_default  # noqa: E402
-from ppl_ecmh.lm.transformer import Transformer  # noqa: E402
+from ppl_ecmh.lm.transformer import Transformer, rope_params  # noqa: E402
 
 SHAPES = {
     "qwen2.5-7b": ModelConfig(architecture="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -102,13 +102,15 @@ def random_transformer(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -
                       attn_norm=jnp.ones(config.hidden_size, dtype), mlp_norm=jnp.ones(config.hidden_size, dtype))
         if config.attention_bias:
             params |= dict(bq=jnp.zeros(q, dtype), bk=jnp.zeros(kv, dtype), bv=jnp.zeros(kv, dtype))
+        if config.qk_norm:
+            params |= dict(q_norm=jnp.ones(config.head_dim, dtype), k_norm=jnp.ones(config.head_dim, dtype))
         return params
 
     make_layer = jax.jit(layer)
     keys = jax.random.split(jax.random.PRNGKey(seed), config.num_layers + 2)
     params = dict(embed=jax.jit(matrix, static_argnums=(1, 2))(keys[0], config.vocab_size, config.hidden_size),
                   layers=[make_layer(key) for key in keys[2:]], final_norm=jnp.ones(config.hidden_size, dtype),
-                  inv_freq=jnp.asarray(rope_inverse_frequencies(config)))
+                  **rope_params(config))
     if not config.tie_word_embeddings:
         params["lm_head"] = jax.jit(matrix, static_argnums=(1, 2))(keys[1], config.vocab_size, config.hidden_size)
     return Transformer(params, config)

@@ -1,19 +1,19 @@
-"""Architecture hyper-parameters of a decoder-only transformer (Llama family and Qwen2).
+"""Architecture hyper-parameters of a decoder-only transformer (Llama, Mistral, Qwen2/3, Phi-3).
 
 The differences between the supported families are expressed here, not in copies of the forward
-pass: Qwen2 is a Llama with biases on the q/k/v projections.
+pass: Qwen2 is a Llama with biases on the q/k/v projections; Qwen3 one with an RMSNorm over each
+query and key head (`qk_norm`); Phi-3 one whose checkpoints fuse q/k/v and gate/up (split when
+loaded, `weights.py`), which rotates a fraction of each head (`partial_rotary_factor`) with
+LongRoPE (`rope.py`). Full multi-head attention is num_kv_heads == num_heads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-
-import numpy as np
-
 from ppl_ecmh.errors import UnsupportedModelError
+from ppl_ecmh.lm.rope import ROPE_TYPES
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    qk_norm: bool = False  # Qwen3: RMSNorm over each query and key head, before RoPE
+    partial_rotary_factor: float = 1.0  # RoPE on the first int(head_dim * factor) dims of a head
+    sliding_window: int | None = None  # attention reaches this many positions back (runs longer are refused)
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -47,41 +50,20 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
+        kind = dict(self.rope_scaling or ()).get("rope_type", "default")
+        if kind not in ROPE_TYPES:
+            raise UnsupportedModelError(f"rope_scaling: unsupported type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
+        if self.rotary_dim <= 0 or self.rotary_dim % 2:
+            raise UnsupportedModelError(
+                f"partial_rotary_factor={self.partial_rotary_factor} rotates {self.rotary_dim} of "
+                f"{self.head_dim} dims; it must be an even number above 0"
+            )
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def eos_token_id(self) -> int:
         """The first end-of-sequence id (generation stops on any of `eos_token_ids`)."""
         return self.eos_token_ids[0]
-
-
-def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """Per-pair rotary frequencies, with the rope scaling of the config applied (float32)."""
-    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
-    inv_freq = 1.0 / (config.rope_theta**exponents)
-    scaling = dict(config.rope_scaling or ())
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        pass
-    elif kind == "linear":
-        inv_freq = inv_freq / float(scaling["factor"])
-    elif kind == "llama3":
-        inv_freq = _llama3_scaled(inv_freq, scaling)
-    else:
-        raise UnsupportedModelError(f"unsupported rope scaling type {kind!r}")
-    return inv_freq.astype(np.float32)
-
-
-def _llama3_scaled(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
-    """Llama 3.1 frequency-dependent scaling: long wavelengths divided by `factor`, short kept."""
-    factor = float(scaling["factor"])
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    original = float(scaling["original_max_position_embeddings"])
-    wavelength = 2 * math.pi / inv_freq
-    smooth = (original / wavelength - low) / (high - low)
-    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-    return np.where(
-        wavelength > original / low,
-        inv_freq / factor,
-        np.where(wavelength < original / high, inv_freq, blended),
-    )

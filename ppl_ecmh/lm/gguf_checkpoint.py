@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -151,8 +152,8 @@ def load_gguf(path: str, dtype="float32"):
                 weight = unpermute_rows(weight, config.num_kv_heads)
         return weight
 
-    params = assemble_params(config, tensor, dtype)
     if "rope_freqs.weight" in tensors:  # llama 3.1 scaling, stored as per-frequency divisors
         factors = gguf.quants.dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type)
-        params["inv_freq"] = params["inv_freq"] / np.asarray(factors, np.float32).reshape(-1)
-    return Transformer(params, config), tokenizer_from_gguf(metadata)
+        config = dataclasses.replace(config, rope_scaling=(
+            ("factors", tuple(float(f) for f in np.reshape(factors, -1))), ("rope_type", "frequency_factors")))
+    return Transformer(assemble_params(config, tensor, dtype), config), tokenizer_from_gguf(metadata)

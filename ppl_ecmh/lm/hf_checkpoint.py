@@ -14,6 +14,9 @@ from ppl_ecmh.lm.weights import assemble_params
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
+    """A ModelConfig from a Hugging Face config.json (transformers v4's `rope_scaling` or v5's
+    `rope_parameters`); an architecture or field this decoder does not implement is one error
+    naming it."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
@@ -22,12 +25,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
     heads = hf["num_attention_heads"]
     eos = hf.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
-    if scaling is not None:
-        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
-        if scaling.get("rope_type", scaling.get("type")) in (None, "default"):
-            scaling = None
-    theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+    partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
     return ModelConfig(
         architecture=model_type,
         vocab_size=hf["vocab_size"],
@@ -39,13 +39,35 @@ def config_from_hf(hf: dict) -> ModelConfig:
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=float(theta),
-        rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
+        rope_scaling=_rope_scaling(hf, rope),
         attention_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=eos_ids,
+        qk_norm=model_type == "qwen3",
+        partial_rotary_factor=float(partial),
+        sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window", True) else None,
     )
+
+
+def _rope_scaling(hf: dict, rope: dict) -> tuple | None:
+    """The scaling entries of a config's RoPE dict as a hashable tuple, None for plain RoPE. As in
+    transformers, a top-level `original_max_position_embeddings` (Phi-3) wins over the dict's, and
+    Phi-3's `su` and `yarn` are its LongRoPE."""
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    kind = scaling.pop("type", None)
+    kind = scaling.pop("rope_type", kind) or "default"
+    if hf.get("model_type") == "phi3" and kind in ("su", "yarn"):
+        kind = "longrope"
+    if kind == "default":
+        return None
+    if kind in ("llama3", "yarn", "longrope"):
+        scaling["original_max_position_embeddings"] = (hf.get("original_max_position_embeddings")
+                                                       or scaling.get("original_max_position_embeddings")
+                                                       or hf.get("max_position_embeddings"))
+    scaling["rope_type"] = kind
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in scaling.items()))
 
 
 def _read_safetensors(folder: Path) -> dict:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ppl_ecmh.lm.config import ModelConfig
+from ppl_ecmh.lm.rope import rope_tables, run_scaling
 
 ATTENTION_CHUNK = 128  # cache slots per step of the attention loop
 
@@ -45,12 +46,17 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (normed * weight.astype(jnp.float32)).astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotary embedding in the half-split layout of Hugging Face checkpoints. x: [B, T, heads, hd]."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
-    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, attention_factor: jax.Array) -> jax.Array:
+    """Rotary embedding in the half-split layout of Hugging Face checkpoints, over the first
+    2 * len(inv_freq) dims of each head (the rest pass through), cos and sin scaled by
+    `attention_factor` (YaRN, LongRoPE). x: [B, T, heads, hd]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, rotary/2]
+    cos = (jnp.cos(angles) * attention_factor)[:, :, None, :]
+    sin = (jnp.sin(angles) * attention_factor)[:, :, None, :]
+    half = inv_freq.shape[-1]
+    x32 = x.astype(jnp.float32)
+    x1, x2, passed = x32[..., :half], x32[..., half : 2 * half], x32[..., 2 * half :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, passed], axis=-1)
     return rotated.astype(x.dtype)
 
 
@@ -68,7 +74,7 @@ def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
     return cache.at[rows, :, positions].set(new.astype(cache.dtype), mode="drop")
 
 
-def _attention(config, layer_params, x, positions, keys, values, inv_freq, span):
+def _attention(config, layer_params, x, positions, keys, values, rope, span):
     """Self-attention of x [B, T, D] over a layer's cache; returns (output, keys, values)."""
     batch, steps, _ = x.shape
     q = linear(x, layer_params["wq"])
@@ -76,9 +82,13 @@ def _attention(config, layer_params, x, positions, keys, values, inv_freq, span)
     v = linear(x, layer_params["wv"])
     if config.attention_bias:
         q, k, v = q + layer_params["bq"], k + layer_params["bk"], v + layer_params["bv"]
-    q = apply_rope(q.reshape(batch, steps, config.num_heads, config.head_dim), positions, inv_freq)
-    k = apply_rope(k.reshape(batch, steps, config.num_kv_heads, config.head_dim), positions, inv_freq)
+    q = q.reshape(batch, steps, config.num_heads, config.head_dim)
+    k = k.reshape(batch, steps, config.num_kv_heads, config.head_dim)
     v = v.reshape(batch, steps, config.num_kv_heads, config.head_dim)
+    if config.qk_norm:
+        q = rms_norm(q, layer_params["q_norm"], config.rms_norm_eps)
+        k = rms_norm(k, layer_params["k_norm"], config.rms_norm_eps)
+    q, k = apply_rope(q, positions, *rope), apply_rope(k, positions, *rope)
 
     keys = _write_rows(keys, k, positions)  # [B, kvh, S, hd]
     values = _write_rows(values, v, positions)
@@ -156,11 +166,12 @@ def forward(params: dict, config: ModelConfig, cache: KVCache, tokens: jax.Array
     before each token's position. `span`: see `Transformer.attention_span`.
     """
     x = params["embed"][tokens]
+    rope = (params["inv_freq"], params["rope_attention_factor"])
     keys, values = list(cache.k), list(cache.v)
     for layer, layer_params in enumerate(params["layers"]):  # unrolled: no per-step weight slicing
         h = rms_norm(x, layer_params["attn_norm"], config.rms_norm_eps)
         attended, keys[layer], values[layer] = _attention(
-            config, layer_params, h, positions, keys[layer], values[layer], params["inv_freq"], span
+            config, layer_params, h, positions, keys[layer], values[layer], rope, span
         )
         x = x + attended
         x = x + _mlp(layer_params, rms_norm(x, layer_params["mlp_norm"], config.rms_norm_eps))
@@ -187,6 +198,9 @@ class Transformer:
     # (`ppl_ecmh.engine`), while a CPU has nothing to wait for and compiles one program, not one
     # per span. Every position fed must be below it.
     attention_span: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    # The positions a run may use, when a run chose them (`for_context`); None: the checkpoint's
+    # limit, with the RoPE tables the checkpoint's limit implies.
+    context_length: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def vocab_size(self) -> int:
@@ -198,7 +212,13 @@ class Transformer:
 
     @property
     def max_length(self) -> int:
-        return self.config.max_position_embeddings
+        return self.context_length or self.config.max_position_embeddings
+
+    @property
+    def rope_scaling(self) -> dict | None:
+        """The RoPE scaling in use (the checkpoint's, or YaRN stretched to `context_length`)."""
+        scaling = run_scaling(self.config, self.context_length) if self.context_length else self.config.rope_scaling
+        return dict(scaling) if scaling else None
 
     @property
     def dtype(self):
@@ -212,3 +232,18 @@ class Transformer:
 
     def within(self, span: int | None) -> "Transformer":
         return dataclasses.replace(self, attention_span=span)
+
+    def for_context(self, length: int) -> "Transformer":
+        """This decoder for runs of at most `length` positions: the RoPE tables such a run uses
+        (LongRoPE's short or long factors, YaRN past an unscaled model's limit; `ppl_ecmh.lm.rope`).
+        Raises PromptTooLongError when the model cannot reach `length`."""
+        return dataclasses.replace(self, params=dict(self.params, **rope_params(self.config, length)),
+                                   context_length=length)
+
+
+def rope_params(config: ModelConfig, length: int | None = None) -> dict:
+    """The decoder's RoPE entries of `params`: for the checkpoint's own limit, or for runs of at
+    most `length` positions (`run_scaling`)."""
+    scaling = config.rope_scaling if length is None else run_scaling(config, length)
+    tables = rope_tables(config, scaling, length or config.max_position_embeddings)
+    return dict(inv_freq=jnp.asarray(tables.inv_freq), rope_attention_factor=jnp.float32(tables.attention_factor))
