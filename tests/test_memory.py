@@ -1,0 +1,69 @@
+"""The engine's memory plan against what XLA's buffer assignment reports for the engine's own
+compiled programs (admission and the decode loop), and the plan's arithmetic."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.accelerator import SHAPES, engine_schedule, random_transformer
+from ppl_ecmh.engine import memory
+from ppl_ecmh.engine import slots as device
+from ppl_ecmh.engine.scheduler import _admit, _advance
+from ppl_ecmh.lm.config import ModelConfig
+
+TOY = dataclasses.replace(SHAPES["tiny"], vocab_size=4096, hidden_size=256, intermediate_size=512, num_heads=8,
+                          num_kv_heads=2, head_dim=32, max_position_embeddings=1024)
+TOYS = {
+    "gqa": TOY,
+    "mha-tied-qk-norm": dataclasses.replace(TOY, architecture="qwen3", num_kv_heads=8, attention_bias=False,
+                                            qk_norm=True, tie_word_embeddings=True),
+}
+
+
+def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens: int) -> int:
+    """The larger of admission's and the decode loop's compiled peaks (abstract shapes, nothing
+    allocated)."""
+    settings = dict(chains=width, prompt=prompt, max_new_tokens=max_new_tokens, block_size=max_new_tokens // 4,
+                    mcmc_steps=2)
+    lm = jax.eval_shape(lambda: random_transformer(config, dtype))
+    schedule = engine_schedule(settings)
+    slots = jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm)
+    rows, count = jax.ShapeDtypeStruct((width,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+    admit = _admit.trace(slots, lm, rows, jax.ShapeDtypeStruct((width, prompt), jnp.int32), rows,
+                         jax.ShapeDtypeStruct((width, 2), jnp.uint32), rows, None, schedule).lower().compile()
+    advance = _advance.trace(slots, lm, count, count, False, schedule, None).lower().compile()
+    return max(memory.compiled_peak(admit), memory.compiled_peak(advance))
+
+
+@pytest.mark.parametrize("toy", list(TOYS))
+@pytest.mark.parametrize("width, prompt, max_new_tokens", [(8, 16, 64), (32, 32, 256), (64, 64, 512)])
+def test_plan_is_within_15_percent_of_xla(toy, width, prompt, max_new_tokens):
+    """float32: XLA:CPU computes bfloat16 matmuls in float32, with float32 copies of the weights
+    among its temporaries, which no accelerator makes; the bfloat16 plan is checked against
+    XLA:GPU at the paper's shapes (benchmarks/gpu_compile.py)."""
+    expected = xla_peak(TOYS[toy], jnp.float32, width, prompt, max_new_tokens)
+    planned = memory.plan(TOYS[toy], "float32", prompt, max_new_tokens, width).peak
+    assert abs(planned / expected - 1) <= 0.15, (planned, expected)
+
+
+@pytest.mark.parametrize("toy", list(TOYS))
+def test_parameter_count_is_the_decoders(toy):
+    lm = jax.eval_shape(lambda: random_transformer(TOYS[toy], jnp.float32))
+    weights = {k: v for k, v in lm.params.items() if k not in ("inv_freq", "rope_attention_factor")}
+    assert memory.parameter_count(TOYS[toy]) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(weights))
+
+
+def test_widest_width_is_the_widest_power_of_two_that_fits():
+    config, block, steps = SHAPES["qwen2.5-7b"], 256, 3072
+    h100 = 80 * 10**9
+    widest = memory.widest_width(config, "bfloat16", block, steps, h100)
+    assert widest & (widest - 1) == 0 and widest >= 16
+    assert memory.plan(config, "bfloat16", block, steps, widest, device_bytes=h100).fits
+    assert not memory.plan(config, "bfloat16", block, steps, 2 * widest, device_bytes=h100).fits
+    assert memory.widest_width(config, "bfloat16", block, steps, 141 * 10**9) > widest
+    assert memory.widest_width(config, "float32", block, steps, 20 * 10**9) == 0  # the weights alone do not fit
+    halves = memory.plan(config, "bfloat16", block, steps, 2 * widest, data_parallel=2, tensor_parallel=1)
+    assert halves.caches == memory.plan(config, "bfloat16", block, steps, widest).caches
