@@ -78,7 +78,7 @@ class Study:
         self.problems = select_problems(self.task, settings_for(task_name, settings["prompts"]))
         self.prompts = {p.id: model.encode(self.task.prompt(p, chat=True), chat=True) for p in self.problems}
         self.prompt_block = max(len(tokens) for tokens in self.prompts.values())
-        model.check_fits(self.prompt_block, settings["max_new_tokens"])
+        model.fit_context(self.prompt_block, settings["max_new_tokens"])
         self.chains = RecordStore(results / CHAINS, CHAIN_KEY)
         self.starts = RecordStore(results / STARTS, START_KEY)
         self.graded: dict = {}  # (problem id, completion) -> (answer, correct): chains revisit states

@@ -59,6 +59,9 @@ def _model_options() -> argparse.ArgumentParser:
                          help="rows decoded side by side: slots of the continuous-batching engine, one chain "
                          "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts)")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    options.add_argument("--stretch-context", action="store_true",
+                         help="past the model's context, stretch an unscaled RoPE with YaRN, factor = positions / "
+                         "context, as the ECMH code does for Qwen2.5-Math-7B (a recipe turns it on)")
     options.add_argument("--devices", type=int, default=None,
                          help="local devices to use (default: all); the engine's slots are split over them")
     options.add_argument("--tensor-parallel", type=int, default=1,
@@ -258,7 +261,7 @@ def _plan(args) -> None:
     steps = args.max_new_tokens or (RECIPES[args.recipe].max_new_tokens if args.recipe else 3072)
     check_positive_int("max_new_tokens", steps)
     config = _plan_config(args.model)
-    scaling = run_scaling(config, args.prompt_block + steps)
+    scaling = run_scaling(config, args.prompt_block + steps, stretch=True)
     device_bytes, data = int(args.device_gb * 1e9), args.devices // args.tensor_parallel
     widest = memory.widest_width(config, args.dtype, args.prompt_block, steps, device_bytes, data, args.tensor_parallel)
     width = args.batch_size or widest
@@ -365,7 +368,7 @@ def _load_prompt(args):
     text = _prompt_text(args)
     model = load_model(args.model, dtype=args.dtype)
     prompt = model.encode(text, chat=args.chat)
-    model.check_fits(len(prompt), args.max_new_tokens)
+    model.fit_context(len(prompt), args.max_new_tokens, args.stretch_context)
     return model, prompt, text
 
 
@@ -468,7 +471,7 @@ def _eval(args) -> None:
         mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
         smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, tmc_candidates=args.candidates,
         tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
-        dtype=args.dtype, recipe=args.recipe, overrides=args.overrides)
+        dtype=args.dtype, stretch_context=args.stretch_context, recipe=args.recipe, overrides=args.overrides)
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     if args.ray is not None:
         from ppl_ecmh.evaluation.distributed import run_eval_on_ray

@@ -77,7 +77,7 @@ def pair(request, tmp_path_factory):
 
 def logits(lm, tokens) -> np.ndarray:
     """Our logits of one sequence, the decoder fitted to the sequence's length as a run is."""
-    lm = lm.for_context(len(tokens))
+    lm = lm.for_context(len(tokens), stretch=True)
     tokens = jnp.asarray(tokens, jnp.int32)[None]
     out, _ = jax.jit(lambda lm, c, t, p: lm.forward(c, t, p))(
         lm, lm.init_cache(1, tokens.shape[1]), tokens, jnp.arange(tokens.shape[1])[None])
@@ -164,13 +164,16 @@ def test_yarn_stretches_an_unscaled_model_past_its_limit_as_the_ecmh_code_does(t
     lm = load_model(str(tmp_path)).lm
     assert error(stretched, lm, 40) < 1e-3
     assert error(model, lm, 40) > 1e-2  # unstretched RoPE is another model past the limit
-    assert lm.for_context(40).rope_scaling == dict(factor=2.5, original_max_position_embeddings=16, rope_type="yarn")
+    assert lm.for_context(40, stretch=True).rope_scaling == dict(factor=2.5, original_max_position_embeddings=16,
+                                                                 rope_type="yarn")
     assert lm.for_context(16).rope_scaling is None
+    with pytest.raises(PromptTooLongError, match="--stretch-context"):
+        lm.for_context(17)
 
 
 def test_a_scaled_model_past_its_limit_and_a_sliding_window_are_refused(tmp_path):
     with pytest.raises(PromptTooLongError, match="cannot be stretched"):
-        run_scaling(config_from_hf(hf_config("llama-yarn").to_dict()), 65)
+        run_scaling(config_from_hf(hf_config("llama-yarn").to_dict()), 65, stretch=True)
     windowed = config_from_hf(dict(hf_config("llama-mha-linear").to_dict(), model_type="mistral", sliding_window=32))
     assert run_scaling(windowed, 32) is not None
     with pytest.raises(UnsupportedModelError, match="sliding_window"):

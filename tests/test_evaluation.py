@@ -50,7 +50,7 @@ class LetterModel:
     def decode(self, tokens):
         return "".join(LETTERS[t] for t in tokens if t < 3)
 
-    def check_fits(self, prompt_length, max_new_tokens):
+    def fit_context(self, prompt_length, max_new_tokens, stretch=False):
         pass
 
 

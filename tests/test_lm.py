@@ -302,7 +302,7 @@ def test_prompt_longer_than_context_is_reported(smollm):
     from ppl_ecmh import PromptTooLongError
 
     with pytest.raises(PromptTooLongError):
-        smollm.check_fits(8000, 500)
+        smollm.fit_context(8000, 500)
 
 
 @pytest.fixture(scope="module")

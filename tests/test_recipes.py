@@ -35,7 +35,7 @@ def test_the_docs_table_is_what_each_recipe_applies():
         assert (paper, task, sampler) == (recipe.paper, args.task, args.samplers)
         assert (float(alpha), int(t_max), int(block), int(steps)) == (
             args.alpha, args.max_new_tokens, args.block_size, args.mcmc_steps)
-        assert tau == "1/α" and args.tau is None and args.top_k is None
+        assert tau == "1/α" and args.tau is None and args.top_k is None and args.stretch_context
         assert cut == ("entropy jump, β 4" if sampler == "ecmh" else "uniform")
         assert int(tokens.replace(",", "")) == recipe.decoded_tokens_bound()
 

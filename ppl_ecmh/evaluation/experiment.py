@@ -75,6 +75,7 @@ class EvalSettings:
     chat: bool = True
     batch_size: int = DEFAULT_WIDTH  # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`)
     dtype: str = "float32"
+    stretch_context: bool = False  # YaRN past an unscaled model's context (`ppl_ecmh.lm.rope`)
     recipe: str | None = None  # the published recipe these settings came from (`evaluation.recipes`)
     overrides: list | None = None  # the recipe's settings that explicit options replaced
 
@@ -250,7 +251,7 @@ def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None)
         model = load_model(settings.model, dtype=settings.dtype)
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
-    model.check_fits(prompt_block, settings.max_new_tokens)
+    model.fit_context(prompt_block, settings.max_new_tokens, settings.stretch_context)
     return Prepared(settings, task, {p.id: p for p in problems}, model, prompts, prompt_block, machine_label(), mesh)
 
 

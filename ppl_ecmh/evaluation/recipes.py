@@ -5,7 +5,8 @@ ECMH (Zhou, Mehrotra, Liu, arXiv 2605.30327) runs the block-wise schedule of Kar
 B 192, alpha 4; HumanEval T_max 3072, B 192, alpha 5; GPQA Diamond and AIME T_max 6144, B 384,
 alpha 4; N_MCMC 10 throughout. Karan & Du: uniform cut, alpha 4, T_max 3072, B 192, N_MCMC 10.
 Both papers' code truncates target and proposal to the top 50 tokens; here that is `as_published`,
-beside the exact default. A base model gets the task's plain prompt, an instruct model its chat
+beside the exact default. A model whose context the recipe's T_max exceeds (Qwen2.5-Math-7B's
+4,096) is stretched with YaRN, as the ECMH code does. A base model gets the task's plain prompt, an instruct model its chat
 template. Explicit options override a recipe, and the results directory's settings record the
 recipe and what overrode it.
 """
@@ -31,7 +32,7 @@ class Recipe:
     def settings(self, as_published: bool = False) -> dict:
         """The EvalSettings fields this recipe sets (tau stays None: 1/alpha)."""
         return dict(task=self.task, alpha=self.alpha, tau=None, max_new_tokens=self.max_new_tokens,
-                    block_size=self.block_size, mcmc_steps=self.mcmc_steps,
+                    block_size=self.block_size, mcmc_steps=self.mcmc_steps, stretch_context=True,
                     top_k=PUBLISHED_TOP_K if as_published else None)
 
     def decoded_tokens_bound(self) -> int:

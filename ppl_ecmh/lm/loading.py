@@ -13,7 +13,6 @@ from ppl_ecmh.lm.gguf_checkpoint import config_from_gguf, load_gguf, read_gguf
 from ppl_ecmh.lm.hf_checkpoint import config_from_hf, download_from_hub, load_hf_folder
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 from ppl_ecmh.lm.transformer import Transformer
-from ppl_ecmh.validation import check_fits_context
 
 
 @dataclasses.dataclass
@@ -43,8 +42,10 @@ class LoadedModel:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def check_fits(self, prompt_length: int, max_new_tokens: int) -> None:
-        check_fits_context(self.lm, prompt_length, max_new_tokens)
+    def fit_context(self, prompt_length: int, max_new_tokens: int, stretch: bool = False) -> None:
+        """Fit the decoder to runs of `prompt_length + max_new_tokens` positions: the RoPE tables
+        such a run uses (`Transformer.for_context`); PromptTooLongError when it does not reach."""
+        self.lm = self.lm.for_context(prompt_length + max_new_tokens, stretch)
 
 
 def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:

@@ -7,8 +7,9 @@ frequencies and scales attention; `longrope` (Phi-3) divides them by per-frequen
 ones for sequences within `original_max_position_embeddings` and long ones past it, and scales
 attention. LongRoPE's choice depends on the length, so it is made once for the whole run (the
 length its cache holds), as vLLM does, never mid-sequence, where cached keys would have been
-rotated by the other set. A run longer than a model's limit whose RoPE is unscaled gets YaRN with
-factor = length / limit, as the ECMH paper's code does for Qwen2.5-Math-7B.
+rotated by the other set. A run longer than a model's limit whose RoPE is unscaled may be stretched
+with YaRN, factor = length / limit, as the ECMH paper's code does for Qwen2.5-Math-7B; only when
+asked (`stretch`), since it changes the model.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def scaling_type(scaling: dict) -> str:
     return scaling.get("rope_type", scaling.get("type", "default"))
 
 
-def run_scaling(config, length: int) -> tuple | None:
-    """The RoPE scaling a run of `length` positions uses: the checkpoint's own, or YaRN stretched
-    to `length` when the run is longer than the model's limit and its RoPE is unscaled. Raises
-    PromptTooLongError (a ValueError) when no scaling the model allows reaches `length`."""
+def run_scaling(config, length: int, stretch: bool = False) -> tuple | None:
+    """The RoPE scaling a run of `length` positions uses: the checkpoint's own, or, with `stretch`,
+    YaRN stretched to `length` when the run is longer than the model's limit and its RoPE is
+    unscaled. Raises PromptTooLongError (a ValueError) when the model does not reach `length`."""
     limit = config.max_position_embeddings
     if config.sliding_window is not None and length > config.sliding_window:
         raise UnsupportedModelError(
@@ -46,6 +47,10 @@ def run_scaling(config, length: int) -> tuple | None:
             f"decoder does not implement; a run of {length} positions would need it")
     if length <= limit:
         return config.rope_scaling
+    if not stretch:
+        raise PromptTooLongError(
+            f"max_new_tokens: prompt + max_new_tokens ({length} tokens) exceeds the model's context of {limit} "
+            "tokens (--stretch-context stretches an unscaled RoPE with YaRN, as the ECMH code does)")
     if config.rope_scaling is not None:
         raise PromptTooLongError(
             f"max_new_tokens: prompt + max_new_tokens ({length} tokens) exceeds the model's context of "

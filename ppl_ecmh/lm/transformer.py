@@ -217,7 +217,9 @@ class Transformer:
     @property
     def rope_scaling(self) -> dict | None:
         """The RoPE scaling in use (the checkpoint's, or YaRN stretched to `context_length`)."""
-        scaling = run_scaling(self.config, self.context_length) if self.context_length else self.config.rope_scaling
+        scaling = self.config.rope_scaling
+        if self.context_length and self.context_length > self.config.max_position_embeddings and scaling is None:
+            scaling = run_scaling(self.config, self.context_length, stretch=True)
         return dict(scaling) if scaling else None
 
     @property
@@ -233,17 +235,18 @@ class Transformer:
     def within(self, span: int | None) -> "Transformer":
         return dataclasses.replace(self, attention_span=span)
 
-    def for_context(self, length: int) -> "Transformer":
+    def for_context(self, length: int, stretch: bool = False) -> "Transformer":
         """This decoder for runs of at most `length` positions: the RoPE tables such a run uses
-        (LongRoPE's short or long factors, YaRN past an unscaled model's limit; `ppl_ecmh.lm.rope`).
-        Raises PromptTooLongError when the model cannot reach `length`."""
-        return dataclasses.replace(self, params=dict(self.params, **rope_params(self.config, length)),
+        (LongRoPE's short or long factors; with `stretch`, YaRN past an unscaled model's limit;
+        `ppl_ecmh.lm.rope`). Raises PromptTooLongError when the model does not reach `length`."""
+        scaling = run_scaling(self.config, length, stretch)
+        return dataclasses.replace(self, params=dict(self.params, **rope_params(self.config, length, scaling)),
                                    context_length=length)
 
 
-def rope_params(config: ModelConfig, length: int | None = None) -> dict:
-    """The decoder's RoPE entries of `params`: for the checkpoint's own limit, or for runs of at
-    most `length` positions (`run_scaling`)."""
-    scaling = config.rope_scaling if length is None else run_scaling(config, length)
+def rope_params(config: ModelConfig, length: int | None = None, scaling: tuple | None = None) -> dict:
+    """The decoder's RoPE entries of `params`: for the checkpoint's own limit and scaling, or for
+    runs of at most `length` positions under `scaling` (`run_scaling`)."""
+    scaling = config.rope_scaling if length is None else scaling
     tables = rope_tables(config, scaling, length or config.max_position_embeddings)
     return dict(inv_freq=jnp.asarray(tables.inv_freq), rope_attention_factor=jnp.float32(tables.attention_factor))
