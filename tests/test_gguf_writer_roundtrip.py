@@ -1,6 +1,8 @@
 """GGUF files written here from a tiny random Llama, the way llama.cpp's converter writes them
 (Q and K rows permuted for its rotary layout), in every quantization gguf-py can produce."""
 
+import math
+
 import gguf
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from ppl_ecmh import UnsupportedModelError, load_model
+from tests.test_architectures import LENGTHS, error, random_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -28,19 +31,42 @@ def reference():
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def write_gguf(path, model, quantization: str):
-    """Our own minimal llama.cpp-style writer: HF names -> GGUF names, Q/K permuted."""
+LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+               "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+               "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+               "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+               "mlp.down_proj.weight": "ffn_down.weight", "self_attn.q_norm.weight": "attn_q_norm.weight",
+               "self_attn.k_norm.weight": "attn_k_norm.weight", "self_attn.qkv_proj.weight": "attn_qkv.weight",
+               "mlp.gate_up_proj.weight": "ffn_up.weight"}
+
+
+def write_gguf(path, model, quantization: str, arch: str = "llama"):
+    """Our own minimal llama.cpp-style writer: HF names -> GGUF names, Q/K permuted for a Llama,
+    Phi-3's fused tensors kept fused and its LongRoPE factors written as tensors, with the
+    original context and attention factor in the metadata, as llama.cpp's converter does."""
     qtype = gguf.GGMLQuantizationType[quantization]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_rope_dimension_count(int(head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0)))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    rope = config.rope_parameters
+    if rope.get("rope_type") == "longrope":
+        original = rope["original_max_position_embeddings"]
+        scale = config.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], np.float32))
     alphabet = [chr(c) for c in range(ord("!"), ord("!") + config.vocab_size)]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(alphabet)
@@ -50,22 +76,20 @@ def write_gguf(path, model, quantization: str):
     writer.add_eos_token_id(1)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    layer_names = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-                   "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-                   "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-                   "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-                   "mlp.down_proj.weight": "ffn_down.weight"}
+    tied = config.tie_word_embeddings
     for name, tensor in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
         weight = tensor.numpy().astype(np.float32)
         if name.startswith("model.layers."):
             _, _, index, rest = name.split(".", 3)
-            target = f"blk.{index}.{layer_names[rest]}"
+            target = f"blk.{index}.{LAYER_NAMES[rest]}"
         else:
             target = names[name]
-        if name.endswith("q_proj.weight"):
-            weight = permute_like_llama_cpp(weight, HEADS)
-        elif name.endswith("k_proj.weight"):
-            weight = permute_like_llama_cpp(weight, KV_HEADS)
+        if arch == "llama" and name.endswith("q_proj.weight"):
+            weight = permute_like_llama_cpp(weight, config.num_attention_heads)
+        elif arch == "llama" and name.endswith("k_proj.weight"):
+            weight = permute_like_llama_cpp(weight, config.num_key_value_heads)
         if weight.ndim == 2 and quantization != "F32":
             writer.add_tensor(target, gguf.quants.quantize(weight, qtype), raw_dtype=qtype)
         else:
@@ -110,3 +134,14 @@ def test_unsupported_quantization_is_reported(reference, tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_checkpoint, "SUPPORTED_QUANTIZATIONS", frozenset({"F32"}))
     with pytest.raises(UnsupportedModelError, match="Q8_0"):
         load_model(str(tmp_path / "tiny.gguf"))
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "phi3.5", "phi4-mini"])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_qwen3_and_phi3_ggufs_give_transformers_logits(kind, length, tmp_path):
+    """llama.cpp's qwen3 (q_norm, k_norm) and phi3 (fused qkv and gate/up, partial rotary,
+    LongRoPE factors as tensors) layouts, on both sides of the LongRoPE threshold."""
+    reference = random_model(kind, tmp_path / "hf")
+    arch = "qwen3" if kind == "qwen3" else "phi3"
+    write_gguf(tmp_path / "tiny.gguf", reference, "F32", arch)
+    assert error(reference, load_model(str(tmp_path / "tiny.gguf")).lm, length) < 1e-3

@@ -16,6 +16,7 @@ from ppl_ecmh.lm.weights import assemble_params
 SUPPORTED_QUANTIZATIONS = frozenset(
     {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 )
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # llama.cpp stores these architectures' Q and K rows interleaved for its rotary layout
 _PERMUTED_QK = frozenset({"llama", "mistral"})
 
@@ -29,6 +30,9 @@ _GGUF_TO_HF = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -40,12 +44,14 @@ _GLOBAL_GGUF_TO_HF = {
 }
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _hf_name(gguf_name: str, arch: str) -> str | None:
     if gguf_name in _GLOBAL_GGUF_TO_HF:
         return _GLOBAL_GGUF_TO_HF[gguf_name]
     parts = gguf_name.split(".", 2)
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_TO_HF:
-        return f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}"
+        # llama.cpp's Phi-3 keeps gate and up fused in ffn_up (gate first), as the checkpoint does
+        hf = "mlp.gate_up_proj.weight" if arch == "phi3" and parts[2] == "ffn_up.weight" else _GGUF_TO_HF[parts[2]]
+        return f"model.layers.{parts[1]}.{hf}"
     return None
 
 
@@ -84,8 +90,8 @@ def read_gguf(path: str):
 
 def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
     arch = metadata.get("general.architecture")
-    if arch not in ("llama", "mistral", "qwen2"):
-        raise UnsupportedModelError(f"unsupported GGUF architecture {arch!r}")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedModelError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}")
 
     def meta(key, default=None):
         value = metadata.get(f"{arch}.{key}", default)
@@ -106,6 +112,7 @@ def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
     else:
         raise UnsupportedModelError(f"unsupported GGUF rope scaling {scaling_type!r}")
     eos_ids = [metadata.get(f"tokenizer.ggml.{k}") for k in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    head_dim = int(meta("attention.key_length", hidden // heads))
     return ModelConfig(
         architecture=arch,
         vocab_size=len(metadata["tokenizer.ggml.tokens"]),
@@ -114,7 +121,7 @@ def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
         num_layers=int(meta("block_count")),
         num_heads=heads,
         num_kv_heads=int(meta("attention.head_count_kv", heads)),
-        head_dim=int(meta("attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
@@ -123,6 +130,8 @@ def config_from_gguf(metadata: dict, tensor_names: set[str]) -> ModelConfig:
         max_position_embeddings=int(meta("context_length")),
         bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos_ids if i is not None)),
+        qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
+        partial_rotary_factor=int(meta("rope.dimension_count", head_dim)) / head_dim,
     )
 
 
@@ -136,7 +145,8 @@ def load_gguf(path: str, dtype="float32"):
     if unsupported:
         raise UnsupportedModelError(f"unsupported GGUF quantization type(s): {', '.join(unsupported)}")
     config = config_from_gguf(metadata, set(tensors))
-    by_hf_name = {_hf_name(name): tensor for name, tensor in tensors.items() if _hf_name(name)}
+    by_hf_name = {_hf_name(name, config.architecture): tensor for name, tensor in tensors.items()
+                  if _hf_name(name, config.architecture)}
 
     def tensor(hf_name: str) -> np.ndarray:
         t = by_hf_name[hf_name]
@@ -152,8 +162,31 @@ def load_gguf(path: str, dtype="float32"):
                 weight = unpermute_rows(weight, config.num_kv_heads)
         return weight
 
-    if "rope_freqs.weight" in tensors:  # llama 3.1 scaling, stored as per-frequency divisors
-        factors = gguf.quants.dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type)
-        config = dataclasses.replace(config, rope_scaling=(
-            ("factors", tuple(float(f) for f in np.reshape(factors, -1))), ("rope_type", "frequency_factors")))
+    config = dataclasses.replace(config, rope_scaling=_stored_rope_scaling(config, tensors, metadata))
     return Transformer(assemble_params(config, tensor, dtype), config), tokenizer_from_gguf(metadata)
+
+
+def _stored_rope_scaling(config: ModelConfig, tensors: dict, metadata: dict) -> tuple | None:
+    """RoPE scaling that llama.cpp stores as tensors: Llama 3.1's per-frequency divisors
+    (`rope_freqs`), Phi-3's LongRoPE factors (`rope_factors_short` / `_long`, with the original
+    context and attention factor in the metadata); otherwise the config's own."""
+    import gguf
+
+    def values(name: str) -> tuple[float, ...]:
+        t = tensors[name]
+        return tuple(float(v) for v in np.reshape(gguf.quants.dequantize(t.data, t.tensor_type), -1))
+
+    if "rope_freqs.weight" in tensors:
+        return (("factors", values("rope_freqs.weight")), ("rope_type", "frequency_factors"))
+    if "rope_factors_long.weight" in tensors:
+        arch = config.architecture
+        original = metadata.get(f"{arch}.rope.scaling.original_context_length")
+        if original is None or "rope_factors_short.weight" not in tensors:
+            raise CorruptCheckpointError("GGUF file has LongRoPE's long factors but not its short factors and "
+                                         f"{arch}.rope.scaling.original_context_length")
+        scaling = dict(rope_type="longrope", long_factor=values("rope_factors_long.weight"),
+                       short_factor=values("rope_factors_short.weight"), original_max_position_embeddings=int(original))
+        if f"{arch}.rope.scaling.attn_factor" in metadata:
+            scaling["attention_factor"] = float(metadata[f"{arch}.rope.scaling.attn_factor"])
+        return tuple(sorted(scaling.items()))
+    return config.rope_scaling
