@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import json
 import math
@@ -63,22 +64,19 @@ from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
 from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop)
+from ppl_ecmh.engine import memory  # noqa: E402
+from ppl_ecmh.lm.catalog import PAPER_MODELS  # noqa: E402
 from ppl_ecmh.lm.config import ModelConfig  # noqa: E402
 from ppl_ecmh.lm.spans import attention_span, static_attention_by_default  # noqa: E402
 from ppl_ecmh.lm.transformer import Transformer, rope_params  # noqa: E402
 
-SHAPES = {
-    "qwen2.5-7b": ModelConfig(architecture="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                              num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, rope_theta=1e6,
-                              attention_bias=True, max_position_embeddings=32768, eos_token_ids=(-1,)),
-    "qwen2.5-math-1.5b": ModelConfig(architecture="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                                     num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128, rope_theta=1e4,
-                                     attention_bias=True, tie_word_embeddings=True, max_position_embeddings=4096,
-                                     eos_token_ids=(-1,)),
-    "tiny": ModelConfig(architecture="qwen2", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
-                        num_heads=4, num_kv_heads=2, head_dim=16, attention_bias=True, max_position_embeddings=256,
-                        eos_token_ids=(-1,)),
-}
+SHAPES = {  # the papers' shapes (`ppl_ecmh.lm.catalog`), EOS disabled (-1), and a toy one for a CPU
+    name: dataclasses.replace(PAPER_MODELS[hub_id].config, eos_token_ids=(-1,))
+    for name, hub_id in (("qwen2.5-7b", "Qwen/Qwen2.5-7B"), ("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B"),
+                         ("qwen3-8b-base", "Qwen/Qwen3-8B-Base"), ("phi-4-mini", "microsoft/Phi-4-mini-instruct"))
+} | {"tiny": ModelConfig(architecture="qwen2", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=16, attention_bias=True, max_position_embeddings=256,
+                         eos_token_ids=(-1,))}
 PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
              new_tokens=64, engine_iterations=512, profile_iterations=32, late_prompt=1536)
 TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
@@ -261,21 +259,27 @@ def kernel_summary(trace_dir: str, top: int = 20) -> dict:
                 top=[dict(op=op, ms=ns / 1e6, runs=runs[op]) for op, ns in nanoseconds.most_common(top)])
 
 
+REFERENCE_CLASSES = {"qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3", "llama": "Llama", "mistral": "Mistral"}
+
+
 def reference_model(config: ModelConfig, device_name: str):
-    """transformers' Qwen2 of `config`'s shape with random bfloat16 weights on `device_name`, or
-    None without PyTorch and transformers."""
+    """transformers' model of `config`'s architecture and shape with random bfloat16 weights on
+    `device_name`, or None without PyTorch and transformers."""
     try:
         import torch
         import transformers
     except ImportError:
         return None
-    hf_config = transformers.Qwen2Config(
+    family = REFERENCE_CLASSES[config.architecture]
+    hf_config = getattr(transformers, f"{family}Config")(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, rope_theta=config.rope_theta,
-        max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings)
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim, rope_theta=config.rope_theta,
+        partial_rotary_factor=config.partial_rotary_factor,
+        max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=0)
     with torch.device(device_name):
-        return transformers.Qwen2ForCausalLM(hf_config).to(torch.bfloat16).eval()
+        return getattr(transformers, f"{family}ForCausalLM")(hf_config).to(torch.bfloat16).eval()
 
 
 def reference_rate(model, width: int, settings: dict) -> dict:
@@ -343,11 +347,27 @@ class Check:
             os.replace(f"{self.path}.partial", self.path)
 
 
+H100_BYTES = 80 * 10**9
+
+
+def planned_settings(config: ModelConfig, settings: dict) -> tuple[dict, dict]:
+    """`settings` with its widths and engine chains capped by the engine's memory plan for this
+    device (an 80 GB H100 where the device reports none: a CPU), and the plan's figures."""
+    device_bytes = memory.device_memory(jax.devices()[0]) or H100_BYTES
+    widest = memory.widest_width(config, "bfloat16", settings["prompt"], settings["max_new_tokens"], device_bytes)
+    chains = min(settings["chains"], widest)
+    widths = tuple(sorted({width for width in settings["widths"] if width <= widest} | {chains}))
+    peak = memory.plan(config, "bfloat16", settings["prompt"], settings["max_new_tokens"], chains).peak
+    return dict(settings, chains=chains, widths=widths), dict(device_gb=device_bytes / 1e9, widest=widest,
+                                                              engine_peak_gb=peak / 1e9)
+
+
 def check_shape(name: str, settings: dict, reference_device: str, check: Check) -> None:
-    """Every figure of one shape into the check's results. The reference runs first, so that
-    PyTorch's memory is handed back before JAX's grows."""
+    """Every figure of one shape into the check's results, at the widths its memory plan allows.
+    The reference runs first, so that PyTorch's memory is handed back before JAX's grows."""
     config = SHAPES[name]
-    figures = dict(shape=name, parameters=None, decode={}, reference={}, engine=None,
+    settings, plan = planned_settings(config, settings)
+    figures = dict(shape=name, parameters=None, decode={}, reference={}, engine=None, memory_plan=plan,
                    static_attention=static_attention_by_default())  # the decode figures' and the engine's
     check.results["shapes"].append(figures)
     model = check.measure(f"{name}: reference model", reference_model, config, reference_device)
@@ -417,7 +437,8 @@ def print_table(figures: dict) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["qwen2.5-7b", "qwen2.5-math-1.5b"], choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["qwen2.5-math-1.5b", "qwen2.5-7b", "qwen3-8b-base", "phi-4-mini"],
+                        choices=list(SHAPES))
     parser.add_argument("--tiny", action="store_true", help="the toy shape and sizes, for a CPU")
     parser.add_argument("--json", help="write every figure to this file, as it is measured")
     parser.add_argument("--deadline-s", type=float, help="start no measurement after this many seconds")

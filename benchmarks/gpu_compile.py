@@ -51,8 +51,10 @@ from jax.experimental import topologies  # noqa: E402
 from jax.sharding import SingleDeviceSharding  # noqa: E402
 
 from benchmarks.accelerator import (PAPER, SHAPES, TINY, admitted_slots, engine_keys, engine_schedule,  # noqa: E402
-                                    random_transformer)
-from ppl_ecmh.engine.scheduler import _advance  # noqa: E402  (the engine's compiled loop, as it runs)
+                                    planned_settings, random_transformer)
+from ppl_ecmh.engine import memory  # noqa: E402
+from ppl_ecmh.engine import slots as device  # noqa: E402
+from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled programs, as they run)
 from ppl_ecmh.lm import generation  # noqa: E402
 
 # An H100 SXM (sm_90, 132 multiprocessors, 50 MB of L2, 3.35 TB/s): what XLA:GPU needs to compile
@@ -101,6 +103,27 @@ def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = Non
     count = placed(jax.ShapeDtypeStruct((), jnp.int32), gpu)
     return _advance.trace(slots, lm, count, count, run_ahead, schedule, span).lower(
         lowering_platforms=("cuda",)).compile()
+
+
+def admission(lm, settings: dict, gpu):
+    """The engine's admission (`scheduler._admit`) of `chains` prompts into as many empty slots,
+    compiled for `gpu`."""
+    width, prompt, schedule = settings["chains"], settings["prompt"], engine_schedule(settings)
+    slots = placed(jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm), gpu)
+    rows = placed(jax.ShapeDtypeStruct((width,), jnp.int32), gpu)
+    return _admit.trace(slots, lm, rows, placed(jax.ShapeDtypeStruct((width, prompt), jnp.int32), gpu), rows,
+                        placed(jax.ShapeDtypeStruct((width, 2), jnp.uint32), gpu), rows, None, schedule).lower(
+        lowering_platforms=("cuda",)).compile()
+
+
+def memory_figures(config, lm, settings: dict, gpu, engine) -> dict:
+    """The engine's memory plan (`ppl_ecmh.engine.memory`) against XLA:GPU's buffer assignment
+    for its two programs, admission and the compiled loop `engine`, in GB."""
+    admitted = admission(lm, settings, gpu)
+    xla = max(memory.compiled_peak(admitted), memory.compiled_peak(engine))
+    planned = memory.plan(config, "bfloat16", settings["prompt"], settings["max_new_tokens"], settings["chains"]).peak
+    return dict(xla_admission_gb=memory.compiled_peak(admitted) / 1e9, xla_loop_gb=memory.compiled_peak(engine) / 1e9,
+                plan_gb=planned / 1e9, plan_over_xla=planned / xla)
 
 
 def raw_decode(lm, settings: dict, gpu, static_attention: bool = False):
@@ -190,10 +213,11 @@ def settings_for(name: str) -> dict:
 
 def check_shape(name: str, gpu) -> dict:
     """Every loop's figures at one shape."""
-    config, lm, settings = SHAPES[name], abstract_model(name, gpu), settings_for(name)
+    config, lm = SHAPES[name], abstract_model(name, gpu)
+    settings = planned_settings(config, settings_for(name))[0]  # the widths an 80 GB H100 holds
     cache_size = settings["prompt"] + settings["max_new_tokens"]
     layer_elements = settings["chains"] * config.num_kv_heads * cache_size * config.head_dim
-    figures = dict(shape=name, layer_cache_elements=layer_elements, loops={})
+    figures = dict(shape=name, chains=settings["chains"], layer_cache_elements=layer_elements, loops={})
     loops = dict(engine=lambda: engine_loop(lm, settings, False, gpu),
                  engine_static_attention=lambda: engine_loop(lm, settings, False, gpu, span=cache_size),
                  engine_running_ahead=lambda: engine_loop(lm, settings, True, gpu),
@@ -201,15 +225,20 @@ def check_shape(name: str, gpu) -> dict:
                  raw_decode_static_attention=lambda: raw_decode(lm, settings, gpu, static_attention=True))
     for loop, build in loops.items():
         started = time.perf_counter()
-        figures["loops"][loop] = loop_figures(build(), layer_elements) | dict(
+        compiled = build()
+        figures["loops"][loop] = loop_figures(compiled, layer_elements) | dict(
             compile_s=time.perf_counter() - started)
         print(f"{name} {loop}: {figures['loops'][loop]}", flush=True)
+        if loop == "engine_static_attention":  # the loop an accelerator runs
+            figures["memory"] = memory_figures(config, lm, settings, gpu, compiled)
+            print(f"{name} memory: {figures['memory']}", flush=True)
     return figures
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["qwen2.5-7b", "qwen2.5-math-1.5b"], choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["qwen2.5-7b", "qwen2.5-math-1.5b", "qwen3-8b-base", "phi-4-mini"],
+                        choices=list(SHAPES))
     parser.add_argument("--target-config", help="a GpuTargetConfigProto in text format (default: an H100 SXM's)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -224,6 +253,11 @@ def main(argv=None) -> dict:
             print(f"{shape['shape']:>18} {loop:>27} {figures['outer_loops']:>5} {figures['cache_copies']:>15} "
                   f"{figures['kernels']:>10} {figures['host_waiting_loops']:>18} {figures['temp_gb']:>8.2f} "
                   f"{figures['compile_s']:>9.1f}")
+    print(f"\n{'shape':>18} {'slots':>5} {'XLA admission GB':>16} {'XLA loop GB':>11} {'plan GB':>8} {'plan/XLA':>8}")
+    for shape in results["shapes"]:
+        figures = shape["memory"]
+        print(f"{shape['shape']:>18} {shape['chains']:>5} {figures['xla_admission_gb']:>16.2f} "
+              f"{figures['xla_loop_gb']:>11.2f} {figures['plan_gb']:>8.2f} {figures['plan_over_xla']:>8.3f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

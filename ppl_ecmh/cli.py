@@ -55,9 +55,11 @@ def _model_options() -> argparse.ArgumentParser:
     options.add_argument("--bon-budget", type=int, default=None,
                          help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
                          "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
-    options.add_argument("--batch-size", type=int, default=DEFAULT_WIDTH,
+    options.add_argument("--batch-size", type=int, default=None,
                          help="rows decoded side by side: slots of the continuous-batching engine, one chain "
-                         "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts)")
+                         "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts); "
+                         f"default: on an accelerator the widest power of two whose memory plan fits (ppl-ecmh plan), "
+                         f"else {DEFAULT_WIDTH}")
     options.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     options.add_argument("--stretch-context", action="store_true",
                          help="past the model's context, stretch an unscaled RoPE with YaRN, factor = positions / "
@@ -304,7 +306,7 @@ def _mesh(args):
     mesh = parallel.make_mesh(args.devices, args.tensor_parallel)
     if args.tensor_parallel > 1 and (config := model_config(args.model)) is not None:
         parallel.check_tensor_parallel(config, args.tensor_parallel)
-    if args.batch_size % mesh.shape[parallel.DATA]:
+    if args.batch_size and args.batch_size % mesh.shape[parallel.DATA]:
         raise PplEcmhError(f"--batch-size {args.batch_size} does not split over {mesh.shape[parallel.DATA]} "
                            "data-parallel devices")
     return mesh if mesh.size > 1 else None
@@ -315,7 +317,8 @@ def _specs(args, names):
     from ppl_ecmh.runner import SamplerSpec
     from ppl_ecmh.validation import check_alpha, check_positive_int, check_tau
 
-    check_positive_int("batch_size", args.batch_size)
+    if args.batch_size is not None:
+        check_positive_int("batch_size", args.batch_size)
     check_positive_int("max_new_tokens", args.max_new_tokens)
     alpha = check_alpha(args.alpha)
     if args.tau is not None:  # even for samplers that ignore it: a bad value is a mistake either way
@@ -362,13 +365,16 @@ def _check_writable(path) -> None:
         raise PplEcmhError(f"--out {path}: cannot write in {folder}")
 
 
-def _load_prompt(args):
+def _load_prompt(args, mesh=None):
+    """The model fitted to the run's length, the prompt's tokens and text; sets the width."""
     from ppl_ecmh.lm import load_model
+    from ppl_ecmh.runner import fitted_width
 
     text = _prompt_text(args)
     model = load_model(args.model, dtype=args.dtype)
     prompt = model.encode(text, chat=args.chat)
     model.fit_context(len(prompt), args.max_new_tokens, args.stretch_context)
+    args.batch_size = fitted_width(model.lm, len(prompt), args.max_new_tokens, args.batch_size, mesh)
     return model, prompt, text
 
 
@@ -381,7 +387,7 @@ def _sample(args) -> None:
     mesh = _mesh(args)
     if args.out:
         _check_writable(args.out)
-    model, prompt, text = _load_prompt(args)
+    model, prompt, text = _load_prompt(args, mesh)
     idata = _run(model, prompt, text, spec, args, mesh)
     log_target = idata.posterior["log_target"].values
     chain, draw = np.unravel_index(np.argmax(log_target), log_target.shape)
@@ -407,7 +413,7 @@ def _compare(args) -> None:
     names = [name.strip() for name in args.samplers.split(",") if name.strip()]
     specs = _specs(args, names)
     mesh = _mesh(args)
-    model, prompt, text = _load_prompt(args)
+    model, prompt, text = _load_prompt(args, mesh)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}

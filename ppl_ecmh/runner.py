@@ -12,14 +12,16 @@ import time
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from ppl_ecmh import kernels, parallel
 from ppl_ecmh.blockwise import num_blocks
 from ppl_ecmh.cuts import Uniform, get_cut
-from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
+from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key, memory
 from ppl_ecmh.lm.generation import UNFINISHED
+from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.target import power_model
 from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int, check_tau
@@ -274,6 +276,17 @@ def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_dra
     return [WorkItem(tuple(prompt), chain_key(seed, spec.name, name, chain * per_chain + unit), (index, chain, unit))
             for index, (name, prompt) in enumerate(zip(names, prompts))
             for chain in range(num_chains) for unit in range(per_chain)]
+
+
+def fitted_width(lm, prompt_block: int, max_new_tokens: int, requested: int | None, mesh=None) -> int:
+    """The engine's width for a run of `lm`: `requested` if it fits the device (else an error
+    naming the widest that does), or when None the widest power of two that fits an accelerator,
+    DEFAULT_WIDTH on a CPU or for a model without a transformer's config (`engine.memory`)."""
+    if not isinstance(lm, Transformer):
+        return requested or DEFAULT_WIDTH
+    data, model = (1, 1) if mesh is None else (mesh.shape[parallel.DATA], mesh.shape[parallel.MODEL])
+    return memory.engine_width(lm.config, jnp.dtype(lm.dtype).name, prompt_block, max_new_tokens, requested,
+                               DEFAULT_WIDTH, memory.device_memory(jax.devices()[0]), data, model)
 
 
 def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,

@@ -67,3 +67,18 @@ def test_widest_width_is_the_widest_power_of_two_that_fits():
     assert memory.widest_width(config, "float32", block, steps, 20 * 10**9) == 0  # the weights alone do not fit
     halves = memory.plan(config, "bfloat16", block, steps, 2 * widest, data_parallel=2, tensor_parallel=1)
     assert halves.caches == memory.plan(config, "bfloat16", block, steps, widest).caches
+
+
+def test_an_accelerators_default_width_is_the_widest_that_fits(monkeypatch):
+    from ppl_ecmh import runner
+    from ppl_ecmh.errors import PplEcmhError
+
+    lm = jax.eval_shape(lambda: random_transformer(SHAPES["qwen2.5-7b"], jnp.bfloat16))
+    monkeypatch.setattr(memory, "device_memory", lambda device: 80 * 10**9)  # an H100, as its runtime reports
+    assert runner.fitted_width(lm, 512, 3072, None) == 64
+    assert runner.fitted_width(lm, 512, 3072, 48) == 48
+    with pytest.raises(PplEcmhError, match="--batch-size 128 does not fit 80 GB per device.*widest that does is 64"):
+        runner.fitted_width(lm, 512, 3072, 128)
+    monkeypatch.setattr(memory, "device_memory", lambda device: None)  # a CPU: no fixed limit
+    assert runner.fitted_width(lm, 512, 3072, None) == runner.DEFAULT_WIDTH
+    assert runner.fitted_width(lm, 512, 3072, 1024) == 1024

@@ -20,6 +20,7 @@ import math
 
 from typing import NamedTuple
 
+from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.lm.config import ModelConfig
 from ppl_ecmh.lm.transformer import ATTENTION_CHUNK
 
@@ -89,6 +90,27 @@ def widest_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tok
                                   tensor_parallel, device_bytes).fits:
         widest, width = width, width * 2
     return widest
+
+
+def engine_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, requested: int | None,
+                 default: int, device_bytes: int | None, data_parallel: int = 1, tensor_parallel: int = 1) -> int:
+    """The engine's width: `requested`, or when None the widest power of two that fits the
+    device (`default` where the device's memory is not known: a CPU). PplEcmhError, naming the
+    widest that fits, when `requested` does not fit or nothing does: before a compile finds out."""
+    if device_bytes is None:
+        return requested or default
+    widest = widest_width(config, dtype, prompt_block, max_new_tokens, device_bytes, data_parallel, tensor_parallel)
+    gb = f"{device_bytes / GB:.0f} GB"
+    if widest == 0:
+        raise PplEcmhError(f"the model in {dtype} does not fit {gb} per device even with one slot: use more "
+                           "--tensor-parallel devices or bfloat16")
+    if requested is None:
+        return widest
+    if not plan(config, dtype, prompt_block, max_new_tokens, requested, data_parallel, tensor_parallel,
+                device_bytes).fits:
+        raise PplEcmhError(f"--batch-size {requested} does not fit {gb} per device (`ppl-ecmh plan` shows why); "
+                           f"the widest that does is {widest}")
+    return requested
 
 
 def device_memory(device) -> int | None:

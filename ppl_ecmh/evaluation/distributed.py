@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import experiment
 from ppl_ecmh.evaluation.store import RecordStore
-from ppl_ecmh.runner import ENGINE_SAMPLERS
+from ppl_ecmh.runner import DEFAULT_WIDTH, ENGINE_SAMPLERS
 
 MAX_ATTEMPTS = 3  # a unit whose workers died this many times stops the run
 CONNECT_TIMEOUT_S = 10
@@ -43,7 +43,8 @@ def plan_units(settings: experiment.EvalSettings, work) -> list[Unit]:
     batches a single process runs, since their randomness is keyed by the batch."""
     units = []
     for spec, seed, pending in work:
-        size = settings.batch_size if spec.name in ENGINE_SAMPLERS else settings.problems_per_batch(spec.name)
+        size = (settings.batch_size or DEFAULT_WIDTH) if spec.name in ENGINE_SAMPLERS else \
+            settings.problems_per_batch(spec.name)
         units += [Unit(spec.name, seed, tuple(pending[i : i + size])) for i in range(0, len(pending), size)]
     return units
 

@@ -35,6 +35,7 @@ from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
+                             fitted_width,
                              engine_items, run_sampler)
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
@@ -73,7 +74,9 @@ class EvalSettings:
     tmc_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
     tmc_horizon: int = 8  # tmc: tokens per rollout
     chat: bool = True
-    batch_size: int = DEFAULT_WIDTH  # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`)
+    # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`); None: the
+    # widest that fits an accelerator (`engine.memory`), DEFAULT_WIDTH on a CPU
+    batch_size: int | None = None
     dtype: str = "float32"
     stretch_context: bool = False  # YaRN past an unscaled model's context (`ppl_ecmh.lm.rope`)
     recipe: str | None = None  # the published recipe these settings came from (`evaluation.recipes`)
@@ -84,7 +87,8 @@ class EvalSettings:
         check_alpha(self.alpha)
         check_positive_int("max_new_tokens", self.max_new_tokens)
         check_positive_int("mh_steps", self.mh_steps)
-        check_positive_int("batch_size", self.batch_size)
+        if self.batch_size is not None:
+            check_positive_int("batch_size", self.batch_size)
         if self.limit is not None:
             check_positive_int("limit", self.limit)
 
@@ -98,7 +102,7 @@ class EvalSettings:
         """Problems a lockstep batch holds: as many as fit `batch_size` rows, with Power-SMC's
         particles and TMC's look-ahead rollouts each a row of their problem."""
         rows = {"power-smc": self.num_particles, "tmc": self.tmc_candidates * self.tmc_rollouts}.get(sampler, 1)
-        return max(1, self.batch_size // rows)
+        return max(1, (self.batch_size or DEFAULT_WIDTH) // rows)
 
     def num_draws(self, sampler: str) -> int:
         """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
@@ -252,6 +256,8 @@ def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None)
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
     model.fit_context(prompt_block, settings.max_new_tokens, settings.stretch_context)
+    settings = dataclasses.replace(settings, batch_size=fitted_width(
+        model.lm, prompt_block, settings.max_new_tokens, settings.batch_size, mesh))
     return Prepared(settings, task, {p.id: p for p in problems}, model, prompts, prompt_block, machine_label(), mesh)
 
 
