@@ -190,3 +190,13 @@ def test_an_unsupported_config_is_one_error_naming_the_field(field, value, messa
     config.pop("rope_parameters", None) if field == "rope_scaling" else None
     with pytest.raises(UnsupportedModelError, match=message):
         config_from_hf(config)
+
+
+def test_a_sharded_bfloat16_checkpoint_loads_as_saved(tmp_path):
+    """The published checkpoints come in bf16 shards: every shard is read, and float32 logits of the
+    bf16 weights are transformers' float32 logits of the same weights."""
+    reference = random_model("phi4-mini", tmp_path / "whole").to(torch.bfloat16)
+    reference.save_pretrained(tmp_path / "shards", safe_serialization=True, max_shard_size="40KB")
+    assert len(list((tmp_path / "shards").glob("*.safetensors"))) > 2
+    lm = load_model(str(tmp_path / "shards")).lm
+    assert error(reference.to(torch.float32), lm, 40) < 1e-3
