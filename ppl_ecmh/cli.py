@@ -347,6 +347,8 @@ def _run(model, prompt, text, spec, args, mesh=None):
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
                       token_budget=args.token_budget, progress=not args.no_progress, description=spec.name,
                       width=args.batch_size, mesh=mesh)
+    if model.lm.rope_scaling:  # LongRoPE's factors or a YaRN stretch: part of the model this run sampled
+        run.settings["rope_scaling"] = model.lm.rope_scaling
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]

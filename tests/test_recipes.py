@@ -2,6 +2,7 @@
 table is what `--recipe` applies, explicit options win and are recorded, and every mistake is
 one line and exit 2 before any model loads."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -81,11 +82,13 @@ def test_models_lists_the_papers_models_with_what_fits(capsys):
     assert re.search(r"Qwen/Qwen3-8B-Base\s+qwen3\s+8\.19B\s+16\.4\s+147,456\s+32\s+16\s+64\s+32", out)
 
 
-def test_a_recipe_is_stored_in_the_results_settings(tmp_path):
+def test_a_recipe_and_the_rope_scaling_are_stored_in_the_results_settings(tmp_path):
     from ppl_ecmh.evaluation.experiment import EvalSettings, check_settings, write_settings
 
-    settings = EvalSettings(task="math500", recipe="ecmh-math500", overrides=["max_new_tokens"])
-    write_settings(tmp_path, settings)
-    check_settings(tmp_path, EvalSettings(task="math500"))  # the same law without the recipe: resumable
+    settings = EvalSettings(task="math500", recipe="ecmh-math500", overrides=["max_new_tokens"], stretch_context=True)
+    yarn = dict(factor=1.625, original_max_position_embeddings=4096, rope_type="yarn")
+    write_settings(tmp_path, settings, rope_scaling=yarn)
+    check_settings(tmp_path, dataclasses.replace(settings, recipe=None, overrides=None))  # same law: resumable
     stored = json.loads((tmp_path / "settings.json").read_text())
     assert stored["recipe"] == "ecmh-math500" and stored["overrides"] == ["max_new_tokens"]
+    assert stored["rope_scaling"] == yarn and stored["stretch_context"] is True

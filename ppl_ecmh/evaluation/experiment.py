@@ -140,8 +140,11 @@ def check_settings(out: Path, settings: EvalSettings) -> None:
         raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
 
 
-def write_settings(out: Path, settings: EvalSettings) -> None:
-    replace_atomically(out / SETTINGS, json.dumps(dataclasses.asdict(settings), indent=2))
+def write_settings(out: Path, settings: EvalSettings, rope_scaling: dict | None = None) -> None:
+    """The settings, and the RoPE scaling the loaded model ran with where it has one (LongRoPE's
+    factors, or YaRN stretched by `stretch_context`): derived, so not compared on a resume."""
+    stored = dataclasses.asdict(settings) | ({"rope_scaling": rope_scaling} if rope_scaling else {})
+    replace_atomically(out / SETTINGS, json.dumps(stored, indent=2))
 
 
 def _stored_settings(out: Path) -> dict | None:
@@ -296,7 +299,7 @@ def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpe
 
 def _run_missing(settings, work, task, problems, out, store, progress, model, mesh) -> None:
     prepared = prepare(settings, task, problems, model, mesh)
-    write_settings(out, settings)
+    write_settings(out, settings, getattr(prepared.model.lm, "rope_scaling", None))
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
         if pending:
