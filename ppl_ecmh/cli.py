@@ -185,8 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
                                  "fits an 80 GB and a 141 GB GPU")
     models.set_defaults(handler=_models)
 
-    from ppl_ecmh.evaluation.recipes import RECIPES
-
     plan = commands.add_parser("plan", formatter_class=formatter,
                                help="the engine's device memory for a model and run, before any download or load")
     plan.add_argument("--model", required=True, help="a registered name, GGUF file, model folder, or a hub id that "
@@ -200,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--tensor-parallel", type=int, default=1, help="devices each copy of the weights is split over")
     plan.add_argument("--device-gb", type=float, default=80.0, help="memory of one device, in GB (1e9 bytes)")
     plan.set_defaults(handler=_plan)
+    parser.set_defaults(command_parsers=commands.choices)
     return parser
 
 
@@ -256,8 +255,9 @@ def _plan(args) -> None:
     from ppl_ecmh.lm.rope import run_scaling
     from ppl_ecmh.validation import check_positive_int
 
-    for name in ("prompt_block", "devices", "tensor_parallel"):
-        check_positive_int(name, getattr(args, name))
+    for name in ("prompt_block", "devices", "tensor_parallel", "batch_size"):
+        if getattr(args, name) is not None:
+            check_positive_int(name, getattr(args, name))
     if args.devices % args.tensor_parallel:
         raise PplEcmhError(f"--tensor-parallel {args.tensor_parallel} does not divide --devices {args.devices}")
     steps = args.max_new_tokens or (RECIPES[args.recipe].max_new_tokens if args.recipe else 3072)
@@ -437,13 +437,11 @@ def _compare(args) -> None:
     print(f"\nruns and report written to {out}/ (open {path})")
 
 
-def _explicit(argv) -> set[str]:
+def _explicit(args) -> set[str]:
     """The destinations of the options given on the command line (`--max-new-tokens 96` and
     `--max-new-tokens=96` alike), which a recipe must not override."""
-    parser = build_parser()
-    given = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
-    return {action.dest for command in parser._subparsers._group_actions[0].choices.values()
-            for action in command._actions if given & set(action.option_strings)}
+    given = {token.split("=", 1)[0] for token in args.argv if token.startswith("--")}
+    return {action.dest for action in args.command_parsers[args.command]._actions if given & set(action.option_strings)}
 
 
 def _apply_recipe(args, explicit: set[str]) -> None:
@@ -471,7 +469,7 @@ def _apply_recipe(args, explicit: set[str]) -> None:
 def _eval(args) -> None:
     from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
 
-    _apply_recipe(args, _explicit(args.argv))
+    _apply_recipe(args, _explicit(args))
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
         shuffle_seed=args.shuffle_seed,

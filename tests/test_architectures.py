@@ -146,6 +146,8 @@ def test_longrope_picks_its_factors_by_the_runs_length(tmp_path):
     fitted = lm.for_context(10)
     stretched = dataclasses.replace(lm.for_context(40), context_length=10)  # long factors at length 10
     assert np.abs(logits(fitted, tokens) - expected).max() < 1e-3
+    assert (fitted.rope_scaling["factors_in_use"], lm.for_context(40).rope_scaling["factors_in_use"]) == (
+        "short_factor", "long_factor")  # what a run's settings record
     out, _ = stretched.forward(stretched.init_cache(1, 10), jnp.asarray(tokens)[None], jnp.arange(10)[None])
     assert np.abs(np.asarray(out[0]) - expected).max() > 1e-2
 

@@ -23,7 +23,7 @@ def docs_table() -> dict:
 def applied(argv):
     args = cli.build_parser().parse_args(argv)
     args.argv = argv
-    cli._apply_recipe(args, cli._explicit(argv))
+    cli._apply_recipe(args, cli._explicit(args))
     return args
 
 

@@ -35,8 +35,7 @@ from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
-                             fitted_width,
-                             engine_items, run_sampler)
+                             engine_items, fitted_width, run_sampler)
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 

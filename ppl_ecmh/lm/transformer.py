@@ -216,11 +216,14 @@ class Transformer:
 
     @property
     def rope_scaling(self) -> dict | None:
-        """The RoPE scaling in use (the checkpoint's, or YaRN stretched to `context_length`)."""
-        scaling = self.config.rope_scaling
-        if self.context_length and self.context_length > self.config.max_position_embeddings and scaling is None:
-            scaling = run_scaling(self.config, self.context_length, stretch=True)
-        return dict(scaling) if scaling else None
+        """The RoPE scaling in use: the checkpoint's (for LongRoPE, with the factor set this
+        decoder's length chose), or YaRN stretched to `context_length`; None for plain RoPE."""
+        chosen = run_scaling(self.config, self.context_length, stretch=True) if self.context_length else None
+        scaling = dict(chosen or self.config.rope_scaling or {})
+        if scaling.get("rope_type") == "longrope":
+            long = self.max_length > scaling["original_max_position_embeddings"]
+            scaling["factors_in_use"] = "long_factor" if long else "short_factor"
+        return scaling or None
 
     @property
     def dtype(self):
