@@ -82,3 +82,11 @@ def test_an_accelerators_default_width_is_the_widest_that_fits(monkeypatch):
     monkeypatch.setattr(memory, "device_memory", lambda device: None)  # a CPU: no fixed limit
     assert runner.fitted_width(lm, 512, 3072, None) == runner.DEFAULT_WIDTH
     assert runner.fitted_width(lm, 512, 3072, 1024) == 1024
+
+
+def test_tensor_parallel_devices_split_projections_and_kv_heads_not_embeddings():
+    config = SHAPES["qwen2.5-7b"]
+    one, two = (memory.plan(config, "bfloat16", 128, 3072, 64, tensor_parallel=k) for k in (1, 2))
+    embeddings = 2 * config.vocab_size * config.hidden_size * 2  # untied: embed and lm_head, bf16
+    assert one.weights - two.weights == pytest.approx((one.weights - embeddings) / 2, rel=1e-3)
+    assert two.caches == pytest.approx(one.caches / 2, rel=1e-3)

@@ -17,7 +17,6 @@ hold it against what XLA's buffer assignment reports (`compiled.memory_analysis(
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
 from ppl_ecmh.errors import PplEcmhError
@@ -29,13 +28,20 @@ MARGIN = 0.9  # of a device's memory a default width may plan to fill: XLA's run
 GB = 1e9
 
 
+def _parameters(config: ModelConfig) -> tuple[int, int]:
+    """The decoder's weights counted from its config: (those every tensor-parallel device holds
+    whole: embeddings, once when tied, and norms; those it splits: the layers' projections and
+    biases, `parallel._SPLIT_ROWS` and `_SPLIT_COLUMNS`)."""
+    d, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    split = config.num_layers * (d * (2 * q + 2 * kv) + 3 * d * config.intermediate_size
+                                 + (q + 2 * kv) * config.attention_bias)
+    norms = config.num_layers * (2 * d + 2 * config.head_dim * config.qk_norm) + d
+    return config.vocab_size * d * (1 if config.tie_word_embeddings else 2) + norms, split
+
+
 def parameter_count(config: ModelConfig) -> int:
     """The decoder's weights, counted from its config (embeddings once when tied)."""
-    d, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    layer = d * (2 * q + 2 * kv) + 3 * d * config.intermediate_size + 2 * d
-    layer += (q + 2 * kv) * config.attention_bias + 2 * config.head_dim * config.qk_norm
-    head = 0 if config.tie_word_embeddings else config.vocab_size * d
-    return config.vocab_size * d + head + config.num_layers * layer + d
+    return sum(_parameters(config))
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: str) -> int:
@@ -65,7 +71,8 @@ def plan(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int
     completions up to `max_new_tokens`."""
     size, rows = DTYPE_BYTES[dtype], math.ceil(width / data_parallel)
     length = prompt_block + max_new_tokens
-    weights = parameter_count(config) * size // tensor_parallel
+    whole, split = _parameters(config)
+    weights = (whole + split // tensor_parallel) * size
     cache = rows * length * kv_bytes_per_token(config, dtype) // tensor_parallel
     # per slot: both Sequences (tokens; logp, logq, entropy), records of draws; small beside the caches
     states = rows * (2 * (4 * length + 12 * max_new_tokens) + 8 * max_new_tokens)

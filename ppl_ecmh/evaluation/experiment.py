@@ -298,7 +298,7 @@ def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpe
 
 def _run_missing(settings, work, task, problems, out, store, progress, model, mesh) -> None:
     prepared = prepare(settings, task, problems, model, mesh)
-    write_settings(out, settings, getattr(prepared.model.lm, "rope_scaling", None))
+    write_settings(out, prepared.settings, getattr(prepared.model.lm, "rope_scaling", None))  # the width it chose
     bar = tqdm(total=sum(len(pending) for _, _, pending in work), unit="problem", disable=not progress)
     for spec, seed, pending in work:
         if pending:
