@@ -107,23 +107,26 @@ def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = Non
 
 def admission(lm, settings: dict, gpu):
     """The engine's admission (`scheduler._admit`) of `chains` prompts into as many empty slots,
-    compiled for `gpu`."""
+    compiled for `gpu`, and the inputs it was compiled for."""
     width, prompt, schedule = settings["chains"], settings["prompt"], engine_schedule(settings)
     slots = placed(jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm), gpu)
     rows = placed(jax.ShapeDtypeStruct((width,), jnp.int32), gpu)
-    return _admit.trace(slots, lm, rows, placed(jax.ShapeDtypeStruct((width, prompt), jnp.int32), gpu), rows,
-                        placed(jax.ShapeDtypeStruct((width, 2), jnp.uint32), gpu), rows, None, schedule).lower(
-        lowering_platforms=("cuda",)).compile()
+    inputs = (slots, lm, rows, placed(jax.ShapeDtypeStruct((width, prompt), jnp.int32), gpu), rows,
+              placed(jax.ShapeDtypeStruct((width, 2), jnp.uint32), gpu), rows)
+    return _admit.trace(*inputs, None, schedule).lower(lowering_platforms=("cuda",)).compile(), inputs
 
 
 def memory_figures(config, lm, settings: dict, gpu, engine) -> dict:
     """The engine's memory plan (`ppl_ecmh.engine.memory`) against XLA:GPU's buffer assignment
-    for its two programs, admission and the compiled loop `engine`, in GB."""
-    admitted = admission(lm, settings, gpu)
-    xla = max(memory.compiled_peak(admitted), memory.compiled_peak(engine))
+    for its two programs, admission and the compiled loop `engine` (whose inputs are the slots and
+    the model), in GB."""
+    admitted, inputs = admission(lm, settings, gpu)
+    slots = inputs[0]
+    admit_gb = memory.compiled_peak(admitted, inputs) / 1e9
+    loop_gb = memory.compiled_peak(engine, (slots, lm)) / 1e9
     planned = memory.plan(config, "bfloat16", settings["prompt"], settings["max_new_tokens"], settings["chains"]).peak
-    return dict(xla_admission_gb=memory.compiled_peak(admitted) / 1e9, xla_loop_gb=memory.compiled_peak(engine) / 1e9,
-                plan_gb=planned / 1e9, plan_over_xla=planned / xla)
+    return dict(xla_admission_gb=admit_gb, xla_loop_gb=loop_gb, plan_gb=planned / 1e9,
+                plan_over_xla=planned / 1e9 / max(admit_gb, loop_gb))
 
 
 def raw_decode(lm, settings: dict, gpu, static_attention: bool = False):

@@ -32,10 +32,11 @@ def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens
     schedule = engine_schedule(settings)
     slots = jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm)
     rows, count = jax.ShapeDtypeStruct((width,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
-    admit = _admit.trace(slots, lm, rows, jax.ShapeDtypeStruct((width, prompt), jnp.int32), rows,
-                         jax.ShapeDtypeStruct((width, 2), jnp.uint32), rows, None, schedule).lower().compile()
+    admitted = (slots, lm, rows, jax.ShapeDtypeStruct((width, prompt), jnp.int32), rows,
+                jax.ShapeDtypeStruct((width, 2), jnp.uint32), rows)
+    admit = _admit.trace(*admitted, None, schedule).lower().compile()
     advance = _advance.trace(slots, lm, count, count, False, schedule, None).lower().compile()
-    return max(memory.compiled_peak(admit), memory.compiled_peak(advance))
+    return max(memory.compiled_peak(admit, admitted), memory.compiled_peak(advance, (slots, lm)))
 
 
 @pytest.mark.parametrize("toy", list(TOYS))

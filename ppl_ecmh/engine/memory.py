@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
+
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.lm.config import ModelConfig
 from ppl_ecmh.lm.transformer import ATTENTION_CHUNK
@@ -128,9 +130,12 @@ def device_memory(device) -> int | None:
     return stats.get("bytes_limit")
 
 
-def compiled_peak(compiled) -> int:
-    """What XLA's buffer assignment holds for a compiled program: arguments, outputs not aliased
-    to a donated argument, and temporaries (the figure `plan` is checked against)."""
+def compiled_peak(compiled, arguments) -> int:
+    """The device memory a call of a compiled program holds: every buffer it is passed
+    (`arguments`, the pytree of the call's inputs: resident whether or not the program reads them;
+    JAX drops the unread ones from the program, as prefill does with the last layer's MLP), and
+    what XLA's buffer assignment adds, outputs not aliased to a donated input and temporaries
+    (the figure `plan` is checked against)."""
     stats = compiled.memory_analysis()
-    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-            + stats.temp_size_in_bytes)
+    passed = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(arguments))
+    return passed + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
