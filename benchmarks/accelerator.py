@@ -63,7 +63,7 @@ from benchmarks.engine import decode_rate  # noqa: E402
 from ppl_ecmh.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
-from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled loop)
+from ppl_ecmh.engine.scheduler import ADMISSION_ROWS, _admit, _advance  # noqa: E402  (the engine's compiled loop)
 from ppl_ecmh.engine import memory  # noqa: E402
 from ppl_ecmh.lm.catalog import PAPER_MODELS  # noqa: E402
 from ppl_ecmh.lm.config import ModelConfig  # noqa: E402
@@ -187,13 +187,17 @@ def engine_keys(settings: dict) -> np.ndarray:
 
 
 def admitted_slots(lm, settings: dict, schedule: Schedule, keys: np.ndarray | None = None):
-    """`chains` chains on random prompts, admitted into as many slots (with `keys`, those chain keys)."""
+    """`chains` chains on random prompts, admitted into as many slots (with `keys`, those chain
+    keys), ADMISSION_ROWS at a time as the engine admits them."""
     width, prompt = settings["chains"], settings["prompt"]
     slots = device.empty_slots(lm, width, prompt, schedule)
-    keys = engine_keys(settings) if keys is None else keys
-    prompts = np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)).astype(np.int32)
-    return _admit(slots, lm, jnp.arange(width), jnp.asarray(prompts), jnp.full(width, prompt, jnp.int32),
-                  jnp.asarray(keys), jnp.arange(width), None, schedule)
+    keys = jnp.asarray(engine_keys(settings) if keys is None else keys)
+    prompts = jnp.asarray(np.random.default_rng(0).integers(0, lm.vocab_size, size=(width, prompt)), jnp.int32)
+    for first in range(0, width, ADMISSION_ROWS):
+        rows = jnp.arange(first, min(first + ADMISSION_ROWS, width))
+        slots = _admit(slots, lm, rows, prompts[rows], jnp.full(len(rows), prompt, jnp.int32), keys[rows], rows, None,
+                       schedule)
+    return slots
 
 
 def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int, span: int | None):

@@ -54,7 +54,7 @@ from benchmarks.accelerator import (PAPER, SHAPES, TINY, admitted_slots, engine_
                                     planned_settings, random_transformer)
 from ppl_ecmh.engine import memory  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
-from ppl_ecmh.engine.scheduler import _admit, _advance  # noqa: E402  (the engine's compiled programs, as they run)
+from ppl_ecmh.engine.scheduler import ADMISSION_ROWS, _admit, _advance  # noqa: E402  (the engine's programs)
 from ppl_ecmh.lm import generation  # noqa: E402
 
 # An H100 SXM (sm_90, 132 multiprocessors, 50 MB of L2, 3.35 TB/s): what XLA:GPU needs to compile
@@ -106,13 +106,15 @@ def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = Non
 
 
 def admission(lm, settings: dict, gpu):
-    """The engine's admission (`scheduler._admit`) of `chains` prompts into as many empty slots,
-    compiled for `gpu`, and the inputs it was compiled for."""
+    """The engine's admission (`scheduler._admit`) of its largest group of prompts (ADMISSION_ROWS,
+    or `chains` if fewer) into `chains` empty slots, compiled for `gpu`, and the inputs it was
+    compiled for."""
     width, prompt, schedule = settings["chains"], settings["prompt"], engine_schedule(settings)
+    group = min(width, ADMISSION_ROWS)
     slots = placed(jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm), gpu)
-    rows = placed(jax.ShapeDtypeStruct((width,), jnp.int32), gpu)
-    inputs = (slots, lm, rows, placed(jax.ShapeDtypeStruct((width, prompt), jnp.int32), gpu), rows,
-              placed(jax.ShapeDtypeStruct((width, 2), jnp.uint32), gpu), rows)
+    rows = placed(jax.ShapeDtypeStruct((group,), jnp.int32), gpu)
+    inputs = (slots, lm, rows, placed(jax.ShapeDtypeStruct((group, prompt), jnp.int32), gpu), rows,
+              placed(jax.ShapeDtypeStruct((group, 2), jnp.uint32), gpu), rows)
     return _admit.trace(*inputs, None, schedule).lower(lowering_platforms=("cuda",)).compile(), inputs
 
 

@@ -195,10 +195,13 @@ def test_best_of_n_on_the_engine_keeps_the_likeliest_of_its_candidates(problem, 
     Schedule.blockwise(4, 2, 3, cut=CUTS["entropy_jump"], alpha=4.0, tau=0.25),
     Schedule.best_of_n(4, 10, alpha=4.0, tau=1.0),
 ], ids=["suffix", "blockwise", "best-of-n"])
-def test_records_do_not_depend_on_slot_count_queue_order_or_interruption(schedule):
+def test_records_do_not_depend_on_slot_count_queue_order_or_interruption(schedule, monkeypatch):
     prompts = [(0,), (0, 1), (0, 2, 1), (0, 1, 1)]
     reference = chains(schedule, prompts, width=2)
     assert_same_records(reference, chains(schedule, prompts, width=5))
+    with monkeypatch.context() as patch:  # the five free slots filled two prompts at a time
+        patch.setattr(scheduler, "ADMISSION_ROWS", 2)
+        assert_same_records(reference, chains(schedule, prompts, width=5))
     order = list(np.random.default_rng(0).permutation(len(reference)))
     assert_same_records(reference, chains(schedule, prompts, width=5, order=order))
     # interrupted after half the work, then resumed with the rest in other slots: the same records

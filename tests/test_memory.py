@@ -11,7 +11,7 @@ import pytest
 from benchmarks.accelerator import SHAPES, engine_schedule, random_transformer
 from ppl_ecmh.engine import memory
 from ppl_ecmh.engine import slots as device
-from ppl_ecmh.engine.scheduler import _admit, _advance
+from ppl_ecmh.engine.scheduler import ADMISSION_ROWS, _admit, _advance
 from ppl_ecmh.lm.config import ModelConfig
 
 TOY = dataclasses.replace(SHAPES["tiny"], vocab_size=4096, hidden_size=256, intermediate_size=512, num_heads=8,
@@ -31,9 +31,10 @@ def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens
     lm = jax.eval_shape(lambda: random_transformer(config, dtype))
     schedule = engine_schedule(settings)
     slots = jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm)
-    rows, count = jax.ShapeDtypeStruct((width,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
-    admitted = (slots, lm, rows, jax.ShapeDtypeStruct((width, prompt), jnp.int32), rows,
-                jax.ShapeDtypeStruct((width, 2), jnp.uint32), rows)
+    group = min(width, ADMISSION_ROWS)  # as the engine admits
+    rows, count = jax.ShapeDtypeStruct((group,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+    admitted = (slots, lm, rows, jax.ShapeDtypeStruct((group, prompt), jnp.int32), rows,
+                jax.ShapeDtypeStruct((group, 2), jnp.uint32), rows)
     admit = _admit.trace(*admitted, None, schedule).lower().compile()
     advance = _advance.trace(slots, lm, count, count, False, schedule, None).lower().compile()
     return max(memory.compiled_peak(admit, admitted), memory.compiled_peak(advance, (slots, lm)))

@@ -70,7 +70,7 @@ def test_mistakes_are_one_line_and_exit_2_before_a_model_loads(argv, message, ca
 def test_plan_prints_the_memory_of_a_papers_model_offline(capsys):
     assert cli.main(["plan", "--model", "Qwen/Qwen2.5-Math-7B", "--recipe", "ecmh-aime"]) == 0
     out = capsys.readouterr().out
-    assert "6656 positions, RoPE yarn" in out and "widest power of two that fits: 32 slots" in out
+    assert "6656 positions, RoPE yarn" in out and "widest power of two that fits: 64 slots" in out
 
 
 def test_models_lists_the_papers_models_with_what_fits(capsys):

@@ -3,8 +3,8 @@
 A run's peak is the larger of its two compiled programs, each holding the weights and the slots
 (every slot has a working cache and a backup, `slots.py`):
 
-- admission prefills up to W prompts at once into a fresh cache of those rows, then scatters it
-  into the slots: one more cache of W rows, plus the prompt block's activations;
+- admission prefills up to `ADMISSION_ROWS` prompts at once into a fresh cache of those rows,
+  then scatters it into the slots: a cache of those rows, plus the prompt block's activations;
 - the decode loop: one position per slot, so its temporaries are a step's activations, the
   attention chunk's scores and the logits with the sampler's work on them.
 
@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 
+from ppl_ecmh.engine.scheduler import ADMISSION_ROWS
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.lm.config import ModelConfig
 from ppl_ecmh.lm.transformer import ATTENTION_CHUNK
@@ -80,10 +81,11 @@ def plan(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int
     states = rows * (2 * (4 * length + 12 * max_new_tokens) + 8 * max_new_tokens)
     heads = config.num_heads // tensor_parallel
     width_of_mlp = config.intermediate_size // tensor_parallel
-    prompt_activations = rows * prompt_block * (
+    admitted = min(rows, ADMISSION_ROWS)
+    prompt_activations = admitted * prompt_block * (
         4 * (2 * config.hidden_size + 2 * width_of_mlp)  # residual, normed input, gate and up (float32 peaks)
         + 4 * heads * min(length, ATTENTION_CHUNK))  # one chunk's attention scores
-    admission = cache + prompt_activations
+    admission = cache * admitted // rows + prompt_activations
     decode = rows * (4 * 3 * config.vocab_size  # logits, their log-softmax, the sampler's block sums
                      + 4 * (2 * config.hidden_size + 2 * width_of_mlp) + 4 * heads * ATTENTION_CHUNK)
     peak = weights + 2 * cache + states + max(admission, decode)

@@ -32,6 +32,11 @@ from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.lm.spans import attention_span, uses_static_attention
 from ppl_ecmh.validation import check_positive_int
 
+# Prompts prefilled per admission call: admission holds a fresh cache of its rows beside the
+# slots' working and backup caches, so admitting all W slots at once would take a third cache
+# (`memory.plan`); 16 rows of a paper-sized prompt still fill an accelerator's prefill.
+ADMISSION_ROWS = 16
+
 
 def chain_key(seed: int, sampler: str, problem: int | str, chain: int) -> np.ndarray:
     """The key of one chain of work: fold_in of the seed, the sampler, the problem and the chain.
@@ -265,8 +270,14 @@ class Engine:
                 for row, item in enumerate(items)]
 
     def _admit(self, slots, free: list[int], items: list[WorkItem], numbers: np.ndarray):
-        """Prefill `items` into the slots `free` as the chains `numbers`, in a batch padded to a
-        power of two (few shapes)."""
+        """Prefill `items` into the slots `free` as the chains `numbers`, ADMISSION_ROWS at a time."""
+        for first in range(0, len(free), ADMISSION_ROWS):
+            group = slice(first, first + ADMISSION_ROWS)
+            slots = self._admit_group(slots, free[group], items[group], numbers[group])
+        return slots
+
+    def _admit_group(self, slots, free: list[int], items: list[WorkItem], numbers: np.ndarray):
+        """`_admit` of at most ADMISSION_ROWS items, in a batch padded to a power of two (few shapes)."""
         rows = min(self.width, 1 << (len(free) - 1).bit_length())
         index = np.full(rows, self.width, np.int32)  # padding rows point past the slots: dropped
         owner = np.full(rows, -1, np.int32)
