@@ -92,3 +92,21 @@ def test_tensor_parallel_devices_split_projections_and_kv_heads_not_embeddings()
     embeddings = 2 * config.vocab_size * config.hidden_size * 2  # untied: embed and lm_head, bf16
     assert one.weights - two.weights == pytest.approx((one.weights - embeddings) / 2, rel=1e-3)
     assert two.caches == pytest.approx(one.caches / 2, rel=1e-3)
+
+
+def test_narrowing_frees_each_wide_cache_array_as_it_copies_it():
+    """The drain's narrowing holds the wide caches and one narrowed array at once: every wide
+    array is deleted once copied, and the narrowed slots are `device.narrowed`'s, row for row."""
+    from ppl_ecmh.engine import scheduler
+
+    lm = random_transformer(TOY, jnp.float32)
+    slots = device.empty_slots(lm, 8, 16, engine_schedule(dict(max_new_tokens=64, block_size=16, mcmc_steps=2)))
+    rng = np.random.default_rng(0)
+    slots = slots._replace(**{name: jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype),
+                                                 getattr(slots, name)) for name in ("cache", "backup")})
+    keep = jnp.asarray([5, 1, 2, 7])
+    expected = jax.tree.map(np.asarray, device.narrowed(slots, keep))
+    wide = jax.tree.leaves((slots.cache, slots.backup))
+    narrow = scheduler.narrowed(slots, keep)
+    assert all(array.is_deleted() for array in wide)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, narrow), expected)

@@ -8,6 +8,9 @@ A run's peak is the larger of its two compiled programs, each holding the weight
 - the decode loop: one position per slot, so its temporaries are a step's activations, the
   attention chunk's scores and the logits with the sampler's work on them.
 
+The drain's narrowing copies the caches one layer's array at a time and frees each wide one as it
+goes (`scheduler.narrowed`), so it adds one array, not counted here.
+
 `plan` adds them up from the config alone (so `ppl-ecmh plan` and the default width need no
 download), per device: the data-parallel devices split the slots, the tensor-parallel ones the
 weights' matrices and the caches' KV heads. tests/test_memory.py and benchmarks/gpu_compile.py

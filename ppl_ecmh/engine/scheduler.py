@@ -241,7 +241,7 @@ class Engine:
         if not self.narrow or not live or width > len(owner) // 2:
             return slots, owner, seen
         keep = live + list(np.flatnonzero(owner < 0))[: width - len(live)]
-        slots = _narrowed(slots, jnp.asarray(keep))
+        slots = narrowed(slots, jnp.asarray(keep))
         if self.mesh is not None:
             slots = parallel.shard_slots(slots, self.mesh, width)
         return slots, owner[keep], seen[keep]
@@ -303,3 +303,18 @@ _admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
 _advance = jax.jit(device.advance, static_argnums=(4, 5, 6), donate_argnums=(0,))
 _release = jax.jit(device.release, donate_argnums=(0,))
 _narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate
+_rows = jax.jit(lambda array, keep: array[keep])
+
+
+def narrowed(slots, keep):
+    """`device.narrowed`, the two caches one array (a layer's keys or values) at a time, each wide
+    array deleted once its rows are copied: the drain then holds the wide caches and one narrowed
+    array at once, where one program over every array would hold a second pair of caches half as
+    wide beside the first (`memory.plan` counts neither)."""
+    def moved(array):
+        rows = _rows(array, keep)
+        array.delete()  # freed once the copy, already dispatched, has read it
+        return rows
+
+    caches = jax.tree.map(moved, (slots.cache, slots.backup))
+    return _narrowed(slots._replace(cache=None, backup=None), keep)._replace(cache=caches[0], backup=caches[1])
