@@ -163,15 +163,24 @@ def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, monkeypa
     assert len(err.splitlines()) == 1 and words in err, err
 
 
-def test_report_of_a_directory_whose_records_are_not_eval_records_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("record, problem", [
+    ('{"sampler": "a", "seed": 0, "problem_id": "p"}', "(a, 0, p) lacks `correct`"),  # not an eval record
+    ('{"sampler": "a", "seed": 0, "problem_id": "p", "correct": "yes", "tokens_generated": 3, "wall_time_s": 1.0, '
+     '"acceptance": 1.0}', "(a, 0, p) has `correct` = 'yes', not a bool"),
+])
+def test_report_of_a_directory_with_a_damaged_record_names_it_in_one_line(record, problem, tmp_path, capsys):
+    """One intact record and one damaged: the report names the damaged one and its field, exit 2,
+    rather than summarise what it can read (an accuracy of 1 with an interval of 0.30-0.95)."""
     from ppl_ecmh.evaluation import EvalSettings
     from ppl_ecmh.evaluation.experiment import write_settings
 
     write_settings(tmp_path, EvalSettings(task="gsm8k"))
-    (tmp_path / "records.jsonl").write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\n')
+    intact = ('{"sampler": "a", "seed": 0, "problem_id": "q", "correct": true, "tokens_generated": 3, '
+              '"wall_time_s": 1.0, "acceptance": 1.0}')
+    (tmp_path / "records.jsonl").write_text(f"{intact}\n{record}\n{intact.replace('q', 'r')}\n")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not ppl-ecmh eval records" in err, err
+    assert len(err.splitlines()) == 1 and f"records.jsonl:2: the record {problem}" in err, err
 
 
 def test_the_cli_keeps_compiled_programs_in_the_users_cache_unless_told_not_to(tmp_path, monkeypatch):

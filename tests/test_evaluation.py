@@ -222,6 +222,39 @@ def test_eval_repair_quarantines_damaged_lines_and_resumes(letters, tmp_path):
     assert sorted(keys_of(store.read())) == sorted(("ancestral", 0, f"p{i}") for i in range(10))
 
 
+def test_eval_refuses_a_record_without_its_grade_and_repair_quarantines_and_reruns_it(letters, tmp_path):
+    run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    path = tmp_path / experiment.RECORDS
+    lines = path.read_text().splitlines()
+    damaged = json.loads(lines[2])
+    del damaged["correct"]
+    lines[2] = json.dumps(damaged)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PplEcmhError, match=rf"records.jsonl:3: the record \(ancestral, 0, {damaged['problem_id']}\) "
+                                           r"lacks `correct`; `ppl-ecmh eval` with --repair"):
+        run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
+    store = run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel(), repair=True)
+    assert sorted(keys_of(store.read())) == sorted(("ancestral", 0, f"p{i}") for i in range(10))  # run again
+    assert json.loads(store.quarantine_path.read_text()) == damaged
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_interval_reported_contains_its_estimate(seed):
+    """Accuracy (Wilson, over problems, seeds averaged) and paired differences (bootstrap), on
+    random outcomes of three samplers, some problems with one seed and some with three."""
+    rng = np.random.default_rng(seed)
+    records = [dict(sampler=sampler, seed=s, problem_id=f"p{p}", correct=bool(rng.random() < rate),
+                    tokens_generated=10, wall_time_s=1.0, acceptance=0.5)
+               for sampler, rate in (("ecmh", 0.6), ("ancestral", 0.3), ("low-temp", 0.97))
+               for p in range(int(rng.integers(3, 30))) for s in range(1 if p % 2 else 3)]
+    frame = summary.records_frame(records)
+    accuracy = summary.accuracy_table(frame)
+    assert ((accuracy["ci_low"] <= accuracy["accuracy"]) & (accuracy["accuracy"] <= accuracy["ci_high"])).all()
+    pairs = summary.paired_comparisons(frame, num_resamples=2000)
+    assert ((pairs["ci_low"] <= pairs["accuracy_difference"] + 1e-12)
+            & (pairs["accuracy_difference"] <= pairs["ci_high"] + 1e-12)).all()
+
+
 def test_a_grader_that_raises_fails_that_record_and_the_run_goes_on(letters, tmp_path, monkeypatch):
     real_grade = LetterTask.grade
 

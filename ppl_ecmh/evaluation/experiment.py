@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh import parallel
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
+from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
@@ -123,7 +123,7 @@ def open_results(out_dir, settings: EvalSettings) -> RecordStore:
         out.mkdir(parents=True, exist_ok=True)
         write_settings(out, settings)
     check_settings(out, settings)
-    return RecordStore(out / RECORDS)
+    return RecordStore(out / RECORDS, value_fields=EVAL_FIELDS)
 
 
 def check_settings(out: Path, settings: EvalSettings) -> None:
@@ -224,7 +224,7 @@ def opened(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int]
     out = _results_directory(out_dir)
     check_settings(out, settings)
     with locked(out):
-        store = RecordStore(out / RECORDS)
+        store = RecordStore(out / RECORDS, value_fields=EVAL_FIELDS)
         if repair and (moved := store.repair()):
             print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
         work = pending_work(specs, seeds, problems, store.done())

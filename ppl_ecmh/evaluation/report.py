@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ppl_ecmh.evaluation import figures, summary
 from ppl_ecmh.evaluation.experiment import RECORDS, read_settings
-from ppl_ecmh.evaluation.store import RecordStore
+from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore
 from ppl_ecmh.report import write_document
 
 EXAMPLES_PER_SAMPLER = 3
@@ -60,7 +60,7 @@ def eval_figures(frame, pairs):
 def write_eval_report(out_dir, path=None, format: str = "html", examples: bool = True) -> Path:
     """The report of `out_dir`; `examples=False` leaves out the completions (for summaries that
     are committed without raw model output)."""
-    frame = summary.check_reportable(summary.records_frame(RecordStore(Path(out_dir) / RECORDS).read()))
+    frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS, value_fields=EVAL_FIELDS).read())
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     settings = read_settings(out_dir)
     pairs = summary.paired_comparisons(frame)

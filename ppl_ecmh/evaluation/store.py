@@ -4,7 +4,10 @@ Every record is written as one line and flushed to disk before the next one, so 
 any moment loses at most the work in flight. A final line cut short by such a kill is not a
 record: reading skips it and the next append drops it. Complete records are never rewritten. A
 damaged line anywhere else stops reading with an error that offers `repair`, which moves such
-lines to a quarantine file beside the store and keeps every intact record.
+lines to a quarantine file beside the store and keeps every intact record. A store given the
+value fields its records must have (an evaluation's: `EVAL_FIELDS`) counts a record that lacks
+one, or holds a value of another type, as damaged too, and its error names the record and field:
+a report never summarises a record it cannot read whole.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from typing import Iterable
 from ppl_ecmh.errors import PplEcmhError
 
 KEY_FIELDS = ("sampler", "seed", "problem_id")
+# field -> the JSON types an evaluation record's value may have (a bool is not a number here)
+EVAL_FIELDS = {"sampler": (str,), "seed": (int,), "problem_id": (str,), "correct": (bool,),
+               "tokens_generated": (int,), "wall_time_s": (int, float), "acceptance": (int, float)}
 QUARANTINE_SUFFIX = ".quarantine"
 
 
@@ -33,12 +39,28 @@ def _parse(line: str, fields: tuple[str, ...]) -> dict | None:
     return record if isinstance(record, dict) and all(field in record for field in fields) else None
 
 
+def damage(record: dict, value_fields: dict) -> str | None:
+    """What is wrong with a record's values, naming the field; None when nothing is."""
+    for field, types in value_fields.items():
+        if field not in record:
+            return f"lacks `{field}`"
+        value = record[field]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"has `{field}` = {value!r}, not a {' or '.join(t.__name__ for t in types)}"
+    return None
+
+
 class RecordStore:
     """Records keyed by `key_fields` (an evaluation's by default)."""
 
-    def __init__(self, path, key_fields: tuple[str, ...] = KEY_FIELDS):
+    def __init__(self, path, key_fields: tuple[str, ...] = KEY_FIELDS, value_fields: dict | None = None):
         self.path = Path(path)
         self.key_fields = tuple(key_fields)
+        self.value_fields = value_fields or {}
+
+    def _intact(self, line: str) -> bool:
+        record = _parse(line, self.key_fields)
+        return record is not None and damage(record, self.value_fields) is None
 
     def read(self) -> list[dict]:
         """All complete records, the first of any duplicate key kept."""
@@ -53,13 +75,20 @@ class RecordStore:
             if record is None:
                 if number == len(lines):  # the line a killed run was writing
                     continue
-                raise PplEcmhError(f"{self.path}:{number}: not a record; `ppl-ecmh eval` with --repair moves "
-                                   f"damaged lines to {self.quarantine_path.name} and keeps the intact ones")
+                raise PplEcmhError(f"{self.path}:{number}: not a record; {self._repair_hint}")
+            if problem := damage(record, self.value_fields):
+                key = ", ".join(map(str, record_key(record, self.key_fields)))
+                raise PplEcmhError(f"{self.path}:{number}: the record ({key}) {problem}; {self._repair_hint}")
             key = record_key(record, self.key_fields)
             if key not in seen:
                 seen.add(key)
                 records.append(record)
         return records
+
+    @property
+    def _repair_hint(self) -> str:
+        return (f"`ppl-ecmh eval` with --repair moves damaged lines to {self.quarantine_path.name} and keeps "
+                "the intact ones")
 
     @property
     def quarantine_path(self) -> Path:
@@ -71,12 +100,12 @@ class RecordStore:
         if not self.path.exists():
             return 0
         lines = [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
-        damaged = [line for line in lines if _parse(line, self.key_fields) is None]
+        damaged = [line for line in lines if not self._intact(line)]
         if not damaged:
             return 0
         with open(self.quarantine_path, "a", encoding="utf-8") as quarantine:
             quarantine.write("".join(line + "\n" for line in damaged))
-        intact = "".join(line + "\n" for line in lines if _parse(line, self.key_fields) is not None)
+        intact = "".join(line + "\n" for line in lines if self._intact(line))
         replace_atomically(self.path, intact)
         return len(damaged)
 

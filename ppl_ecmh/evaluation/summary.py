@@ -15,21 +15,10 @@ from scipy import stats
 CONFIDENCE = 0.95
 
 
-REPORTED_FIELDS = ("sampler", "seed", "problem_id", "correct", "tokens_generated", "wall_time_s", "acceptance")
-
-
 def records_frame(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         raise ValueError("records: there are no records to summarise")
-    return frame
-
-
-def check_reportable(frame: pd.DataFrame) -> pd.DataFrame:
-    """ValueError naming the fields an evaluation report needs that no record has."""
-    missing = [field for field in REPORTED_FIELDS if field not in frame or frame[field].isna().all()]
-    if missing:
-        raise ValueError(f"records: none has {', '.join(missing)}; these are not ppl-ecmh eval records")
     return frame
 
 
