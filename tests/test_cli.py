@@ -165,8 +165,10 @@ def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, monkeypa
 
 @pytest.mark.parametrize("record, problem", [
     ('{"sampler": "a", "seed": 0, "problem_id": "p"}', "(a, 0, p) lacks `correct`"),  # not an eval record
-    ('{"sampler": "a", "seed": 0, "problem_id": "p", "correct": "yes", "tokens_generated": 3, "wall_time_s": 1.0, '
-     '"acceptance": 1.0}', "(a, 0, p) has `correct` = 'yes', not a bool"),
+    ('{"sampler": "a", "seed": 0, "problem_id": "p", "correct": "yes", "tokens_generated": 3, "completion_length": 3, '
+     '"alpha_log_p": -2.0, "wall_time_s": 1.0, "acceptance": 1.0}', "(a, 0, p) has `correct` = 'yes', not a bool"),
+    ('{"sampler": "a", "seed": 0, "problem_id": "p", "correct": true, "tokens_generated": 3, "wall_time_s": 1.0, '
+     '"acceptance": 1.0}', "(a, 0, p) lacks `completion_length`"),  # what the report's length table reads
 ])
 def test_report_of_a_directory_with_a_damaged_record_names_it_in_one_line(record, problem, tmp_path, capsys):
     """One intact record and one damaged: the report names the damaged one and its field, exit 2,
@@ -176,7 +178,7 @@ def test_report_of_a_directory_with_a_damaged_record_names_it_in_one_line(record
 
     write_settings(tmp_path, EvalSettings(task="gsm8k"))
     intact = ('{"sampler": "a", "seed": 0, "problem_id": "q", "correct": true, "tokens_generated": 3, '
-              '"wall_time_s": 1.0, "acceptance": 1.0}')
+              '"completion_length": 3, "alpha_log_p": -2.0, "wall_time_s": 1.0, "acceptance": 1.0}')
     (tmp_path / "records.jsonl").write_text(f"{intact}\n{record}\n{intact.replace('q', 'r')}\n")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

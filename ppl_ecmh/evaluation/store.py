@@ -22,7 +22,8 @@ from ppl_ecmh.errors import PplEcmhError
 KEY_FIELDS = ("sampler", "seed", "problem_id")
 # field -> the JSON types an evaluation record's value may have (a bool is not a number here)
 EVAL_FIELDS = {"sampler": (str,), "seed": (int,), "problem_id": (str,), "correct": (bool,),
-               "tokens_generated": (int,), "wall_time_s": (int, float), "acceptance": (int, float)}
+               "tokens_generated": (int,), "completion_length": (int,), "alpha_log_p": (int, float),
+               "wall_time_s": (int, float), "acceptance": (int, float)}
 QUARANTINE_SUFFIX = ".quarantine"
 
 
