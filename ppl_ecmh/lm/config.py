@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from ppl_ecmh.errors import UnsupportedModelError
-from ppl_ecmh.lm.rope import ROPE_TYPES
+from ppl_ecmh.lm.rope import ROPE_TYPES, scaling_type
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
@@ -50,7 +50,7 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
-        kind = dict(self.rope_scaling or ()).get("rope_type", "default")
+        kind = scaling_type(dict(self.rope_scaling or ()))
         if kind not in ROPE_TYPES:
             raise UnsupportedModelError(f"rope_scaling: unsupported type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
         if self.rotary_dim <= 0 or self.rotary_dim % 2:

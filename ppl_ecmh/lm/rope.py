@@ -59,7 +59,8 @@ def run_scaling(config, length: int, stretch: bool = False) -> tuple | None:
 
 
 def rope_tables(config, scaling: tuple | None, length: int) -> RopeTables:
-    """The tables of `config` under `scaling` (see `run_scaling`) for sequences of `length`."""
+    """The tables of `config` under `scaling` (see `run_scaling`) for sequences of `length`; the
+    scaling's type is one of ROPE_TYPES, which `ModelConfig` checks when it is made."""
     dim = config.rotary_dim
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     scaling = dict(scaling or ())
@@ -75,8 +76,6 @@ def rope_tables(config, scaling: tuple | None, length: int) -> RopeTables:
         inv_freq, attention_factor = _longrope(inv_freq, scaling, config, length)
     elif kind == "frequency_factors":  # llama.cpp's rope_freqs: per-frequency divisors
         inv_freq = inv_freq / np.asarray(scaling["factors"], np.float64)
-    elif kind != "default":
-        raise UnsupportedModelError(f"rope_scaling: unsupported type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
     return RopeTables(inv_freq.astype(np.float32), float(attention_factor))
 
 
