@@ -107,7 +107,7 @@ def completion_table(frame: pd.DataFrame, alpha: float, max_new_tokens: int) -> 
     return pd.DataFrame(rows)
 
 
-EXECUTION_OUTCOMES = ("passed", "failed", "timeout", "exited_early", "sandbox_error")  # ExecutionResult.outcome
+EXECUTION_OUTCOMES = ("passed", "failed", "timeout", "exited_early", "sandbox_error")  # sandbox.Verdict.outcome
 
 
 def grading_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ class Problem:
 class Grade(NamedTuple):
     answer: str | None  # the final answer extracted from the completion (for code: the program)
     correct: bool
-    execution: str | None = None  # graders that run code: the sandbox's `ExecutionResult.outcome`
+    execution: str | None = None  # graders that run code: `sandbox.Verdict.outcome`
 
 
 class Task:
