@@ -18,6 +18,7 @@ from ppl_ecmh.kernels import (
     SuffixMH,
 )
 from ppl_ecmh.lm import EMBEDDED_MODELS, LoadedModel, load_model
+from ppl_ecmh.samplers import SAMPLERS, SamplerSpec
 from ppl_ecmh.target import LanguageModelSequence, power_model, sharpen
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "PplEcmhError",
     "PromptTooLongError",
     "RandomCutMH",
+    "SAMPLERS",
+    "SamplerSpec",
     "SuffixMH",
     "Uniform",
     "UnsupportedModelError",

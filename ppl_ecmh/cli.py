@@ -110,7 +110,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppl_ecmh.runner import SAMPLERS
+    from ppl_ecmh.samplers import SAMPLERS
 
     parser = _Parser(
         prog="ppl-ecmh",
@@ -314,7 +314,7 @@ def _mesh(args):
 
 def _specs(args, names):
     """The samplers' specs, with every number the command takes checked before a model loads."""
-    from ppl_ecmh.runner import SamplerSpec
+    from ppl_ecmh.samplers import SamplerSpec
     from ppl_ecmh.validation import check_alpha, check_positive_int, check_tau
 
     if args.batch_size is not None:

@@ -16,115 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ppl_ecmh import kernels, parallel
-from ppl_ecmh.blockwise import num_blocks
-from ppl_ecmh.cuts import Uniform, get_cut
-from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key, memory
+from ppl_ecmh import parallel
+from ppl_ecmh.engine import Engine, WorkItem, chain_key, memory
 from ppl_ecmh.lm.generation import UNFINISHED
 from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.target import power_model
-from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int, check_tau
+from ppl_ecmh.samplers import ENGINE, SamplerSpec
+from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int
 
-# Published recipes by name (DESIGN section 3): the block-wise schedule with the random cut of
-# Karan & Du, or the entropy-jump cut of ECMH (beta = 4). A preset fixes the cut; the schedule's
-# defaults (B = 192, N_MCMC = 10) are the published ones and can be scaled down. Published runs use
-# alpha = 4 (5 for HumanEval), tau = 1/alpha, max_new_tokens = 3072 (6144 with B = 384 for GPQA, AIME).
-PRESETS = {
-    "karan-du": dict(cut="uniform", cut_params=()),
-    "ecmh": dict(cut="entropy_jump", cut_params=(("power", 4.0),)),
-}
-SAMPLERS = ("ancestral", "low-temp", "random-cut", "entropy-cut", "blockwise") + tuple(PRESETS) + (
-    "power-smc", "tmc", "best-of-n")
-BLOCKWISE_SAMPLERS = ("blockwise",) + tuple(PRESETS)
-INDEPENDENT_SAMPLERS = ("ancestral", "low-temp")
-# Samplers whose draws are independent of each other: on the engine each draw is a chain of its own.
-FRESH_DRAW_SAMPLERS = INDEPENDENT_SAMPLERS + ("best-of-n",)
-ENGINE_SAMPLERS = FRESH_DRAW_SAMPLERS + ("random-cut", "entropy-cut") + BLOCKWISE_SAMPLERS
 # Slots of the engine by default: where aggregate decode tokens/s stopped growing on a 2-core CPU
 # (benchmarks/engine.py, float32, 160 + 384 cache): qwen2.5-coder-0.5b 14, 43, 68, 83, 101 tokens/s
 # at 1, 8, 16, 32, 64 rows; smollm2-135m 40, 131, 184, 213, 211. docs/design.md section 7.
 DEFAULT_WIDTH = 64
 STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
                "new_suffix_length", "num_generated")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`). A
-    preset (`PRESETS`) fixes its cut. `top_k` truncates target and proposal alike
-    (`ppl_ecmh.lm.truncation`); None, the default, is the exact, untruncated target."""
-
-    name: str
-    tau: float | None = None
-    cut: str = "mixture"  # EntropyCutMH's default: 10% uniform mixed into the published entropy jump
-    cut_params: tuple[tuple[str, float], ...] = ()
-    block_size: int = 192
-    num_mcmc_steps: int = 10
-    top_k: int | None = None
-    num_particles: int = 16  # power-smc
-    smc_block_size: int = 1  # power-smc: tokens per SMC step
-    token_budget: int | None = None  # best-of-n: tokens per draw and chain (match it to an MH run's cost)
-    num_candidates: int = 4  # tmc: likeliest next tokens considered per step
-    num_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
-    horizon: int = 8  # tmc: tokens per look-ahead rollout
-
-    def __post_init__(self):
-        if self.name not in SAMPLERS:
-            raise ValueError(f"sampler: unknown sampler {self.name!r}; choose from {', '.join(SAMPLERS)}")
-        if self.name in PRESETS:
-            for field, value in PRESETS[self.name].items():
-                object.__setattr__(self, field, value)
-        if self.top_k is not None:
-            check_positive_int("top_k", self.top_k)
-
-    def schedule(self, alpha: float, max_new_tokens: int, num_draws: int) -> Schedule:
-        """The engine's description of one chain with `num_draws` draws (warmup included); the
-        chain of a `FRESH_DRAW_SAMPLERS` sampler is one draw (its draws are separate chains)."""
-        if self.name == "best-of-n":
-            return Schedule.best_of_n(max_new_tokens, self._checked_budget(), alpha=alpha,
-                                      tau=1.0 if self.tau is None else self.tau)
-        if self.name in INDEPENDENT_SAMPLERS:
-            tau = 1.0 if self.name == "ancestral" else check_tau(self.tau, alpha)
-            return Schedule.independent(max_new_tokens, alpha=alpha, tau=tau)
-        tau = check_tau(self.tau, alpha)
-        if self.name in BLOCKWISE_SAMPLERS:
-            return Schedule.blockwise(max_new_tokens, self.block_size, self.num_mcmc_steps, cut=self.make_cut(),
-                                      alpha=alpha, tau=tau, num_stages=num_draws)
-        return Schedule.suffix_mh(max_new_tokens, num_draws, cut=self.make_cut(), alpha=alpha, tau=tau)
-
-    def default_warmup(self, max_new_tokens: int) -> int:
-        """Draws discarded by default: for a block-wise sampler its stages before the last, whose
-        draws are shorter completions of intermediate targets, not draws of pi_alpha."""
-        return num_blocks(max_new_tokens, self.block_size) - 1 if self.name in BLOCKWISE_SAMPLERS else 0
-
-    def make_cut(self):
-        return Uniform() if self.name == "random-cut" else get_cut(self.cut, **dict(self.cut_params))
-
-    def _checked_budget(self) -> int:
-        if self.token_budget is None:
-            raise ValueError("token_budget: best-of-n needs a token budget per draw (match an MH run's tokens)")
-        return check_positive_int("token_budget", self.token_budget)
-
-    def make_kernel(self, model=power_model):
-        params = dict(self.cut_params)
-        if self.name == "ancestral":
-            return kernels.AncestralSampler(model)
-        if self.name == "low-temp":
-            return kernels.LowTemperatureSampler(model, tau=self.tau)
-        if self.name == "random-cut":
-            return kernels.RandomCutMH(model, tau=self.tau)
-        if self.name == "entropy-cut":
-            return kernels.EntropyCutMH(model, cut=get_cut(self.cut, **params), tau=self.tau)
-        if self.name == "power-smc":
-            return kernels.PowerSMC(model, num_particles=self.num_particles, block_size=self.smc_block_size, tau=self.tau)
-        if self.name == "tmc":
-            return kernels.ScalablePowerSampler(model, num_candidates=self.num_candidates,
-                                                num_rollouts=self.num_rollouts, horizon=self.horizon, tau=self.tau)
-        if self.name == "best-of-n":
-            return kernels.BestOfN(model, self._checked_budget(), tau=1.0 if self.tau is None else self.tau)
-        return kernels.BlockwiseMH(model, cut=get_cut(self.cut, **params), block_size=self.block_size,
-                                   num_mcmc_steps=self.num_mcmc_steps, tau=self.tau)
 
 
 @dataclasses.dataclass
@@ -174,7 +79,7 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     block-wise sampler its stages before the last.
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
     runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
-    samplers (`ENGINE_SAMPLERS`, without a token budget) run their chains in `width` slots, split
+    samplers (`Sampler.runs_on`, without a token budget) run their chains in `width` slots, split
     over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
@@ -189,7 +94,7 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     options = dict(alpha=alpha, max_new_tokens=max_new_tokens, num_chains=num_chains, num_draws=num_draws,
                    num_warmup=num_warmup, seed=seed, prompt_block=prompt_block, progress=progress,
                    description=description)
-    if spec.name in ENGINE_SAMPLERS and token_budget is None:
+    if spec.sampler.runs_on == ENGINE and token_budget is None:
         return run_on_engine(lm, prompt, spec, width=width, mesh=mesh, **options)
     return run_lockstep(lm, prompt, spec, token_budget=token_budget, **options)
 
@@ -239,7 +144,7 @@ def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens:
                     num_chains=num_chains, num_draws=len(wall), num_warmup=num_warmup, seed=seed,
                     token_budget=token_budget,
                     prompt_tokens=_prompt_setting(kernel.target.sequence))
-    settings |= _spec_settings(spec, getattr(kernel, "cut", None))
+    settings |= spec.recorded_settings(getattr(kernel, "cut", None))
     return Run(
         settings=settings,
         tokens=np.stack(tokens, axis=1),
@@ -250,28 +155,12 @@ def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens:
     )
 
 
-def _spec_settings(spec: SamplerSpec, cut) -> dict:
-    """The sampler's own settings, as a run records them."""
-    settings = dict(preset=spec.name if spec.name in PRESETS else None, top_k=spec.top_k)
-    if cut is not None:
-        settings["cut"] = repr(cut)
-    if spec.name in BLOCKWISE_SAMPLERS:
-        settings |= dict(block_size=spec.block_size, num_mcmc_steps=spec.num_mcmc_steps)
-    if spec.name == "power-smc":
-        settings |= dict(num_particles=spec.num_particles, smc_block_size=spec.smc_block_size)
-    if spec.name == "tmc":
-        settings |= dict(num_candidates=spec.num_candidates, num_rollouts=spec.num_rollouts, horizon=spec.horizon)
-    if spec.name == "best-of-n":
-        settings |= dict(token_budget_per_draw=spec.token_budget)
-    return settings
-
-
 def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_draws: int, problem_names=None):
     """The work of a run: one item per (prompt, chain), or per (prompt, chain, draw) for a
-    `FRESH_DRAW_SAMPLERS` sampler, whose draws are separate one-draw chains. Keys come from
+    sampler with fresh draws, whose draws are separate one-draw chains. Keys come from
     (seed, sampler, problem, chain): a problem's name when given (a task's problem id), else its
     index."""
-    per_chain = max(1, num_draws) if spec.name in FRESH_DRAW_SAMPLERS else 1
+    per_chain = max(1, num_draws) if spec.sampler.fresh_draws else 1
     names = problem_names or range(len(prompts))
     return [WorkItem(tuple(prompt), chain_key(seed, spec.name, name, chain * per_chain + unit), (index, chain, unit))
             for index, (name, prompt) in enumerate(zip(names, prompts))
@@ -298,7 +187,7 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     prompt_block = prompt_block or max(len(p) for p in prompts)
     check_fits_context(lm, prompt_block, max_new_tokens)
     lm = truncate(lm, spec.top_k)
-    independent = spec.name in FRESH_DRAW_SAMPLERS
+    independent = spec.sampler.fresh_draws
     schedule = spec.schedule(alpha, max_new_tokens, 1 if independent else num_warmup + num_draws)
     items = engine_items(prompts, spec, seed, num_chains, num_warmup + num_draws)
     width = parallel.data_parallel_width(min(check_positive_int("width", width), len(items)), mesh)
@@ -335,7 +224,7 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     settings = dict(sampler=spec.name, alpha=alpha, tau=schedule.tau, max_new_tokens=max_new_tokens,
                     num_chains=num_chains, num_draws=kept, num_warmup=num_warmup, seed=seed, token_budget=None,
                     prompt_tokens=prompts if batched else prompts[0])
-    settings |= _spec_settings(spec, None if independent else schedule.cut)
+    settings |= spec.recorded_settings(None if independent else schedule.cut)
     settings["engine"] = dict(width=engine.width, occupancy=engine.stats.occupancy, iterations=engine.stats.iterations,
                               decoded=engine.stats.decoded, saved=engine.stats.saved,
                               restored=engine.stats.restored, ran_ahead=engine.stats.ran_ahead,

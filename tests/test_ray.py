@@ -12,6 +12,7 @@ from ppl_ecmh.cli import main  # noqa: E402
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval  # noqa: E402
 from ppl_ecmh.evaluation.distributed import Unit, plan_units, run_eval_on_ray  # noqa: E402
 from ppl_ecmh.evaluation.experiment import pending_work  # noqa: E402
+from ppl_ecmh.samplers import SamplerSpec  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 needs_data = pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data is not beside the project")
@@ -52,13 +53,8 @@ def local_cluster():
 
 
 def test_units_are_the_single_process_batches():
-    """Engine samplers in chunks of the slot count; lockstep ones in the single process's batches
-    (their randomness is keyed by a batch's first problem)."""
-    class Spec:
-        def __init__(self, name):
-            self.name = name
-
-    work = [(Spec("ecmh"), 0, list("abcdefghij")), (Spec("power-smc"), 1, list("abcde"))]
+    """Engine samplers in chunks of the slot count; lockstep ones in the single process's batches."""
+    work = [(SamplerSpec("ecmh"), 0, list("abcdefghij")), (SamplerSpec("power-smc"), 1, list("abcde"))]
     units = plan_units(dataclasses.replace(settings(), batch_size=4), work)  # power-smc: 4 // 2 = 2 per batch
     assert units == [Unit("ecmh", 0, tuple("abcd")), Unit("ecmh", 0, tuple("efgh")), Unit("ecmh", 0, tuple("ij")),
                      Unit("power-smc", 1, tuple("ab")), Unit("power-smc", 1, tuple("cd")), Unit("power-smc", 1, ("e",))]

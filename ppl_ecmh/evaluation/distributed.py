@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import experiment
 from ppl_ecmh.evaluation.store import RecordStore
-from ppl_ecmh.runner import DEFAULT_WIDTH, ENGINE_SAMPLERS
+from ppl_ecmh.runner import DEFAULT_WIDTH
+from ppl_ecmh.samplers import ENGINE, get_sampler
 
 MAX_ATTEMPTS = 3  # a unit whose workers died this many times stops the run
 CONNECT_TIMEOUT_S = 10
@@ -43,7 +44,7 @@ def plan_units(settings: experiment.EvalSettings, work) -> list[Unit]:
     batches a single process runs, since their randomness is keyed by the batch."""
     units = []
     for spec, seed, pending in work:
-        size = (settings.batch_size or DEFAULT_WIDTH) if spec.name in ENGINE_SAMPLERS else \
+        size = (settings.batch_size or DEFAULT_WIDTH) if spec.sampler.runs_on == ENGINE else \
             settings.problems_per_batch(spec.name)
         units += [Unit(spec.name, seed, tuple(pending[i : i + size])) for i in range(0, len(pending), size)]
     return units
@@ -135,18 +136,18 @@ class _Driver:
         ray = self.ray
         starting = dict(self.start() for _ in range(self.count))  # actor -> its ready future
         idle, running, attempts = [], {}, {}
-        later = [(spec, seed, pending) for spec, seed, pending in work if spec.name == "best-of-n"]
-        queue = plan_units(self.settings, [w for w in work if w[0].name != "best-of-n"])
+        later = [(spec, seed, pending) for spec, seed, pending in work if spec.sampler.budgeted]
+        queue = plan_units(self.settings, [w for w in work if not w[0].sampler.budgeted])
         total = sum(len(pending) for _, _, pending in work)
         bar = tqdm(total=total, unit="problem", disable=not progress, desc=f"ray: {self.count} workers")
         settings_written = False
         while queue or running or later:
-            if not queue and not running and later:  # best-of-n matches the budgets its MH records give
+            if not queue and not running and later:  # best-of-n matches the budgets the MH records give
                 queue, later = plan_units(self.settings, later), []
             while idle and queue:
                 actor, unit = idle.pop(), queue.pop(0)
                 budget = experiment.with_budget(self.settings.spec(unit.sampler), self.store.read(), unit.seed).token_budget \
-                    if unit.sampler == "best-of-n" else None
+                    if get_sampler(unit.sampler).budgeted else None
                 running[actor.run.remote(unit, budget)] = (actor, unit)
                 if self.on_dispatch is not None:
                     self.on_dispatch(actor, unit)

@@ -1,7 +1,7 @@
 """Evaluation runs: every sampler on every problem of a task, for several seeds, graded, stored.
 
 `batch_size` is the number of rows decoded side by side. The engine samplers
-(`ppl_ecmh.runner.ENGINE_SAMPLERS`) queue one chain per pending problem into that many slots of the
+(`Sampler.runs_on` in `ppl_ecmh.samplers`) queue one chain per pending problem into that many slots of the
 continuous-batching engine; each record is graded and appended to DIR/records.jsonl as soon as its
 chain is done, while the other slots decode. Their randomness is keyed by (seed, sampler, problem
 id), so a record does not depend on the slot count, the order of the problems or on a resume.
@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import platform
 import sys
@@ -34,17 +33,14 @@ from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore, replace_atomically
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.runner import (BLOCKWISE_SAMPLERS, DEFAULT_WIDTH, ENGINE_SAMPLERS, INDEPENDENT_SAMPLERS, SamplerSpec,
-                             engine_items, fitted_width, run_sampler)
+from ppl_ecmh.runner import DEFAULT_WIDTH, engine_items, fitted_width, run_sampler
+from ppl_ecmh.samplers import BUDGET_SOURCES, ENGINE, SamplerSpec, get_sampler
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 
 RECORDS, SETTINGS, LOCK = "records.jsonl", "settings.json", ".lock"
 # may differ on a resume: how fast records come, and where the settings came from, not the records' law
 UNCOMPARED_SETTINGS = ("batch_size", "recipe", "overrides")
-ONE_DRAW_SAMPLERS = ("power-smc", "tmc", "best-of-n")  # one draw is the whole method
-# the suffix-resampling MH samplers; without a budget, best-of-n matches the first one present
-MH_SAMPLERS = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +96,12 @@ class EvalSettings:
     def problems_per_batch(self, sampler: str) -> int:
         """Problems a lockstep batch holds: as many as fit `batch_size` rows, with Power-SMC's
         particles and TMC's look-ahead rollouts each a row of their problem."""
-        rows = {"power-smc": self.num_particles, "tmc": self.tmc_candidates * self.tmc_rollouts}.get(sampler, 1)
-        return max(1, (self.batch_size or DEFAULT_WIDTH) // rows)
+        return max(1, (self.batch_size or DEFAULT_WIDTH) // get_sampler(sampler).rows(self.spec(sampler)))
 
     def num_draws(self, sampler: str) -> int:
         """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
         its presets: one draw per block, the published schedule."""
-        if sampler in INDEPENDENT_SAMPLERS:
-            return 0
-        if sampler in ONE_DRAW_SAMPLERS:
-            return 1
-        if sampler in BLOCKWISE_SAMPLERS:
-            return math.ceil(self.max_new_tokens / self.block_size)
-        return self.mh_steps
+        return get_sampler(sampler).draws_in_eval(self.max_new_tokens, self.mh_steps, self.block_size)
 
 
 def open_results(out_dir, settings: EvalSettings) -> RecordStore:
@@ -270,7 +259,7 @@ def run_unit(prepared: Prepared, spec: SamplerSpec, seed: int, problem_ids: Sequ
     pending = [prepared.problems[i] for i in problem_ids]
     settings, p = prepared.settings, prepared
     bar.set_description(f"{spec.name} seed {seed}")
-    if spec.name in ENGINE_SAMPLERS:
+    if spec.sampler.runs_on == ENGINE:
         _run_on_engine(settings, spec, seed, pending, p.prompts, p.prompt_block, p.model, p.task, p.machine, sink, bar,
                        p.mesh)
         return
@@ -290,8 +279,8 @@ def pending_work(specs, seeds, problems, done) -> list[tuple[SamplerSpec, int, l
 
 
 def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpec:
-    """Best-of-N without a budget takes the one its MH records give (`matched_budget`)."""
-    if spec.name == "best-of-n" and spec.token_budget is None:
+    """A budgeted sampler (best-of-N) without a budget takes the one its MH records give (`matched_budget`)."""
+    if spec.sampler.budgeted and spec.token_budget is None:
         return dataclasses.replace(spec, token_budget=matched_budget(records, seed))
     return spec
 
@@ -308,12 +297,12 @@ def _run_missing(settings, work, task, problems, out, store, progress, model, me
 
 def matched_budget(records: list[dict], seed: int) -> int:
     """Best-of-N's budget per problem: the mean tokens per problem of the first MH sampler in
-    MH_SAMPLERS with records for `seed` (so list best-of-n after the sampler it matches)."""
-    for sampler in MH_SAMPLERS:
+    BUDGET_SOURCES with records for `seed` (so list best-of-n after the sampler it matches)."""
+    for sampler in BUDGET_SOURCES:
         tokens = [r["tokens_generated"] for r in records if r["sampler"] == sampler and r["seed"] == seed]
         if tokens:
             return max(1, round(sum(tokens) / len(tokens)))
-    raise PplEcmhError(f"best-of-n: no records of {', '.join(MH_SAMPLERS)} for seed {seed} to match its "
+    raise PplEcmhError(f"best-of-n: no records of {', '.join(BUDGET_SOURCES)} for seed {seed} to match its "
                        "budget to; list best-of-n after one of them, or give --bon-budget")
 
 
@@ -367,7 +356,7 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
             completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
             acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
             mh_suffix_tokens=(int(run.stats["new_suffix_length"][0, :, column].sum())
-                              if spec.name in MH_SAMPLERS else None),
+                              if spec.sampler.mh else None),
             num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / per_batch, batch_wall_time_s=seconds,
             batch_size=len(batch), token_budget=spec.token_budget, machine=machine,
         ))
@@ -394,7 +383,7 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
             reference=problem.answer if settings.task != "humaneval" else None,
             tokens_generated=int(result.steps["new_suffix_length"].sum()), completion_length=length,
             alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
-            mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.name in MH_SAMPLERS else None,
+            mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.sampler.mh else None,
             num_draws=schedule.num_draws, wall_time_s=result.seconds, batch_wall_time_s=None,
             batch_size=engine.width, token_budget=spec.token_budget, machine=machine,
             engine=dict(width=engine.width, occupancy=round(engine.stats.occupancy, 4)),

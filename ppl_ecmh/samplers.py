@@ -1,0 +1,187 @@
+"""Every sampler by name: one record each, saying how it runs, what its draws are, which options it
+reads and how to build its engine schedule and its NumPyro kernel. The runner, the evaluation, the
+Ray driver and the command line read these records; nothing else decides by a sampler's name
+(`tests/test_samplers_registry.py` holds the code to that).
+
+A record describes; `SamplerSpec` is a sampler with its option values, the unit the rest of the
+library passes around.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from ppl_ecmh import kernels
+from ppl_ecmh.blockwise import num_blocks
+from ppl_ecmh.cuts import Uniform, get_cut
+from ppl_ecmh.engine import Schedule
+from ppl_ecmh.target import power_model
+from ppl_ecmh.validation import check_positive_int, check_tau
+
+ENGINE, POPULATION = "engine", "population"  # how a sampler runs: chains on the engine, or a population in lockstep
+INITIAL, MARKOV, ONE = "initial", "markov", "one"  # what its draws are, in an evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    name: str
+    runs_on: str  # ENGINE: one chain per work item on the engine; POPULATION: rows of a problem in lockstep
+    draws: str  # INITIAL: the initial completion; MARKOV: a chain's states; ONE: one draw is the method
+    summary: str  # what one of its draws is, for help texts
+    options: tuple[str, ...] = ()  # the SamplerSpec fields it reads beyond tau and top_k
+    preset: tuple[tuple[str, object], ...] = ()  # fields it fixes (a published recipe)
+    fresh_draws: bool = False  # its draws are independent: on the engine, each draw is a chain of its own
+    blockwise: bool = False  # the block-wise schedule: a draw per block, the stages before the last warmup
+    mh: bool = False  # resamples suffixes with MH: records what its proposals decoded after the cut
+    schedule: Callable | None = None  # (spec, alpha, max_new_tokens, num_draws) -> engine.Schedule
+    kernel: Callable = None  # (spec, model) -> a NumPyro MCMCKernel
+    rows: Callable = lambda spec: 1  # rows of a lockstep batch one problem takes
+
+    @property
+    def budgeted(self) -> bool:
+        """Spends a token budget, by default what an MH sampler's records spent (BUDGET_SOURCES)."""
+        return "token_budget" in self.options
+
+    def draws_in_eval(self, max_new_tokens: int, mh_steps: int, block_size: int) -> int:
+        """Draws an evaluation runs: none past the initial completion, one, one per block, or
+        `mh_steps` MH steps."""
+        if self.draws == INITIAL:
+            return 0
+        if self.draws == ONE:
+            return 1
+        return math.ceil(max_new_tokens / block_size) if self.blockwise else mh_steps
+
+
+def _proposal_tau(spec, alpha):
+    return check_tau(spec.tau, alpha)
+
+
+def _blockwise_schedule(spec, alpha, max_new_tokens, num_draws):
+    return Schedule.blockwise(max_new_tokens, spec.block_size, spec.num_mcmc_steps, cut=spec.make_cut(), alpha=alpha,
+                              tau=_proposal_tau(spec, alpha), num_stages=num_draws)
+
+
+def _blockwise_kernel(spec, model):
+    return kernels.BlockwiseMH(model, cut=spec.make_cut(), block_size=spec.block_size,
+                               num_mcmc_steps=spec.num_mcmc_steps, tau=spec.tau)
+
+
+def _suffix_mh_schedule(spec, alpha, max_new_tokens, num_draws):
+    return Schedule.suffix_mh(max_new_tokens, num_draws, cut=spec.make_cut(), alpha=alpha, tau=_proposal_tau(spec, alpha))
+
+
+BLOCKWISE_OPTIONS = ("cut", "cut_params", "block_size", "num_mcmc_steps")
+_blockwise = dict(runs_on=ENGINE, draws=MARKOV, options=BLOCKWISE_OPTIONS, blockwise=True, mh=True,
+                  schedule=_blockwise_schedule, kernel=_blockwise_kernel)
+
+REGISTRY = {sampler.name: sampler for sampler in [
+    Sampler("ancestral", ENGINE, INITIAL, "one completion at temperature 1", fresh_draws=True,
+            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=1.0),
+            kernel=lambda spec, model: kernels.AncestralSampler(model)),
+    Sampler("low-temp", ENGINE, INITIAL, "one completion at temperature tau = 1/alpha", fresh_draws=True,
+            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=_proposal_tau(spec, alpha)),
+            kernel=lambda spec, model: kernels.LowTemperatureSampler(model, tau=spec.tau)),
+    Sampler("random-cut", ENGINE, MARKOV, "suffix MH with a uniform cut", mh=True, schedule=_suffix_mh_schedule,
+            kernel=lambda spec, model: kernels.RandomCutMH(model, tau=spec.tau)),
+    Sampler("entropy-cut", ENGINE, MARKOV, "suffix MH with an entropy cut", options=("cut", "cut_params"), mh=True,
+            schedule=_suffix_mh_schedule,
+            kernel=lambda spec, model: kernels.EntropyCutMH(model, cut=spec.make_cut(), tau=spec.tau)),
+    Sampler("blockwise", summary="the block-wise schedule: a block of tokens, then MH steps, per block", **_blockwise),
+    # Published recipes (DESIGN section 3): the block-wise schedule with the random cut of Karan &
+    # Du, or the entropy-jump cut of ECMH (beta = 4); the schedule's defaults are the published ones.
+    Sampler("karan-du", summary="preset: the block-wise schedule with Karan & Du's uniform cut",
+            preset=(("cut", "uniform"), ("cut_params", ())), **_blockwise),
+    Sampler("ecmh", summary="preset: the block-wise schedule with ECMH's entropy-jump cut (beta = 4)",
+            preset=(("cut", "entropy_jump"), ("cut_params", (("power", 4.0),))), **_blockwise),
+    Sampler("power-smc", POPULATION, ONE, "one particle of a Power-SMC run", options=("num_particles", "smc_block_size"),
+            kernel=lambda spec, model: kernels.PowerSMC(model, num_particles=spec.num_particles,
+                                                        block_size=spec.smc_block_size, tau=spec.tau),
+            rows=lambda spec: spec.num_particles),
+    Sampler("tmc", POPULATION, ONE, "scalable power sampling: candidates scored by look-ahead rollouts",
+            options=("num_candidates", "num_rollouts", "horizon"),
+            kernel=lambda spec, model: kernels.ScalablePowerSampler(model, num_candidates=spec.num_candidates,
+                                                                    num_rollouts=spec.num_rollouts,
+                                                                    horizon=spec.horizon, tau=spec.tau),
+            rows=lambda spec: spec.num_candidates * spec.num_rollouts),
+    Sampler("best-of-n", ENGINE, ONE, "the likeliest of ancestral draws that fit a token budget",
+            options=("token_budget",), fresh_draws=True,
+            schedule=lambda spec, alpha, T, n: Schedule.best_of_n(T, spec.checked_budget(), alpha=alpha,
+                                                                  tau=1.0 if spec.tau is None else spec.tau),
+            kernel=lambda spec, model: kernels.BestOfN(model, spec.checked_budget(),
+                                                       tau=1.0 if spec.tau is None else spec.tau)),
+]}
+SAMPLERS = tuple(REGISTRY)
+# Without a budget, best-of-n spends what the first of these with records spent per problem.
+BUDGET_SOURCES = ("ecmh", "entropy-cut", "karan-du", "random-cut", "blockwise")
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in REGISTRY:
+        raise ValueError(f"sampler: unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return REGISTRY[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`). A
+    preset fixes its cut. `top_k` truncates target and proposal alike (`ppl_ecmh.lm.truncation`);
+    None, the default, is the exact, untruncated target."""
+
+    name: str
+    tau: float | None = None
+    cut: str = "mixture"  # EntropyCutMH's default: 10% uniform mixed into the published entropy jump
+    cut_params: tuple[tuple[str, float], ...] = ()
+    block_size: int = 192
+    num_mcmc_steps: int = 10
+    top_k: int | None = None
+    num_particles: int = 16  # power-smc
+    smc_block_size: int = 1  # power-smc: tokens per SMC step
+    token_budget: int | None = None  # best-of-n: tokens per draw and chain (match it to an MH run's cost)
+    num_candidates: int = 4  # tmc: likeliest next tokens considered per step
+    num_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
+    horizon: int = 8  # tmc: tokens per look-ahead rollout
+
+    def __post_init__(self):
+        for field, value in get_sampler(self.name).preset:
+            object.__setattr__(self, field, value)
+        if self.top_k is not None:
+            check_positive_int("top_k", self.top_k)
+
+    @property
+    def sampler(self) -> Sampler:
+        return REGISTRY[self.name]
+
+    def schedule(self, alpha: float, max_new_tokens: int, num_draws: int) -> Schedule:
+        """The engine's description of one chain with `num_draws` draws (warmup included); the
+        chain of a sampler with fresh draws is one draw (its draws are separate chains)."""
+        return self.sampler.schedule(self, alpha, max_new_tokens, num_draws)
+
+    def default_warmup(self, max_new_tokens: int) -> int:
+        """Draws discarded by default: for a block-wise sampler its stages before the last, whose
+        draws are shorter completions of intermediate targets, not draws of pi_alpha."""
+        return num_blocks(max_new_tokens, self.block_size) - 1 if self.sampler.blockwise else 0
+
+    def make_cut(self):
+        return get_cut(self.cut, **dict(self.cut_params)) if "cut" in self.sampler.options else Uniform()
+
+    def checked_budget(self) -> int:
+        if self.token_budget is None:
+            raise ValueError(f"token_budget: {self.name} needs a token budget per draw (match an MH run's tokens)")
+        return check_positive_int("token_budget", self.token_budget)
+
+    def make_kernel(self, model=power_model):
+        return self.sampler.kernel(self, model)
+
+    def recorded_settings(self, cut) -> dict:
+        """The sampler's own settings, as a run records them: its preset, top_k, the cut it used
+        and the options it reads (best-of-n's budget as `token_budget_per_draw`)."""
+        sampler = self.sampler
+        settings = dict(preset=self.name if sampler.preset else None, top_k=self.top_k)
+        if cut is not None:
+            settings["cut"] = repr(cut)
+        names = {"token_budget": "token_budget_per_draw"}
+        settings |= {names.get(option, option): getattr(self, option) for option in sampler.options
+                     if option not in ("cut", "cut_params")}
+        return settings
