@@ -26,6 +26,7 @@ from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.engine.slots import thinned_steps
 from ppl_ecmh.lm.generation import (
     completion_tokens,
+    per_row,
     prefill,
     sequence_log_prob,
     within_completion,
@@ -48,21 +49,23 @@ class SequenceKernelState(NamedTuple):
     stage: jax.Array  # block-wise: number of blocks grown so far
     sampler: mh.SuffixMHState  # batched over chains
     lm: Any
-    rng_key: jax.Array
+    rng_key: jax.Array  # per chain; per row (chain, prompt) for a kernel keyed by work
     extra: dict  # sampler-specific per-draw statistics (Power-SMC: ESS per step, particle weights)
-
-
-def _is_batched_key(rng_key) -> bool:
-    typed = jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
-    return jnp.ndim(rng_key) == (1 if typed else 2)
 
 
 class _SequenceKernel(MCMCKernel):
     """Shared adapter: subclasses define `_start` (initial sampler state) and `_advance` (one draw:
     new sampler state, SuffixMHInfo, stage, and a dict of extra statistics whose structure
-    `_no_extra` gives for the initial state)."""
+    `_no_extra` gives for the initial state).
+
+    One key drives a batched step, and rows draw independent noise from it, except in a kernel
+    `keyed_by_work`: there every row (chain, prompt) has its own key, folded from its chain's key
+    and its prompt's work id, and `_advance` gets a key per row, so a prompt's draws do not depend
+    on the other prompts of its batch (an evaluation's records then survive another batch size,
+    or a resume)."""
 
     sample_field = "z"
+    keyed_by_work = False
 
     def __init__(self, model, tau=None):
         self._model = model
@@ -106,7 +109,7 @@ class _SequenceKernel(MCMCKernel):
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         self._target = find_power_target(self._model, model_args, model_kwargs)
         self.tau  # validate now, with a message naming the parameter
-        self._batched = _is_batched_key(rng_key)
+        self._batched = per_row(rng_key)
         keys = rng_key if self._batched else rng_key[None]
         sequence = self._target.sequence
         seqs = sequence.empty_sequences(keys.shape[0])
@@ -125,6 +128,9 @@ class _SequenceKernel(MCMCKernel):
             num_generated=sampler.seqs.length,
             log_target=self._target.alpha * sequence_log_prob(sampler.seqs),
         )
+        if self.keyed_by_work:
+            work = jnp.asarray(sequence.work_ids * keys.shape[0], jnp.uint32)  # rows are chain-major
+            rng_key = jax.vmap(jax.random.fold_in)(jnp.repeat(keys, len(sequence.work_ids), axis=0), work)
         return self._state(sampler, info, jnp.zeros(rows, jnp.int32), self._target.lm, rng_key, self._no_extra(rows))
 
     def _state(self, sampler, info, stage, lm, rng_key, extra) -> SequenceKernelState:
@@ -151,10 +157,10 @@ class _SequenceKernel(MCMCKernel):
         )
 
     def sample(self, state: SequenceKernelState, model_args, model_kwargs):
-        keys = state.rng_key if self._batched else state.rng_key[None]
+        keys = state.rng_key if self._batched or self.keyed_by_work else state.rng_key[None]
         pairs = jax.vmap(jax.random.split)(keys)
-        step_key = pairs[0, 1]  # one key drives the batched sampler; rows draw independent noise
-        new_keys = pairs[:, 0] if self._batched else pairs[0, 0]
+        step_key = pairs[:, 1] if self.keyed_by_work else pairs[0, 1]
+        new_keys = pairs[:, 0] if self._batched or self.keyed_by_work else pairs[0, 0]
         stage = self._to_rows(state.stage)
         sampler, info, stage, extra = self._advance(step_key, state.sampler, state.lm, stage)
         return self._state(sampler, info, stage, state.lm, new_keys, extra)
@@ -285,7 +291,9 @@ class PowerSMC(_SequenceKernel):
     chain with the tau = 1/alpha proposal and returns one particle picked by weight. Draws are
     independent; `num_generated` counts the tokens of all particles. Extra statistics per draw:
     `smc_ess` [steps] (ESS after each step), `smc_log_weights` [num_particles] (final, normalized)
-    and `smc_resamples` (how many times the system was resampled)."""
+    and `smc_resamples` (how many times the system was resampled). Keyed by work."""
+
+    keyed_by_work = True
 
     def __init__(self, model, num_particles=16, block_size=1, ess_threshold=0.5, tau=None):
         super().__init__(model, tau)
@@ -305,16 +313,17 @@ class PowerSMC(_SequenceKernel):
         return {"smc_ess": jnp.zeros((rows, self._steps())), "smc_resamples": jnp.zeros(rows, jnp.int32),
                 "smc_log_weights": jnp.full((rows, self.num_particles), -jnp.log(self.num_particles))}
 
-    def _advance(self, rng_key, state, lm, stage):
+    def _advance(self, row_keys, state, lm, stage):
         rows, n = stage.shape[0], self.num_particles
-        run_key, draw_key = jax.random.split(rng_key)
+        pairs = jax.vmap(jax.random.split)(row_keys)
+        run_keys, draw_keys = pairs[:, 0], pairs[:, 1]
         repeat = lambda leaf: jnp.repeat(leaf, n, axis=0)
         particles = mh.SuffixMHState(jax.tree.map(repeat, state.seqs)._replace(length=jnp.zeros(rows * n, jnp.int32)),
                                      jax.tree.map(repeat, state.cache))
-        system, info = smc.power_smc(run_key, particles, lm, num_particles=n, alpha=self._target.alpha, tau=self.tau,
+        system, info = smc.power_smc(run_keys, particles, lm, num_particles=n, alpha=self._target.alpha, tau=self.tau,
                                      limit=repeat(self._limit(rows)), block_size=self.block_size,
                                      ess_threshold=self.ess_threshold)
-        chosen = jax.tree.map(lambda leaf: leaf[smc.draw(draw_key, system, n)], system.particles)
+        chosen = jax.tree.map(lambda leaf: leaf[smc.draw(draw_keys, system, n)], system.particles)
         ones = jnp.ones(rows)
         step_info = mh.SuffixMHInfo(
             accepted=ones, accept_prob=ones, cut=jnp.zeros(rows, jnp.int32), old_suffix_length=state.seqs.length,
@@ -353,7 +362,9 @@ class BestOfN(_SequenceKernel):
 class ScalablePowerSampler(_SequenceKernel):
     """Scalable power sampling ("TMC", `ppl_ecmh.tmc`): every draw generates a fresh completion
     token by token from the candidates' p^alpha times look-ahead estimates of their futures'
-    mass. Draws are independent; `num_generated` counts the look-ahead rollouts too."""
+    mass. Draws are independent; `num_generated` counts the look-ahead rollouts too. Keyed by work."""
+
+    keyed_by_work = True
 
     def __init__(self, model, num_candidates=4, num_rollouts=4, horizon=8, jackknife=True, tau=None):
         super().__init__(model, tau)
@@ -365,10 +376,10 @@ class ScalablePowerSampler(_SequenceKernel):
     def _start(self, rng_key, seqs, lm):
         return mh.SuffixMHState(seqs, prefill(lm, seqs))
 
-    def _advance(self, rng_key, state, lm, stage):
+    def _advance(self, row_keys, state, lm, stage):
         rows = stage.shape[0]
         empty = state._replace(seqs=state.seqs._replace(length=jnp.zeros(rows, jnp.int32)))
-        new, info = tmc.tmc_sample(rng_key, empty, lm, alpha=self._target.alpha, tau=self.tau, limit=self._limit(rows),
+        new, info = tmc.tmc_sample(row_keys, empty, lm, alpha=self._target.alpha, tau=self.tau, limit=self._limit(rows),
                                    num_candidates=self.num_candidates, num_rollouts=self.num_rollouts,
                                    horizon=self.horizon, jackknife=self.jackknife)
         ones = jnp.ones(rows)

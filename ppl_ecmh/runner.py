@@ -70,7 +70,7 @@ class Run:
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
                 max_new_tokens: int, num_chains: int = 4, num_draws: int = 10, num_warmup: int | None = None, seed: int = 0,
                 token_budget: int | None = None, prompt_block: int | None = None, progress: bool = True,
-                description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None) -> Run:
+                description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None, work_ids=None) -> Run:
     """Warmup then up to `num_draws` kept draws per chain; with `token_budget`, stop after the first
     kept draw at which all chains together have decoded at least that many tokens (warmup and the
     initial draw included), so samplers can be compared at equal cost. `num_draws=0` (no warmup)
@@ -80,7 +80,8 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
     runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
     samplers (`Sampler.runs_on`, without a token budget) run their chains in `width` slots, split
-    over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device."""
+    over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device, keyed by
+    `work_ids` (one per prompt; see `LanguageModelSequence`) where their kernel is keyed by work."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws, minimum=0)
@@ -96,12 +97,13 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
                    description=description)
     if spec.sampler.runs_on == ENGINE and token_budget is None:
         return run_on_engine(lm, prompt, spec, width=width, mesh=mesh, **options)
-    return run_lockstep(lm, prompt, spec, token_budget=token_budget, **options)
+    return run_lockstep(lm, prompt, spec, token_budget=token_budget, work_ids=work_ids, **options)
 
 
 def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
                  num_draws: int, num_warmup: int, seed: int, token_budget: int | None = None,
-                 prompt_block: int | None = None, progress: bool = True, description: str | None = None) -> Run:
+                 prompt_block: int | None = None, progress: bool = True, description: str | None = None,
+                 work_ids=None) -> Run:
     """`run_sampler` through the NumPyro kernel: every chain and prompt a row of one batch, all
     rows advancing together one jitted draw at a time (a step waits for its longest proposal)."""
     kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
@@ -109,7 +111,7 @@ def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens:
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     tick = time.perf_counter()
     state = kernel.init(keys, num_warmup, None, (lm, prompt),
-                        dict(alpha=alpha, max_new_tokens=max_new_tokens, prompt_block=prompt_block))
+                        dict(alpha=alpha, max_new_tokens=max_new_tokens, prompt_block=prompt_block, work_ids=work_ids))
     initial = np.asarray(state.num_generated)
     tokens, entropy, stats, wall = [], [], {f: [] for f in STAT_FIELDS}, []
 

@@ -7,6 +7,9 @@ that have ended). When a group's effective sample size falls below `ess_threshol
 is resampled systematically (tokens, statistics and KV cache copied from the ancestors) and its
 weights reset. The weighted particles estimate pi_alpha; `draw` returns one particle per group
 picked by weight. Rows are group-major: particle j of group g is row g * N + j.
+
+Randomness is per group: each group has a key of its own, and a group's particles, resampling and
+draw come from it alone, so a group's result does not depend on which groups run beside it.
 """
 
 from __future__ import annotations
@@ -44,32 +47,40 @@ def effective_sample_size(log_weights: jax.Array) -> jax.Array:
     return 1.0 / jnp.sum(weights**2, axis=-1)
 
 
-def systematic_resample(rng_key, log_weights: jax.Array) -> jax.Array:
-    """Ancestor indices [G, N] (within each group) by systematic resampling of weights [G, N]."""
+def systematic_resample(keys, log_weights: jax.Array) -> jax.Array:
+    """Ancestor indices [G, N] (within each group) by systematic resampling of weights [G, N],
+    one key per group [G]."""
     groups, n = log_weights.shape
     cumulative = jnp.cumsum(jax.nn.softmax(log_weights, axis=-1), axis=-1)
-    points = (jax.random.uniform(rng_key, (groups, 1)) + jnp.arange(n)[None, :]) / n
+    points = (jax.vmap(jax.random.uniform)(keys)[:, None] + jnp.arange(n)[None, :]) / n
     indices = jax.vmap(jnp.searchsorted)(cumulative, points)
     return jnp.minimum(indices, n - 1)
 
 
-def power_smc(rng_key, particles: SuffixMHState, lm, *, num_particles: int, alpha, tau, limit,
+def particle_keys(keys, num_particles: int):
+    """A key per particle [G * N] from a key per group [G] (group-major rows)."""
+    per_group = jax.vmap(lambda key: jax.random.split(key, num_particles))(keys)
+    return per_group.reshape((-1,) + per_group.shape[2:])
+
+
+def power_smc(keys, particles: SuffixMHState, lm, *, num_particles: int, alpha, tau, limit,
               block_size: int = 1, ess_threshold: float = 0.5,
               increment: Callable = power_increment) -> tuple[SMCState, SMCInfo]:
     """Run SMC from `particles` (prompts cached, empty completions) until every particle has ended
-    (EOS or `limit` [G * N] tokens). `increment` is the weight update, replaceable only to test
-    that a wrong one is detected."""
+    (EOS or `limit` [G * N] tokens), with a key per group [G]. `increment` is the weight update,
+    replaceable only to test that a wrong one is detected."""
     rows = particles.seqs.length.shape[0]
     groups = rows // num_particles
     steps = math.ceil(particles.seqs.max_new_tokens / block_size)
 
-    def step(carry, key):
+    def step(carry, index):
         state, log_weights, generated = carry
-        extend_key, resample_key = jax.random.split(key)
+        pairs = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, index)))(keys)
+        extend_keys, resample_keys = particle_keys(pairs[:, 0], num_particles), pairs[:, 1]
         seqs = state.seqs
         running = ~ends_with_eos(lm, seqs) & (seqs.length < limit)
         target = jnp.where(running, jnp.minimum(seqs.length + block_size, limit), seqs.length)
-        grown, cache = extend(lm, extend_key, seqs, state.cache, seqs.length, target, tau)
+        grown, cache = extend(lm, extend_keys, seqs, state.cache, seqs.length, target, tau)
         added = (span_sum(grown.logp, seqs.length, grown.length), span_sum(grown.logq, seqs.length, grown.length))
         log_weights = log_weights + jnp.where(running, increment(alpha, *added), 0.0)
         generated = generated + (grown.length - seqs.length).reshape(groups, num_particles).sum(axis=1)
@@ -80,7 +91,7 @@ def power_smc(rng_key, particles: SuffixMHState, lm, *, num_particles: int, alph
 
         def resampled(operands):
             state, grouped = operands
-            ancestors = systematic_resample(resample_key, grouped)
+            ancestors = systematic_resample(resample_keys, grouped)
             ancestors = jnp.where(resample[:, None], ancestors, jnp.arange(num_particles)[None, :])
             rows_from = (ancestors + num_particles * jnp.arange(groups)[:, None]).reshape(-1)
             return jax.tree.map(lambda leaf: leaf[rows_from], state), jnp.where(resample[:, None], 0.0, grouped)
@@ -89,12 +100,13 @@ def power_smc(rng_key, particles: SuffixMHState, lm, *, num_particles: int, alph
         return (state, grouped.reshape(-1), generated), (ess, resample)
 
     start = (particles, jnp.zeros(rows), jnp.zeros(groups, jnp.int32))
-    (state, log_weights, generated), (ess, resampled) = jax.lax.scan(step, start, jax.random.split(rng_key, steps))
+    (state, log_weights, generated), (ess, resampled) = jax.lax.scan(step, start, jnp.arange(steps))
     return SMCState(state, log_weights), SMCInfo(ess, resampled, generated)
 
 
-def draw(rng_key, state: SMCState, num_particles: int) -> jax.Array:
-    """One particle per group, picked with probability proportional to its weight: row indices [G]."""
+def draw(keys, state: SMCState, num_particles: int) -> jax.Array:
+    """One particle per group, picked with probability proportional to its weight, with a key per
+    group [G]: row indices [G]."""
     grouped = state.log_weights.reshape(-1, num_particles)
-    picks = jax.random.categorical(rng_key, grouped, axis=-1)
+    picks = jax.vmap(jax.random.categorical)(keys, grouped)
     return picks + num_particles * jnp.arange(grouped.shape[0])

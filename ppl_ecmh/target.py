@@ -47,17 +47,22 @@ class LanguageModelSequence(Distribution):
     or max_new_tokens), log_prob = log p(x | prompt). Values are [..., max_new_tokens] token arrays
     padded with EOS after the first EOS, or with UNFINISHED (-1) after a completion that stopped
     short without EOS (a block-wise stage draw), which log_prob scores as that prefix. A batch of prompts (independent problems, as in an
-    evaluation) gives batch_shape (num_prompts,)."""
+    evaluation) gives batch_shape (num_prompts,). `work_ids`, one integer per prompt (default: its
+    index), name the prompts to the samplers whose randomness is keyed by work (Power-SMC, TMC):
+    a prompt's draws then depend on its id, not on its place in the batch."""
 
     support = constraints.integer_greater_than(UNFINISHED - 1)  # token ids, or UNFINISHED padding
     is_discrete = True
     pytree_data_fields = ("lm",)
-    pytree_aux_fields = ("prompts", "max_new_tokens", "prompt_block")
+    pytree_aux_fields = ("prompts", "max_new_tokens", "prompt_block", "work_ids")
 
     def __init__(self, lm, prompt: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int,
-                 prompt_block: int | None = None, validate_args=None):
+                 prompt_block: int | None = None, work_ids: Sequence[int] | None = None, validate_args=None):
         self.lm = lm
         self.prompts, batched = _prompt_batch(prompt)
+        self.work_ids = tuple(range(len(self.prompts))) if work_ids is None else tuple(int(i) for i in work_ids)
+        if len(self.work_ids) != len(self.prompts):
+            raise ValueError(f"work_ids: {len(self.work_ids)} ids for {len(self.prompts)} prompts")
         self.max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
         self.prompt_block = prompt_block  # padded prompt width (see `new_sequences`); None: the longest prompt
         check_fits_context(lm, max([len(p) for p in self.prompts] + [prompt_block or 0]), self.max_new_tokens)
@@ -100,11 +105,12 @@ def sharpen(name: str, sequence: LanguageModelSequence, x, alpha: float) -> None
 
 
 def power_model(lm, prompt: Sequence[int], alpha: float = 4.0, max_new_tokens: int = 256,
-                prompt_block: int | None = None):
+                prompt_block: int | None = None, work_ids: Sequence[int] | None = None):
     """The NumPyro model of pi_alpha(x | prompt): one sequence site `x` and the sharpening factor.
     `prompt` may be a batch of prompts (independent problems); `prompt_block` fixes the padded
-    prompt width so that batches of different prompts share compiled programs."""
-    sequence = LanguageModelSequence(lm, prompt, max_new_tokens, prompt_block)
+    prompt width so that batches of different prompts share compiled programs; `work_ids` name
+    the prompts (see `LanguageModelSequence`)."""
+    sequence = LanguageModelSequence(lm, prompt, max_new_tokens, prompt_block, work_ids)
     x = numpyro.sample("x", sequence)
     sharpen("sharpen", sequence, x, alpha)
 

@@ -50,19 +50,21 @@ class TMCInfo(NamedTuple):
     num_generated: jax.Array  # [B] tokens decoded, look-ahead rollouts included
 
 
-def tmc_sample(rng_key, state: SuffixMHState, lm, *, alpha, tau, limit, num_candidates: int, num_rollouts: int,
+def tmc_sample(keys, state: SuffixMHState, lm, *, alpha, tau, limit, num_candidates: int, num_rollouts: int,
                horizon: int, jackknife: bool = True) -> tuple[SuffixMHState, TMCInfo]:
     """Generate every row's completion from its prompt (`state` from `prefill`, empty completions)
-    token by token until EOS or `limit`. The recorded log q of a token is the log probability with
-    which it was actually chosen."""
+    token by token until EOS or `limit`, with a key per row [B] (a row's completion depends on its
+    key alone). The recorded log q of a token is the log probability with which it was actually
+    chosen."""
     seqs = state.seqs
     rows = seqs.length.shape[0]
     fan_out = num_candidates * num_rollouts
     row_index = jnp.arange(rows)
 
     def body(carry):
-        key, seqs, cache, generated = carry
-        key, rollout_key, choice_key = jax.random.split(key, 3)
+        keys, seqs, cache, generated = carry
+        triples = jax.vmap(lambda key: jax.random.split(key, 3))(keys)
+        keys, rollout_keys, choice_keys = triples[:, 0], triples[:, 1], triples[:, 2]
         running = ~ends_with_eos(lm, seqs) & (seqs.length < limit)
         last = seqs.prompt_length + seqs.length - 1  # the last prompt token when nothing is generated yet
         logits, cache = lm.forward(cache, seqs.tokens[row_index, last][:, None], last[:, None])
@@ -79,12 +81,14 @@ def tmc_sample(rng_key, state: SuffixMHState, lm, *, alpha, tau, limit, num_cand
             length=futures.length + 1)
         done = is_eos(lm, candidate) | (futures.length >= repeat(limit)) | ~repeat(running)
         stop = jnp.where(done, futures.length, jnp.minimum(futures.length + horizon, repeat(limit)))
-        futures, _ = extend(lm, rollout_key, futures, jax.tree.map(repeat, cache), futures.length, stop, tau)
+        future_keys = jax.vmap(lambda key: jax.random.split(key, fan_out))(rollout_keys)
+        future_keys = future_keys.reshape((rows * fan_out,) + future_keys.shape[2:])
+        futures, _ = extend(lm, future_keys, futures, jax.tree.map(repeat, cache), futures.length, stop, tau)
         log_zeta = (alpha * span_sum(futures.logp, repeat(seqs.length) + 1, futures.length)
                     - span_sum(futures.logq, repeat(seqs.length) + 1, futures.length))
         log_zeta = log_zeta.reshape(rows, num_candidates, num_rollouts)
         log_pi = candidate_log_probs(top_log_p, log_zeta, alpha, jackknife)
-        pick = jax.random.categorical(choice_key, log_pi)
+        pick = jax.vmap(jax.random.categorical)(choice_keys, log_pi)
         token = jnp.take_along_axis(candidates, pick[:, None], axis=1)[:, 0]
         stats = token_statistics(logits, token, tau)
 
@@ -101,12 +105,12 @@ def tmc_sample(rng_key, state: SuffixMHState, lm, *, alpha, tau, limit, num_cand
         )
         rollout_tokens = (futures.length - repeat(seqs.length)).reshape(rows, fan_out).sum(axis=1)
         generated = generated + jnp.where(running, 1 + rollout_tokens, 0)
-        return key, seqs, cache, generated
+        return keys, seqs, cache, generated
 
     def unfinished(carry):
         seqs = carry[1]
         return jnp.any(~ends_with_eos(lm, seqs) & (seqs.length < limit))
 
-    _, seqs, cache, generated = jax.lax.while_loop(unfinished, body, (rng_key, seqs, state.cache,
+    _, seqs, cache, generated = jax.lax.while_loop(unfinished, body, (keys, seqs, state.cache,
                                                                       jnp.zeros(rows, jnp.int32)))
     return SuffixMHState(seqs, cache), TMCInfo(generated)

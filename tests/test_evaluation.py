@@ -111,7 +111,10 @@ def test_an_interrupted_run_resumes_to_the_records_an_uninterrupted_run_writes(l
     assert draws_by_key(records) == draws_by_key(fresh)
 
 
-def test_lockstep_samplers_resume_to_one_record_per_problem(letters, monkeypatch, tmp_path):
+@pytest.mark.parametrize("sampler", ["power-smc", "tmc"])
+def test_population_samplers_resume_to_the_records_any_batch_size_writes(letters, monkeypatch, tmp_path, sampler):
+    """Their randomness is keyed by (seed, sampler, problem): a record is the same after a resume
+    into other batches, and with another batch size."""
     real_batch, calls = experiment._run_batch, []
 
     def killed_on_the_third_batch(*args):
@@ -121,13 +124,21 @@ def test_lockstep_samplers_resume_to_one_record_per_problem(letters, monkeypatch
         return real_batch(*args)
 
     monkeypatch.setattr(experiment, "_run_batch", killed_on_the_third_batch)
-    settings = dataclasses.replace(letters, num_particles=2, batch_size=6)  # three problems of two particles
+    # three problems a batch: two particles each, or two candidates with one rollout each
+    settings = dataclasses.replace(letters, num_particles=2, tmc_candidates=2, tmc_rollouts=1, batch_size=6)
     with pytest.raises(Killed):
-        run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel())
+        run_eval(settings, [sampler], [0], tmp_path, progress=False, model=LetterModel())
     assert len(RecordStore(tmp_path / experiment.RECORDS).read()) == 6  # two batches of three
     monkeypatch.setattr(experiment, "_run_batch", real_batch)
-    records = run_eval(settings, ["power-smc"], [0], tmp_path, progress=False, model=LetterModel()).read()
-    assert sorted(keys_of(records)) == sorted(("power-smc", 0, f"p{i}") for i in range(10))
+    records = run_eval(settings, [sampler], [0], tmp_path, progress=False, model=LetterModel()).read()
+    assert sorted(keys_of(records)) == sorted((sampler, 0, f"p{i}") for i in range(10))
+
+    other_batches = dataclasses.replace(settings, batch_size=8)  # four problems a batch: other neighbours
+    fresh = run_eval(other_batches, [sampler], [0], tmp_path / "fresh", progress=False, model=LetterModel()).read()
+    assert draws_by_key(records) == draws_by_key(fresh)
+    reseeded = run_eval(settings, [sampler], [1], tmp_path / "reseeded", progress=False, model=LetterModel()).read()
+    assert [draws[1:] for draws in draws_by_key(reseeded).values()] != \
+        [draws[1:] for draws in draws_by_key(records).values()]  # the seed still matters
 
 
 def test_a_lockstep_batch_holds_as_many_problems_as_fit_its_rows():

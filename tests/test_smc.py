@@ -30,7 +30,7 @@ def weighted_estimates(alpha, num_particles, groups, seed, block_size=1, increme
     limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
     state, info = jax.jit(lambda key, start: smc.power_smc(
         key, start, PROBLEM.lm, num_particles=num_particles, alpha=alpha, tau=1.0 / alpha, limit=limit,
-        block_size=block_size, increment=increment))(jax.random.key(seed), start)
+        block_size=block_size, increment=increment))(jax.random.split(jax.random.key(seed), groups), start)
     tokens = np.asarray(generation.completion_tokens(state.particles.seqs, -1))
     lengths = np.asarray(state.particles.seqs.length)
     weights = np.asarray(jax.nn.softmax(state.log_weights.reshape(groups, num_particles), axis=-1))
@@ -79,6 +79,23 @@ def test_groups_are_independent_particle_systems_that_each_estimate_pi():
 
 def test_systematic_resampling_keeps_each_particle_in_proportion_to_its_weight():
     weights = np.array([[0.5, 0.25, 0.125, 0.125] * 4])
-    counts = np.bincount(np.asarray(smc.systematic_resample(jax.random.key(0), jnp.log(weights)))[0], minlength=16)
+    counts = np.bincount(np.asarray(smc.systematic_resample(jax.random.split(jax.random.key(0), 1),
+                                                             jnp.log(weights)))[0], minlength=16)
     expected = weights[0] * 16 / weights.sum()
     assert np.all(np.abs(counts - expected) < 1)  # systematic: within one of N * w
+
+
+def test_a_groups_particles_depend_on_its_own_key_alone():
+    """Keyed by group: the same key gives the same system whatever group stands beside it."""
+    num_particles, keys = 8, jax.random.split(jax.random.key(3), 3)
+    seqs = generation.new_sequences([PROBLEM.prompt] * 2 * num_particles, PROBLEM.max_new_tokens)
+    start = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    limit = jnp.full(2 * num_particles, PROBLEM.max_new_tokens, jnp.int32)
+    run = jax.jit(lambda keys: smc.power_smc(keys, start, PROBLEM.lm, num_particles=num_particles, alpha=4.0,
+                                             tau=0.25, limit=limit)[0])
+    beside_one, beside_two = run(keys[:2]), run(keys[jnp.array([0, 2])])
+    first = slice(0, num_particles)
+    np.testing.assert_array_equal(beside_one.particles.seqs.tokens[first], beside_two.particles.seqs.tokens[first])
+    np.testing.assert_array_equal(beside_one.log_weights[first], beside_two.log_weights[first])
+    assert not np.array_equal(beside_one.particles.seqs.tokens[num_particles:],
+                              beside_two.particles.seqs.tokens[num_particles:])

@@ -24,7 +24,7 @@ def tmc_draws(num_candidates, num_rollouts, horizon, rows=4000, seed=0):
     limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
     new, info = jax.jit(lambda key, state: tmc.tmc_sample(
         key, state, PROBLEM.lm, alpha=ALPHA, tau=1.0 / ALPHA, limit=limit, num_candidates=num_candidates,
-        num_rollouts=num_rollouts, horizon=horizon))(jax.random.key(seed), state)
+        num_rollouts=num_rollouts, horizon=horizon))(jax.random.split(jax.random.key(seed), rows), state)
     return final_draws(new.seqs), np.asarray(info.num_generated)
 
 

@@ -40,8 +40,8 @@ class Unit:
 
 def plan_units(settings: experiment.EvalSettings, work) -> list[Unit]:
     """Units of the pending `work` (`experiment.pending_work`): engine samplers in chunks of
-    `batch_size` problems (one chunk fills a worker's slots); lockstep samplers in exactly the
-    batches a single process runs, since their randomness is keyed by the batch."""
+    `batch_size` problems (one chunk fills a worker's slots); lockstep samplers in the batches a
+    single process runs (their records do not depend on the batch, but a batch fills its rows)."""
     units = []
     for spec, seed, pending in work:
         size = (settings.batch_size or DEFAULT_WIDTH) if spec.sampler.runs_on == ENGINE else \

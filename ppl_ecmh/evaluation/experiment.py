@@ -7,7 +7,8 @@ chain is done, while the other slots decode. Their randomness is keyed by (seed,
 id), so a record does not depend on the slot count, the order of the problems or on a resume.
 Power-SMC and TMC go through the model in batches of as many problems as fit that many
 rows (`EvalSettings.problems_per_batch`; the last batch padded with repeats, so every batch reuses
-one compiled program) and append a batch's records after it. A rerun with the same settings skips every
+one compiled program) and append a batch's records after it; their randomness is keyed by (seed,
+sampler, problem id) too, so a record is the same in any batch. A rerun with the same settings skips every
 (sampler, seed, problem) already there, so a killed run resumes where it stopped.
 """
 
@@ -21,6 +22,7 @@ import os
 import platform
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -255,7 +257,7 @@ def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None)
 def run_unit(prepared: Prepared, spec: SamplerSpec, seed: int, problem_ids: Sequence[str], sink, bar) -> None:
     """Records of `spec` and `seed` on the problems `problem_ids`, handed to `sink.append(records)`
     as they are done: per chain on the engine, per batch in lockstep (batches of
-    `problems_per_batch` from the first id, whose randomness is keyed by that id)."""
+    `problems_per_batch`)."""
     pending = [prepared.problems[i] for i in problem_ids]
     settings, p = prepared.settings, prepared
     bar.set_description(f"{spec.name} seed {seed}")
@@ -342,7 +344,8 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
     started = time.perf_counter()
     run = run_sampler(model.lm, [prompts[p.id] for p in padded], spec, alpha=settings.alpha,
                       max_new_tokens=settings.max_new_tokens, num_chains=1, num_draws=settings.num_draws(spec.name),
-                      seed=_batch_seed(seed, batch[0].id), prompt_block=prompt_block, progress=False)
+                      seed=_crc(f"{seed}/{spec.name}"), prompt_block=prompt_block, progress=False,
+                      work_ids=[_crc(p.id) for p in padded])
     seconds = time.perf_counter() - started
     records = []
     for column, problem in enumerate(batch):
@@ -405,8 +408,6 @@ def grade(task, completion: str, problem) -> dict:
     return dict(answer=graded.answer, correct=bool(graded.correct), execution=graded.execution, grading_error=None)
 
 
-def _batch_seed(seed: int, first_problem: str) -> int:
-    """A run seed fixed by the experiment seed and the batch's first problem."""
-    import zlib
-
-    return (seed * 1_000_003 + zlib.crc32(first_problem.encode())) % (2**31)
+def _crc(text: str) -> int:
+    """A stable 31-bit number for a text: the run seed of (seed, sampler), and a problem's work id."""
+    return zlib.crc32(text.encode()) % (2**31)

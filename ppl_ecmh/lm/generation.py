@@ -74,6 +74,22 @@ def sample_tokens(key, logits: jax.Array) -> jax.Array:
     return (block * SAMPLING_BLOCK + jax.random.categorical(word_key, within)).astype(jnp.int32)
 
 
+def per_row(key) -> bool:
+    """Whether `key` is a key per row ([B] typed keys, or [B, 2] raw ones) rather than one key."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(key) == (1 if typed else 2)
+
+
+def split_and_sample(key, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the next key, tokens drawn from softmax(logits) [B, V]). With a key per row, each row's
+    draw depends on its own key only, so it is the same whatever rows stand beside it."""
+    if per_row(key):
+        pairs = jax.vmap(jax.random.split)(key)
+        return pairs[:, 0], jax.vmap(sample_tokens)(pairs[:, 1], logits)
+    key, draw_key = jax.random.split(key)
+    return key, sample_tokens(draw_key, logits)
+
+
 def new_sequences(prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int = 0,
                   prompt_block: int | None = None) -> Sequences:
     """Right-padded prompts with empty completions (host-side; call once per run). The prompt
@@ -127,7 +143,7 @@ def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, t
            static_attention: bool | None = None) -> tuple[Sequences, Any]:
     """Keep the first `keep[b]` completion tokens of each row and sample new ones from the proposal
     softmax(logits / tau) until EOS or `limit[b]` completion tokens. Rows with keep >= limit are
-    left as they are (truncated to `keep`).
+    left as they are (truncated to `keep`). `key` is one key, or a key per row (`per_row`).
 
     Requires the cache to hold every position before P_b + keep_b - 1 (true after `prefill`, after
     any `extend`, and for any keep up to the current length).
@@ -144,12 +160,11 @@ def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, t
         return s.prompt_length + s.length - 1  # position of each row's last token, fed next
 
     def body(lm, loop: _Loop) -> _Loop:
-        key, draw_key = jax.random.split(loop.key)
         s = loop.seqs
         last = feeding(s)
         logits, cache = lm.forward(loop.cache, s.tokens[rows, last][:, None], last[:, None])
         logits = logits[:, 0]
-        token = sample_tokens(draw_key, logits / tau)
+        key, token = split_and_sample(loop.key, logits / tau)
         stats = token_statistics(logits, token, tau)
         write = ~loop.done
         index = jnp.where(write, s.length, s.max_new_tokens)  # out of range: dropped
