@@ -11,8 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.blockwise import ends_with_eos
-from ppl_ecmh.lm.generation import extend, sequence_log_prob
+from ppl_ecmh.lm.generation import ends_with_eos, extend, sequence_log_prob
 from ppl_ecmh.mh import SuffixMHInfo, SuffixMHState, select_rows
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.lm.generation import Sequences, extend, is_eos
+from ppl_ecmh.lm.generation import ends_with_eos, extend
 from ppl_ecmh.mh import SuffixMHInfo, SuffixMHState, suffix_mh_step
 
 DEFAULTS = dict(alpha=4.0, block_size=192, num_mcmc_steps=10, max_new_tokens=3072)
@@ -28,11 +28,6 @@ DEFAULTS = dict(alpha=4.0, block_size=192, num_mcmc_steps=10, max_new_tokens=307
 class BlockInfo(NamedTuple):
     extension_generated: jax.Array  # [..., B] tokens decoded by the block's extension
     mh: SuffixMHInfo  # leaves [..., N_MCMC, B]
-
-
-def ends_with_eos(lm, seqs: Sequences) -> jax.Array:
-    last = jnp.take_along_axis(seqs.tokens, (seqs.prompt_length + seqs.length - 1)[:, None], axis=1)[:, 0]
-    return (seqs.length > 0) & is_eos(lm, last)
 
 
 def run_block(rng_key, state: SuffixMHState, lm, *, cut, alpha, tau, limit, num_mcmc_steps, extend_rows, mh_rows):

@@ -20,8 +20,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.blockwise import ends_with_eos
-from ppl_ecmh.lm.generation import extend, span_sum
+from ppl_ecmh.lm.generation import ends_with_eos, extend, span_sum
 from ppl_ecmh.mh import SuffixMHState
 
 

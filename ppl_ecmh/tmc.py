@@ -21,8 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.blockwise import ends_with_eos
-from ppl_ecmh.lm.generation import Sequences, extend, is_eos, span_sum, token_statistics
+from ppl_ecmh.lm.generation import Sequences, ends_with_eos, extend, is_eos, span_sum, token_statistics
 from ppl_ecmh.mh import SuffixMHState
 
 

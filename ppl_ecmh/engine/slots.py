@@ -38,11 +38,10 @@ import jax
 import jax.numpy as jnp
 
 from ppl_ecmh.baselines import best_of_n_score
-from ppl_ecmh.blockwise import ends_with_eos
 from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.lm import spans
-from ppl_ecmh.lm.generation import (Sequences, is_eos, prefill, sample_tokens, sequence_log_prob, teacher_force,
-                                    token_statistics)
+from ppl_ecmh.lm.generation import (Sequences, ends_with_eos, is_eos, prefill, sample_tokens, sequence_log_prob,
+                                    teacher_force, token_statistics)
 from ppl_ecmh.mh import SuffixMHState, cut_log_probs, log_acceptance, select_rows
 
 CUT, ACCEPT, TOKEN = 0, 1, 2  # the uses of a step's key

@@ -132,6 +132,12 @@ def is_eos(lm, token: jax.Array) -> jax.Array:
     return jnp.isin(token, jnp.asarray(lm.eos_token_ids, jnp.int32))
 
 
+def ends_with_eos(lm, seqs: Sequences) -> jax.Array:
+    """[B] whether each row's completion is non-empty and its last token is an EOS."""
+    last = jnp.take_along_axis(seqs.tokens, (seqs.prompt_length + seqs.length - 1)[:, None], axis=1)[:, 0]
+    return (seqs.length > 0) & is_eos(lm, last)
+
+
 class _Loop(NamedTuple):
     key: jax.Array
     seqs: Sequences
