@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.lm.generation import ends_with_eos, extend, sequence_log_prob
+from ppl_ecmh.engine.schedule import best_of_n_score
+from ppl_ecmh.lm.generation import extend, sequence_log_prob
 from ppl_ecmh.mh import SuffixMHInfo, SuffixMHState, select_rows
 
 
@@ -31,18 +32,6 @@ def independent_step(rng_key, state: SuffixMHState, lm, *, tau, alpha, limit, ac
         log_target=alpha * sequence_log_prob(new),
     )
     return SuffixMHState(new, cache), info
-
-
-def mean_log_likelihood(seqs) -> jax.Array:
-    """Average log p per completion token: the best-of-N selection score."""
-    return sequence_log_prob(seqs) / jnp.maximum(seqs.length, 1)
-
-
-def best_of_n_score(lm, seqs, limit) -> jax.Array:
-    """Best-of-N's selection score: mean log p, with candidates that did not finish (EOS or
-    `limit`), cut short by the budget, ranked after every finished one."""
-    finished = ends_with_eos(lm, seqs) | (seqs.length >= limit)
-    return mean_log_likelihood(seqs) + jnp.where(finished, 0.0, -1e6)
 
 
 def best_of_n(rng_key, state: SuffixMHState, lm, *, tau, budget, limit):

@@ -33,7 +33,7 @@ def test_best_of_n_never_exceeds_its_token_budget():
 def test_a_larger_budget_selects_likelier_completions():
     small, _ = best_of_n(np.full(400, PROBLEM.max_new_tokens))
     large, _ = best_of_n(np.full(400, 12 * PROBLEM.max_new_tokens))
-    assert float(baselines.mean_log_likelihood(large.seqs).mean()) > float(baselines.mean_log_likelihood(small.seqs).mean()) + 0.1
+    assert float(generation.mean_log_likelihood(large.seqs).mean()) > float(generation.mean_log_likelihood(small.seqs).mean()) + 0.1
 
 
 def test_best_of_n_sampler_reports_its_spend_and_refuses_no_budget():

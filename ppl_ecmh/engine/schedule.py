@@ -24,10 +24,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ppl_ecmh.cuts import CutDistribution, Uniform
+from ppl_ecmh.lm.generation import ends_with_eos, mean_log_likelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +148,10 @@ class Schedule:
     def initial_tokens(self, steps: dict) -> int:
         """Tokens decoded before the first draw (suffix MH's initial completion)."""
         return int(sum(steps["new_suffix_length"][step] for step in self.initial_steps))
+
+
+def best_of_n_score(lm, seqs, limit) -> jax.Array:
+    """Best-of-N's selection score: mean log p, with candidates that did not finish (EOS or
+    `limit`), cut short by the budget, ranked after every finished one."""
+    finished = ends_with_eos(lm, seqs) | (seqs.length >= limit)
+    return mean_log_likelihood(seqs) + jnp.where(finished, 0.0, -1e6)

@@ -37,8 +37,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.baselines import best_of_n_score
-from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.engine.schedule import Schedule, best_of_n_score
 from ppl_ecmh.lm import spans
 from ppl_ecmh.lm.generation import (Sequences, ends_with_eos, is_eos, prefill, sample_tokens, sequence_log_prob,
                                     teacher_force, token_statistics)

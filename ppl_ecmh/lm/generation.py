@@ -198,6 +198,11 @@ def extend(lm, key, seqs: Sequences, cache, keep: jax.Array, limit: jax.Array, t
     return loop.seqs, loop.cache
 
 
+def mean_log_likelihood(seqs: Sequences) -> jax.Array:
+    """Average log p per completion token (best-of-N's selection score)."""
+    return sequence_log_prob(seqs) / jnp.maximum(seqs.length, 1)
+
+
 def within_completion(seqs: Sequences) -> jax.Array:
     """[B, T] mask of the completion indices each row actually has (i < n_b)."""
     return jnp.arange(seqs.max_new_tokens)[None, :] < seqs.length[:, None]
