@@ -110,8 +110,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppl_ecmh.samplers import SAMPLERS
+    from ppl_ecmh.samplers import REGISTRY, SAMPLERS
 
+    listing = "; ".join(f"{name}: {sampler.summary}" for name, sampler in REGISTRY.items())
     parser = _Parser(
         prog="ppl-ecmh",
         description="Sample from the power distribution p(x)^alpha of a language model with "
@@ -122,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", parents=[_sampling_options()], formatter_class=formatter,
                                  help="run chains of one sampler on one prompt")
-    sample.add_argument("--sampler", choices=SAMPLERS, default="entropy-cut")
+    sample.add_argument("--sampler", choices=SAMPLERS, default="entropy-cut", help=listing)
     sample.add_argument("--out", help="write the run (InferenceData) to this NetCDF file")
     sample.set_defaults(handler=_sample)
 
     compare = commands.add_parser("compare", parents=[_sampling_options()], formatter_class=formatter,
                                   help="run several samplers on the same prompt and compare them")
     compare.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
-                         help=f"comma-separated, from: {', '.join(SAMPLERS)}")
+                         help=f"comma-separated, from: {listing}")
     compare.add_argument("--out-dir", default="runs/compare",
                          help="where each run's NetCDF file and report.html go")
     compare.set_defaults(handler=_compare)
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shuffle-seed", type=int, default=None,
                           help="shuffle the problems with this seed before --limit (a fixed random subset)")
     evaluate.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
-                          help=f"comma-separated, from: {', '.join(SAMPLERS)}")
+                          help=f"comma-separated, from: {listing}")
     evaluate.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
     evaluate.add_argument("--mh-steps", type=int, default=8,
                           help="random-cut/entropy-cut: MH steps after the initial completion")

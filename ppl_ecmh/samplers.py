@@ -10,7 +10,6 @@ library passes around.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 from ppl_ecmh import kernels
@@ -29,7 +28,7 @@ class Sampler:
     name: str
     runs_on: str  # ENGINE: one chain per work item on the engine; POPULATION: rows of a problem in lockstep
     draws: str  # INITIAL: the initial completion; MARKOV: a chain's states; ONE: one draw is the method
-    summary: str  # what one of its draws is, for help texts
+    summary: str  # what one of its draws is, for the command line's help
     options: tuple[str, ...] = ()  # the SamplerSpec fields it reads beyond tau and top_k
     preset: tuple[tuple[str, object], ...] = ()  # fields it fixes (a published recipe)
     fresh_draws: bool = False  # its draws are independent: on the engine, each draw is a chain of its own
@@ -51,16 +50,12 @@ class Sampler:
             return 0
         if self.draws == ONE:
             return 1
-        return math.ceil(max_new_tokens / block_size) if self.blockwise else mh_steps
-
-
-def _proposal_tau(spec, alpha):
-    return check_tau(spec.tau, alpha)
+        return num_blocks(max_new_tokens, block_size) if self.blockwise else mh_steps
 
 
 def _blockwise_schedule(spec, alpha, max_new_tokens, num_draws):
     return Schedule.blockwise(max_new_tokens, spec.block_size, spec.num_mcmc_steps, cut=spec.make_cut(), alpha=alpha,
-                              tau=_proposal_tau(spec, alpha), num_stages=num_draws)
+                              tau=check_tau(spec.tau, alpha), num_stages=num_draws)
 
 
 def _blockwise_kernel(spec, model):
@@ -69,7 +64,7 @@ def _blockwise_kernel(spec, model):
 
 
 def _suffix_mh_schedule(spec, alpha, max_new_tokens, num_draws):
-    return Schedule.suffix_mh(max_new_tokens, num_draws, cut=spec.make_cut(), alpha=alpha, tau=_proposal_tau(spec, alpha))
+    return Schedule.suffix_mh(max_new_tokens, num_draws, cut=spec.make_cut(), alpha=alpha, tau=check_tau(spec.tau, alpha))
 
 
 BLOCKWISE_OPTIONS = ("cut", "cut_params", "block_size", "num_mcmc_steps")
@@ -81,7 +76,7 @@ REGISTRY = {sampler.name: sampler for sampler in [
             schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=1.0),
             kernel=lambda spec, model: kernels.AncestralSampler(model)),
     Sampler("low-temp", ENGINE, INITIAL, "one completion at temperature tau = 1/alpha", fresh_draws=True,
-            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=_proposal_tau(spec, alpha)),
+            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=check_tau(spec.tau, alpha)),
             kernel=lambda spec, model: kernels.LowTemperatureSampler(model, tau=spec.tau)),
     Sampler("random-cut", ENGINE, MARKOV, "suffix MH with a uniform cut", mh=True, schedule=_suffix_mh_schedule,
             kernel=lambda spec, model: kernels.RandomCutMH(model, tau=spec.tau)),
