@@ -196,7 +196,7 @@ def admitted_slots(lm, settings: dict, schedule: Schedule, keys: np.ndarray | No
     for first in range(0, width, ADMISSION_ROWS):
         rows = jnp.arange(first, min(first + ADMISSION_ROWS, width))
         slots = _admit(slots, lm, rows, prompts[rows], jnp.full(len(rows), prompt, jnp.int32), keys[rows], rows, None,
-                       schedule)
+                       jnp.full(len(rows), schedule.num_draws, jnp.int32), schedule)
     return slots
 
 
@@ -204,10 +204,10 @@ def timed_engine(lm, settings: dict, schedule: Schedule, iterations: int, span: 
     """Fresh admitted slots advanced by the engine's loop (attending over `span`) for two
     iterations (compiling it), then for `iterations` more, timed: (slots, seconds, the counters
     before and after the timed call)."""
-    slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, False, schedule, span))
+    slots = jax.block_until_ready(_advance(admitted_slots(lm, settings, schedule), lm, 2, 1, schedule, span))
     before = jax.device_get(slots.counters)  # host copies: the slots are donated below
     started = time.perf_counter()
-    slots = jax.block_until_ready(_advance(slots, lm, iterations, 1, False, schedule, span))
+    slots = jax.block_until_ready(_advance(slots, lm, iterations, 1, schedule, span))
     return slots, time.perf_counter() - started, before, jax.device_get(slots.counters)
 
 
@@ -225,7 +225,7 @@ def engine_figures(lm, settings: dict, decode: dict) -> dict:
     try:
         with tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir):
-                jax.block_until_ready(_advance(slots, lm, steps, 1, False, schedule, span))
+                jax.block_until_ready(_advance(slots, lm, steps, 1, schedule, span))
             profile = kernel_summary(trace_dir)
     except Exception as error:  # a profiler the machine refuses costs the profile, not the figures
         profile = dict(error=failure(error))

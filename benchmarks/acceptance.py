@@ -10,11 +10,9 @@ entropy H_{t+1} at the cut under each cut distribution (does the entropy cut fin
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ppl_ecmh import cuts, load_model, mh
-from ppl_ecmh.lm import generation
+from ppl_ecmh import cuts, load_model
 from ppl_ecmh.runner import SamplerSpec, run_sampler
 
 PROMPTS = [
@@ -59,13 +57,13 @@ def main():
 
     print("\nexpected entropy H_{t+1} at the cut, over 16 proposal draws per prompt (nats)")
     prompts = [model.encode(t, chat=True) for t in PROMPTS for _ in range(4)]
-    seqs = generation.new_sequences(prompts, args.max_new_tokens, pad_id=2)
-    state = jax.jit(mh.init)(jax.random.key(0), model.lm, seqs, 1.0 / args.alpha)
-    entropy = np.asarray(state.seqs.entropy)
-    valid = np.arange(args.max_new_tokens)[None] < np.asarray(state.seqs.length)[:, None]
+    draws = run_sampler(model.lm, prompts, SamplerSpec("low-temp"), alpha=args.alpha, max_new_tokens=args.max_new_tokens,
+                        num_chains=1, num_draws=0, progress=False)
+    entropy, length = draws.entropy[0, 0], draws.stats["length"][0, 0]
+    valid = np.arange(args.max_new_tokens)[None] < length[:, None]
     print(f"  mean over all positions: {entropy[valid].mean():.3f}")
     for name, cut in CUT_DISTRIBUTIONS.items():
-        q = np.exp(np.asarray(mh.cut_log_probs(cut, state.seqs)))
+        q = np.exp(np.asarray(jax.vmap(cut.log_prob)(entropy, length)))
         print(f"  {name:>16}: {np.mean(np.sum(q * np.where(valid, entropy, 0.0), axis=1)):.3f}")
 
 

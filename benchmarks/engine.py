@@ -7,9 +7,7 @@
 (b) ecmh and karan-du with the study's settings (alpha 4, T_max 384, B 96, N_MCMC 4) on the first
     `--problems` GSM8K problems, `--chains` chains each (one, as the study ran), on the engine at
     `--width` slots (default: its default width, capped by the work), narrowing the batch in the
-    drain unless --no-narrow, its free slots idle as the engine's default or running chains ahead
-    (--run-ahead off, on or both; both runs each sampler ahead first, so that run pays the compiles
-    the other reuses):
+    drain unless --no-narrow:
     occupancy (useful row-tokens / slot-iterations), useful tokens/s and
     its ratio to raw decode at the full width (also with the seconds JAX spent compiling left out
     of the engine's wall time: it compiles its loop again for each width of the drain), and the
@@ -19,22 +17,16 @@
     its first 64 again after them: the machine's speed may have drifted meanwhile. A decode step
     attends up to the batch's furthest live position, and the engine's slots sit anywhere in the
     completion, so the first figure is the rate of the cheapest positions and the second that of
-    the whole cache. Also: steps run ahead,
-    tokens decoded ahead and discarded, and a digest of the records (draws and discrete step
-    fields), the same for runs that differ only in how they were scheduled; with --run-ahead both,
-    how far the two runs' acceptance probabilities differ (last bits, between batch widths).
-    `--static-attention on` runs the engine's attention over spans (loops of known trip count, its
+    the whole cache. Also a digest of the records (draws and discrete step fields), the same for
+    runs that differ only in how they were scheduled. `--static-attention on` runs the engine's attention over spans (loops of known trip count, its
     default off a CPU) on any backend: its records must be the same. (a) can be skipped with
     `--models` and no model.
-(c) With --lockstep: ecmh again through the lockstep loop in batches of 8 (what the study ran),
-    for the wall-time ratio.
 
 Every ratio is between figures of this one run, on this machine; wall times include compilation.
 
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--widths 1 8 16 32 64]
-                                [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1] [--run-ahead on|off|both]
-                                [--static-attention default|on|off] [--samplers ecmh karan-du] [--lockstep]
-                                [--json FILE]
+                                [--problems 16] [--chains 1] [--width W] [--no-narrow] [--min-width 1]
+                                [--static-attention default|on|off] [--samplers ecmh karan-du] [--json FILE]
 """
 
 import argparse
@@ -54,7 +46,7 @@ from ppl_ecmh import load_model
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm import generation
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
-from ppl_ecmh.runner import DEFAULT_WIDTH, SamplerSpec, engine_items, run_lockstep
+from ppl_ecmh.runner import DEFAULT_WIDTH, SamplerSpec, engine_items
 from ppl_ecmh.tasks import get_task
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl"
@@ -147,24 +139,14 @@ DISCRETE_STEP_FIELDS = ("accepted", "cut", "new_suffix_length", "old_suffix_leng
 
 def records_digest(results) -> str:
     """The first 8 hex digits of a SHA-256 over every chain's draws and the discrete fields of its
-    step records, in tag order: runs whose records are the same (whatever the width, narrowing or
-    running ahead) print the same. The acceptance probability is left out: on a transformer it can
-    differ in its last bits between batch widths (`accept_prob_difference` measures it)."""
+    step records, in tag order: runs whose records are the same (whatever the width or narrowing)
+    print the same. The acceptance probability is left out: on a transformer it can differ in its
+    last bits between batch widths."""
     digest = hashlib.sha256()
     for result in sorted(results, key=lambda r: r.item.tag):
         for array in (result.tokens, result.length, *(result.steps[name] for name in DISCRETE_STEP_FIELDS)):
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:8]
-
-
-def accept_prob_difference(results, others) -> float:
-    """The largest relative difference between the acceptance probabilities two runs recorded for
-    the same chain and step."""
-    ours, theirs = ({r.item.tag: np.asarray(r.steps["accept_prob"], np.float64) for r in run}
-                    for run in (results, others))
-    tiny = np.finfo(np.float32).tiny  # both zero: no difference
-    return max(float(np.max(np.abs(ours[tag] - theirs[tag]) / np.maximum(np.abs(theirs[tag]), tiny)))
-               for tag in ours)
 
 
 def by_width(stats, raw_at: dict, raw_rate) -> dict:
@@ -214,18 +196,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"], help="(a); none: skip (a)")
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 8, 16, 32, 64])
-    parser.add_argument("--study-model", default="qwen2.5-coder-0.5b", help="the model of (b) and (c)")
+    parser.add_argument("--study-model", default="qwen2.5-coder-0.5b", help="the model of (b)")
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--chains", type=int, default=1, help="(b): chains per problem")
     parser.add_argument("--width", type=int, help="(b): slots (default: the default width, capped by the work)")
     parser.add_argument("--no-narrow", action="store_true", help="(b): keep the full width through the drain")
     parser.add_argument("--min-width", type=int, default=1, help="(b): the narrowest width of the drain")
-    parser.add_argument("--run-ahead", choices=["on", "off", "both"], default="off",
-                        help="(b): free slots in the drain run chains ahead, or stay idle; both: each sampler twice")
     parser.add_argument("--static-attention", choices=["default", "on", "off"], default="default",
                         help="(b): attention loops of known trip count over spans (the engine's default off a CPU)")
     parser.add_argument("--samplers", nargs="+", default=["ecmh", "karan-du"])
-    parser.add_argument("--lockstep", action="store_true", help="(c): run ecmh in lockstep batches of 8 too")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args()
     figures = dict(decode={}, engine={})
@@ -250,66 +229,39 @@ def main():
           f"(raw decode at W={width}: {raw:.1f} tok/s over its first {NEW_TOKENS} tokens, {raw_to_limit:.1f} over "
           f"all {STUDY['max_new_tokens']})")
     print(f"{'sampler':>15} {'occupancy':>9} {'lockstep(8)':>11} {'useful tok/s':>12} {'/ raw':>6} {'/ raw T':>7} "
-          f"{'saved':>6} {'restored':>8} {'ahead':>6} {'discarded':>9} {'wall s':>7} {'compile s':>9} "
+          f"{'saved':>6} {'restored':>8} {'wall s':>7} {'compile s':>9} "
           f"{'/ raw, less compiles':>20} {'records':>8}")
     raw_at = {width: raw}  # raw decode tokens/s by width, for the drain's account
     for sampler in args.samplers:
         spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
-        items = engine_items(prompts, spec, 0, args.chains, stages, problem_names=[p.id for p in problems])
-        runs, names = {}, []
-        for run_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.run_ahead]:
-            engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
-                            min_width=args.min_width, run_ahead=run_ahead,
-                            static_attention=dict(default=None, on=True, off=False)[args.static_attention])
-            started = time.perf_counter()
-            with compile_seconds() as compiling:
-                results = runs[run_ahead] = list(engine.run(items))
-            seconds = time.perf_counter() - started
-            stats = engine.stats
-            useful = stats.decoded / seconds
-            running = stats.decoded / (seconds - compiling[0])
-            name = sampler if run_ahead else f"{sampler}, idle"
-            names.append(name)
-            figures["engine"][name] = row = dict(
-                width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
-                useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
-                saved=stats.saved, restored=stats.restored, decoded=stats.decoded, ran_ahead=stats.ran_ahead,
-                discarded=stats.discarded, wall_s=seconds, compile_s=compiling[0],
-                useful_tokens_per_s_less_compiles=running, narrow=not args.no_narrow, min_width=args.min_width,
-                static_attention=engine.static_attention,
-                run_ahead=run_ahead, chains=args.chains, records=records_digest(results))
-            print(f"{name:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
-                  f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
-                  f"{stats.ran_ahead:6d} {stats.discarded:9d} {seconds:7.1f} {compiling[0]:9.1f} "
-                  f"{running / raw:20.2f} {row['records']:>8}", flush=True)
-            row["by_width"] = by_width(stats, raw_at, lambda w: decode_rate(model.lm, w))
-        for name in names:
-            print_by_width(name, figures["engine"][name]["by_width"])
-        if args.run_ahead == "both":  # the first run compiled the loop the second reuses: a conservative ratio
-            ahead, idle = figures["engine"][sampler], figures["engine"][f"{sampler}, idle"]
-            same = "the same records" if ahead["records"] == idle["records"] else "RECORDS DIFFER"
-            drift = accept_prob_difference(runs[True], runs[False])
-            print(f"{'':>15} idle free slots take {idle['wall_s'] / ahead['wall_s']:.2f}x the wall time, {same}, "
-                  f"acceptance probabilities within {drift:.1e} (relative)", flush=True)
+        items = engine_items(prompts, jax.random.PRNGKey(0), args.chains)
+        engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,
+                        min_width=args.min_width, static_attention=dict(default=None, on=True, off=False)[args.static_attention])
+        started = time.perf_counter()
+        with compile_seconds() as compiling:
+            results = list(engine.run(items))
+        seconds = time.perf_counter() - started
+        stats = engine.stats
+        useful = stats.decoded / seconds
+        running = stats.decoded / (seconds - compiling[0])
+        figures["engine"][sampler] = row = dict(
+            width=width, occupancy=stats.occupancy, lockstep_occupancy=lockstep_occupancy(results),
+            useful_tokens_per_s=useful, raw_decode_tokens_per_s=raw, raw_decode_to_limit_tokens_per_s=raw_to_limit,
+            saved=stats.saved, restored=stats.restored, decoded=stats.decoded, wall_s=seconds, compile_s=compiling[0],
+            useful_tokens_per_s_less_compiles=running, narrow=not args.no_narrow, min_width=args.min_width,
+            static_attention=engine.static_attention, chains=args.chains, records=records_digest(results))
+        print(f"{sampler:>15} {row['occupancy']:9.3f} {row['lockstep_occupancy']:11.3f} {useful:12.1f} "
+              f"{useful / raw:6.2f} {useful / raw_to_limit:7.2f} {stats.saved:6d} {stats.restored:8d} "
+              f"{seconds:7.1f} {compiling[0]:9.1f} {running / raw:20.2f} {row['records']:>8}", flush=True)
+        row["by_width"] = by_width(stats, raw_at, lambda w: decode_rate(model.lm, w))
+        print_by_width(sampler, row["by_width"])
 
     raw_after = figures["raw_decode_after_tokens_per_s"] = decode_rate(model.lm, width)
     print(f"\nraw decode at W={width} again, after the engine: {raw_after:.1f} tok/s (before: {raw:.1f}); useful/raw "
           "against it: " + ", ".join(f"{name} {row['useful_tokens_per_s'] / raw_after:.2f}"
                                      for name, row in figures["engine"].items()), flush=True)
 
-    if args.lockstep:
-        spec = SamplerSpec("ecmh", block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
-        started = time.perf_counter()
-        for start in range(0, len(prompts), 8):
-            run_lockstep(model.lm, prompts[start : start + 8], spec, alpha=STUDY["alpha"],
-                         max_new_tokens=STUDY["max_new_tokens"], num_chains=1, num_draws=stages, num_warmup=0, seed=0,
-                         prompt_block=block, progress=False)
-        seconds = time.perf_counter() - started
-        engine_seconds = figures["engine"]["ecmh" if args.run_ahead != "off" else "ecmh, idle"]["wall_s"]
-        figures["lockstep_ecmh_wall_s"] = seconds
-        print(f"\n(c) ecmh wall time: lockstep batches of 8 {seconds:.0f} s, engine {engine_seconds:.0f} s: "
-              f"{seconds / engine_seconds:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

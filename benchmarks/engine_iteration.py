@@ -43,7 +43,7 @@ def main():
     settings = dict(prompt=PROMPT_BLOCK, max_new_tokens=STUDY["max_new_tokens"], block_size=STUDY["block_size"],
                     mcmc_steps=STUDY["mcmc_steps"], chains=args.width)
     schedule = engine_schedule(settings)
-    slots = _advance(admitted_slots(lm, settings, schedule), lm, args.warmup, 1, False, schedule, None)
+    slots = _advance(admitted_slots(lm, settings, schedule), lm, args.warmup, 1, schedule, None)
     cache_size = PROMPT_BLOCK + STUDY["max_new_tokens"]
     starts = (PROMPT_BLOCK, cache_size - args.iterations)
     raws = {start: decode_timer(lm, args.width, start, cache_size - start, args.iterations) for start in starts}
@@ -53,7 +53,7 @@ def main():
     costs = []
     for _ in range(args.repeats):
         before = int(slots.counters.iterations)
-        slots, seconds = timed(lambda s: _advance(s, lm, args.iterations, 1, False, schedule, None), slots)
+        slots, seconds = timed(lambda s: _advance(s, lm, args.iterations, 1, schedule, None), slots)
         engine = seconds / (int(slots.counters.iterations) - before)
         furthest = int(np.asarray(device.feeding_position(slots))[np.asarray(slots.busy)].max())
         costs.append([engine] + [raws[start](1) / args.iterations for start in starts])

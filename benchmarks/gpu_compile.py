@@ -15,9 +15,9 @@ and caches, so nothing is allocated. For each compiled loop it reports, per iter
 - the temporaries buffer assignment allocates, in GB.
 
 Loops: the engine's default loop, the same with static attention (over the whole cache: loops of
-known trip count, `Engine(static_attention=True)`, the default on an accelerator), its loop with
-free slots running ahead, and raw decode (the reference; also over spans, the lockstep samplers'
-default on a GPU: one loop per span, the figures the most any of them has). XLA:CPU elides
+known trip count, `Engine(static_attention=True)`, the default on an accelerator), and raw decode
+(the reference; also over spans, the lockstep samplers' default on a GPU: one loop per span, the
+figures the most any of them has). XLA:CPU elides
 copies that XLA:GPU keeps, so only a GPU compile shows them: the engine that ran on an H200
 copied both whole caches at every iteration, and an iteration cost 3.7 raw decode steps
 (docs/gpu-recipe.md).
@@ -94,14 +94,14 @@ def abstract_model(name: str, gpu):
     return placed(jax.eval_shape(lambda: random_transformer(SHAPES[name])), gpu)
 
 
-def engine_loop(lm, settings: dict, run_ahead: bool, gpu, span: int | None = None):
+def engine_loop(lm, settings: dict, gpu, span: int | None = None):
     """The engine's compiled loop (`scheduler._advance`) for `chains` slots holding ecmh's
     block-wise chains, compiled for `gpu`; with a `span`, its static attention over that many
     positions."""
     schedule, keys = engine_schedule(settings), engine_keys(settings)
     slots = placed(jax.eval_shape(lambda lm: admitted_slots(lm, settings, schedule, keys), lm), gpu)
     count = placed(jax.ShapeDtypeStruct((), jnp.int32), gpu)
-    return _advance.trace(slots, lm, count, count, run_ahead, schedule, span).lower(
+    return _advance.trace(slots, lm, count, count, schedule, span).lower(
         lowering_platforms=("cuda",)).compile()
 
 
@@ -115,7 +115,7 @@ def admission(lm, settings: dict, gpu):
     rows = placed(jax.ShapeDtypeStruct((group,), jnp.int32), gpu)
     inputs = (slots, lm, rows, placed(jax.ShapeDtypeStruct((group, prompt), jnp.int32), gpu), rows,
               placed(jax.ShapeDtypeStruct((group, 2), jnp.uint32), gpu), rows)
-    return _admit.trace(*inputs, None, schedule).lower(lowering_platforms=("cuda",)).compile(), inputs
+    return _admit.trace(*inputs, None, rows, schedule).lower(lowering_platforms=("cuda",)).compile(), inputs
 
 
 def memory_figures(config, lm, settings: dict, gpu, engine) -> dict:
@@ -223,9 +223,8 @@ def check_shape(name: str, gpu) -> dict:
     cache_size = settings["prompt"] + settings["max_new_tokens"]
     layer_elements = settings["chains"] * config.num_kv_heads * cache_size * config.head_dim
     figures = dict(shape=name, chains=settings["chains"], layer_cache_elements=layer_elements, loops={})
-    loops = dict(engine=lambda: engine_loop(lm, settings, False, gpu),
-                 engine_static_attention=lambda: engine_loop(lm, settings, False, gpu, span=cache_size),
-                 engine_running_ahead=lambda: engine_loop(lm, settings, True, gpu),
+    loops = dict(engine=lambda: engine_loop(lm, settings, gpu),
+                 engine_static_attention=lambda: engine_loop(lm, settings, gpu, span=cache_size),
                  raw_decode=lambda: raw_decode(lm, settings, gpu),
                  raw_decode_static_attention=lambda: raw_decode(lm, settings, gpu, static_attention=True))
     for loop, build in loops.items():

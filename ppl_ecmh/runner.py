@@ -1,8 +1,9 @@
 """Running a sampler on a loaded model, with a progress bar and every draw's tokens and statistics
-kept. Samplers whose steps are independent per chain (ancestral, low-temperature, suffix MH, the
-block-wise schedule and its presets) run on the continuous-batching engine (`ppl_ecmh.engine`):
-every (prompt, chain) is a work item for W slots. The others (Power-SMC, TMC, best-of-N) and runs
-with a token budget advance all chains together, one jitted draw per loop iteration."""
+kept. The per-chain samplers (`Sampler.runs_on` ENGINE) run on the continuous-batching engine
+(`ppl_ecmh.engine`): every (prompt, chain) is a work item for W slots. The population samplers
+(Power-SMC, TMC) and runs with a token budget go through the sampler's NumPyro kernel, one jitted
+draw per loop iteration (a per-chain kernel drives the engine's slots itself). Both key a chain
+as NumPyro's MCMC would (`engine.chain_keys`): a seed draws the same tokens either way."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ppl_ecmh import parallel
-from ppl_ecmh.engine import Engine, WorkItem, chain_key, memory
-from ppl_ecmh.lm.generation import UNFINISHED
+from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_keys, memory
+from ppl_ecmh.lm.generation import padded_completions
 from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.samplers import ENGINE, SamplerSpec
@@ -80,8 +81,9 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
     A batch of prompts runs as independent targets side by side (see `LanguageModelSequence`);
     runs with equal settings and shapes (fix `prompt_block`) reuse one compiled program. Engine
     samplers (`Sampler.runs_on`, without a token budget) run their chains in `width` slots, split
-    over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device, keyed by
-    `work_ids` (one per prompt; see `LanguageModelSequence`) where their kernel is keyed by work."""
+    over `mesh` (`ppl_ecmh.parallel.make_mesh`) when given; the others run on one device. Each
+    prompt's chains are keyed by its entry of `work_ids` (default: its index; see
+    `LanguageModelSequence`), so a prompt draws the same tokens in any batch."""
     alpha = check_alpha(alpha)
     num_chains = check_positive_int("chains", num_chains)
     num_draws = check_positive_int("draws", num_draws, minimum=0)
@@ -96,16 +98,16 @@ def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: Sampl
                    num_warmup=num_warmup, seed=seed, prompt_block=prompt_block, progress=progress,
                    description=description)
     if spec.sampler.runs_on == ENGINE and token_budget is None:
-        return run_on_engine(lm, prompt, spec, width=width, mesh=mesh, **options)
-    return run_lockstep(lm, prompt, spec, token_budget=token_budget, work_ids=work_ids, **options)
+        return run_on_engine(lm, prompt, spec, width=width, mesh=mesh, work_ids=work_ids, **options)
+    return run_with_kernel(lm, prompt, spec, token_budget=token_budget, work_ids=work_ids, **options)
 
 
-def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
+def run_with_kernel(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
                  num_draws: int, num_warmup: int, seed: int, token_budget: int | None = None,
                  prompt_block: int | None = None, progress: bool = True, description: str | None = None,
                  work_ids=None) -> Run:
-    """`run_sampler` through the NumPyro kernel: every chain and prompt a row of one batch, all
-    rows advancing together one jitted draw at a time (a step waits for its longest proposal)."""
+    """`run_sampler` through the sampler's NumPyro kernel: every chain and prompt a row of one
+    state, one jitted draw at a time for all rows."""
     kernel, step = _kernel_and_step(spec, alpha, max_new_tokens)
     lm = truncate(lm, spec.top_k)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
@@ -157,16 +159,14 @@ def run_lockstep(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens:
     )
 
 
-def engine_items(prompts, spec: SamplerSpec, seed: int, num_chains: int, num_draws: int, problem_names=None):
-    """The work of a run: one item per (prompt, chain), or per (prompt, chain, draw) for a
-    sampler with fresh draws, whose draws are separate one-draw chains. Keys come from
-    (seed, sampler, problem, chain): a problem's name when given (a task's problem id), else its
-    index."""
-    per_chain = max(1, num_draws) if spec.sampler.fresh_draws else 1
-    names = problem_names or range(len(prompts))
-    return [WorkItem(tuple(prompt), chain_key(seed, spec.name, name, chain * per_chain + unit), (index, chain, unit))
-            for index, (name, prompt) in enumerate(zip(names, prompts))
-            for chain in range(num_chains) for unit in range(per_chain)]
+def engine_items(prompts, rng_key, num_chains: int, work_ids=None) -> list[WorkItem]:
+    """The work of a run: one chain per (prompt, chain), tagged (prompt index, chain) and keyed as
+    a NumPyro kernel keys its rows (`engine.chain_keys`; work ids default to the prompts' indices),
+    so a seed draws the same tokens through `MCMC` and `ppl-ecmh sample`."""
+    work_ids = range(len(prompts)) if work_ids is None else work_ids
+    keys = np.asarray(chain_keys(rng_key, num_chains, work_ids)).reshape(num_chains, len(prompts), 2)
+    return [WorkItem(tuple(prompt), keys[chain, index], (index, chain))
+            for index, prompt in enumerate(prompts) for chain in range(num_chains)]
 
 
 def fitted_width(lm, prompt_block: int, max_new_tokens: int, requested: int | None, mesh=None) -> int:
@@ -182,21 +182,22 @@ def fitted_width(lm, prompt_block: int, max_new_tokens: int, requested: int | No
 
 def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,
                   num_draws: int, num_warmup: int, seed: int, prompt_block: int | None = None, progress: bool = True,
-                  description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None) -> Run:
+                  description: str | None = None, width: int = DEFAULT_WIDTH, mesh=None, work_ids=None) -> Run:
     """`run_sampler` for the engine samplers: every chain a work item, `width` slots (over `mesh`)."""
     batched = not isinstance(prompt[0], (int, np.integer))
     prompts = [list(p) for p in prompt] if batched else [list(prompt)]
     prompt_block = prompt_block or max(len(p) for p in prompts)
     check_fits_context(lm, prompt_block, max_new_tokens)
     lm = truncate(lm, spec.top_k)
-    independent = spec.sampler.fresh_draws
-    schedule = spec.schedule(alpha, max_new_tokens, 1 if independent else num_warmup + num_draws)
-    items = engine_items(prompts, spec, seed, num_chains, num_warmup + num_draws)
+    schedule = spec.schedule(alpha, max_new_tokens, num_warmup + num_draws)
+    if not num_draws:  # the initial completion is the draw
+        schedule = Schedule.independent(max_new_tokens, alpha=alpha, tau=schedule.tau)
+    items = engine_items(prompts, jax.random.PRNGKey(seed), num_chains, work_ids)
     width = parallel.data_parallel_width(min(check_positive_int("width", width), len(items)), mesh)
     engine = Engine(lm, schedule, width=width, prompt_block=prompt_block, mesh=mesh)
     kept = max(1, num_draws)
     shape = (num_chains, kept, len(prompts))
-    tokens = np.full(shape + (max_new_tokens,), lm.eos_token_ids[0], np.int32)
+    tokens = np.zeros(shape + (max_new_tokens,), np.int32)
     entropy = np.zeros(shape + (max_new_tokens,), np.float32)
     stats = {name: np.zeros(shape, np.float32 if name in ("log_target", "accepted", "accept_prob") else np.int32)
              for name in STAT_FIELDS}
@@ -205,44 +206,25 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     report = lambda engine_stats: bar.set_postfix(
         tok_s=f"{engine_stats.decoded / max(engine_stats.seconds, 1e-9):.1f}", occupancy=f"{engine_stats.occupancy:.2f}")
     for result in engine.run(items, progress=report):
-        index, chain, unit = result.item.tag
-        per_draw = schedule.draw_statistics(result.steps) | dict(log_target=result.log_target, length=result.length)
-        initial[chain, index] += schedule.initial_tokens(result.steps)
-        if independent:  # each unit is one draw of the chain; units before num_warmup are warmup
-            own, at = slice(0, 1), (chain, slice(unit - num_warmup, unit - num_warmup + 1), index)
-            warmup = range(1) if unit < num_warmup else range(0)
-        else:
-            own, at = slice(num_warmup, num_warmup + kept), (chain, slice(None), index)
-            warmup = range(num_warmup)
-        initial[chain, index] += sum(int(per_draw["num_generated"][draw]) for draw in warmup)
-        if not (independent and unit < num_warmup):
-            tokens[at] = _padded(result.tokens[own], result.length[own], lm.eos_token_ids)
-            entropy[at] = result.entropy[own]
-            for name in stats:
-                stats[name][at] = per_draw[name][own]
+        index, chain = result.item.tag
+        own = slice(num_warmup, num_warmup + kept)  # the draws after the warmup
+        initial[chain, index] = result.initial_generated + result.stats["num_generated"][:num_warmup].sum()
+        tokens[chain, :, index] = padded_completions(result.tokens[own], result.length[own], lm.eos_token_ids[0], lm)
+        entropy[chain, :, index] = result.entropy[own]
+        for name in stats:
+            stats[name][chain, :, index] = result.stats[name][own]
         bar.update(1)
     bar.close()
     squeeze = (lambda a: a) if batched else (lambda a: a[:, :, 0])
     settings = dict(sampler=spec.name, alpha=alpha, tau=schedule.tau, max_new_tokens=max_new_tokens,
                     num_chains=num_chains, num_draws=kept, num_warmup=num_warmup, seed=seed, token_budget=None,
                     prompt_tokens=prompts if batched else prompts[0])
-    settings |= spec.recorded_settings(None if independent else schedule.cut)
+    settings |= spec.recorded_settings(None if schedule.fresh or schedule.token_budget else schedule.cut)
     settings["engine"] = dict(width=engine.width, occupancy=engine.stats.occupancy, iterations=engine.stats.iterations,
-                              decoded=engine.stats.decoded, saved=engine.stats.saved,
-                              restored=engine.stats.restored, ran_ahead=engine.stats.ran_ahead,
-                              discarded=engine.stats.discarded)
+                              decoded=engine.stats.decoded, saved=engine.stats.saved, restored=engine.stats.restored)
     return Run(settings=settings, tokens=squeeze(tokens), entropy=squeeze(entropy),
                stats={name: squeeze(value) for name, value in stats.items()},
                wall_time=np.full(kept, engine.stats.seconds / kept), initial_generated=initial if batched else initial[:, 0])
-
-
-def _padded(tokens: np.ndarray, lengths: np.ndarray, eos_ids) -> np.ndarray:
-    """Draws [D, T] padded past their lengths as the kernels pad them (`completion_tokens`): with
-    EOS, or with UNFINISHED after a stage draw that stopped short of T without EOS."""
-    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
-    unfinished = (lengths > 0) & (lengths < tokens.shape[1]) & ~np.isin(last, eos_ids)
-    pad = np.where(unfinished, UNFINISHED, eos_ids[0])[:, None]
-    return np.where(np.arange(tokens.shape[1]) < lengths[:, None], tokens, pad)
 
 
 @functools.lru_cache(maxsize=4)

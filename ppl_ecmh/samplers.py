@@ -10,14 +10,14 @@ library passes around.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 from ppl_ecmh import kernels
-from ppl_ecmh.blockwise import num_blocks
 from ppl_ecmh.cuts import Uniform, get_cut
 from ppl_ecmh.engine import Schedule
 from ppl_ecmh.target import power_model
-from ppl_ecmh.validation import check_positive_int, check_tau
+from ppl_ecmh.validation import check_positive_int
 
 ENGINE, POPULATION = "engine", "population"  # how a sampler runs: chains on the engine, or a population in lockstep
 INITIAL, MARKOV, ONE = "initial", "markov", "one"  # what its draws are, in an evaluation
@@ -31,10 +31,8 @@ class Sampler:
     summary: str  # what one of its draws is, for the command line's help
     options: tuple[str, ...] = ()  # the SamplerSpec fields it reads beyond tau and top_k
     preset: tuple[tuple[str, object], ...] = ()  # fields it fixes (a published recipe)
-    fresh_draws: bool = False  # its draws are independent: on the engine, each draw is a chain of its own
     blockwise: bool = False  # the block-wise schedule: a draw per block, the stages before the last warmup
     mh: bool = False  # resamples suffixes with MH: records what its proposals decoded after the cut
-    schedule: Callable | None = None  # (spec, alpha, max_new_tokens, num_draws) -> engine.Schedule
     kernel: Callable = None  # (spec, model) -> a NumPyro MCMCKernel
     rows: Callable = lambda spec: 1  # rows of a lockstep batch one problem takes
 
@@ -50,12 +48,7 @@ class Sampler:
             return 0
         if self.draws == ONE:
             return 1
-        return num_blocks(max_new_tokens, block_size) if self.blockwise else mh_steps
-
-
-def _blockwise_schedule(spec, alpha, max_new_tokens, num_draws):
-    return Schedule.blockwise(max_new_tokens, spec.block_size, spec.num_mcmc_steps, cut=spec.make_cut(), alpha=alpha,
-                              tau=check_tau(spec.tau, alpha), num_stages=num_draws)
+        return math.ceil(max_new_tokens / block_size) if self.blockwise else mh_steps
 
 
 def _blockwise_kernel(spec, model):
@@ -63,25 +56,18 @@ def _blockwise_kernel(spec, model):
                                num_mcmc_steps=spec.num_mcmc_steps, tau=spec.tau)
 
 
-def _suffix_mh_schedule(spec, alpha, max_new_tokens, num_draws):
-    return Schedule.suffix_mh(max_new_tokens, num_draws, cut=spec.make_cut(), alpha=alpha, tau=check_tau(spec.tau, alpha))
-
-
 BLOCKWISE_OPTIONS = ("cut", "cut_params", "block_size", "num_mcmc_steps")
 _blockwise = dict(runs_on=ENGINE, draws=MARKOV, options=BLOCKWISE_OPTIONS, blockwise=True, mh=True,
-                  schedule=_blockwise_schedule, kernel=_blockwise_kernel)
+                  kernel=_blockwise_kernel)
 
 REGISTRY = {sampler.name: sampler for sampler in [
-    Sampler("ancestral", ENGINE, INITIAL, "one completion at temperature 1", fresh_draws=True,
-            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=1.0),
+    Sampler("ancestral", ENGINE, INITIAL, "one completion at temperature 1",
             kernel=lambda spec, model: kernels.AncestralSampler(model)),
-    Sampler("low-temp", ENGINE, INITIAL, "one completion at temperature tau = 1/alpha", fresh_draws=True,
-            schedule=lambda spec, alpha, T, n: Schedule.independent(T, alpha=alpha, tau=check_tau(spec.tau, alpha)),
+    Sampler("low-temp", ENGINE, INITIAL, "one completion at temperature tau = 1/alpha",
             kernel=lambda spec, model: kernels.LowTemperatureSampler(model, tau=spec.tau)),
-    Sampler("random-cut", ENGINE, MARKOV, "suffix MH with a uniform cut", mh=True, schedule=_suffix_mh_schedule,
+    Sampler("random-cut", ENGINE, MARKOV, "suffix MH with a uniform cut", mh=True,
             kernel=lambda spec, model: kernels.RandomCutMH(model, tau=spec.tau)),
     Sampler("entropy-cut", ENGINE, MARKOV, "suffix MH with an entropy cut", options=("cut", "cut_params"), mh=True,
-            schedule=_suffix_mh_schedule,
             kernel=lambda spec, model: kernels.EntropyCutMH(model, cut=spec.make_cut(), tau=spec.tau)),
     Sampler("blockwise", summary="the block-wise schedule: a block of tokens, then MH steps, per block", **_blockwise),
     # Published recipes (DESIGN section 3): the block-wise schedule with the random cut of Karan &
@@ -101,9 +87,7 @@ REGISTRY = {sampler.name: sampler for sampler in [
                                                                     horizon=spec.horizon, tau=spec.tau),
             rows=lambda spec: spec.num_candidates * spec.num_rollouts),
     Sampler("best-of-n", ENGINE, ONE, "the likeliest of ancestral draws that fit a token budget",
-            options=("token_budget",), fresh_draws=True,
-            schedule=lambda spec, alpha, T, n: Schedule.best_of_n(T, spec.checked_budget(), alpha=alpha,
-                                                                  tau=1.0 if spec.tau is None else spec.tau),
+            options=("token_budget",),
             kernel=lambda spec, model: kernels.BestOfN(model, spec.checked_budget(),
                                                        tau=1.0 if spec.tau is None else spec.tau)),
 ]}
@@ -149,14 +133,14 @@ class SamplerSpec:
         return REGISTRY[self.name]
 
     def schedule(self, alpha: float, max_new_tokens: int, num_draws: int) -> Schedule:
-        """The engine's description of one chain with `num_draws` draws (warmup included); the
-        chain of a sampler with fresh draws is one draw (its draws are separate chains)."""
-        return self.sampler.schedule(self, alpha, max_new_tokens, num_draws)
+        """The engine's description of one chain with `num_draws` draws (warmup included), as its
+        NumPyro kernel runs it (an engine sampler's)."""
+        return self.make_kernel().schedule(alpha, max_new_tokens, num_draws)
 
     def default_warmup(self, max_new_tokens: int) -> int:
         """Draws discarded by default: for a block-wise sampler its stages before the last, whose
         draws are shorter completions of intermediate targets, not draws of pi_alpha."""
-        return num_blocks(max_new_tokens, self.block_size) - 1 if self.sampler.blockwise else 0
+        return math.ceil(max_new_tokens / self.block_size) - 1 if self.sampler.blockwise else 0
 
     def make_cut(self):
         return get_cut(self.cut, **dict(self.cut_params)) if "cut" in self.sampler.options else Uniform()

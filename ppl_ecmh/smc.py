@@ -20,12 +20,11 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.lm.generation import ends_with_eos, extend, span_sum
-from ppl_ecmh.mh import SuffixMHState
+from ppl_ecmh.lm.generation import Generated, ends_with_eos, extend, span_sum
 
 
 class SMCState(NamedTuple):
-    particles: SuffixMHState  # [G * N] rows
+    particles: Generated  # [G * N] rows
     log_weights: jax.Array  # [G * N], unnormalized
 
 
@@ -62,7 +61,7 @@ def particle_keys(keys, num_particles: int):
     return per_group.reshape((-1,) + per_group.shape[2:])
 
 
-def power_smc(keys, particles: SuffixMHState, lm, *, num_particles: int, alpha, tau, limit,
+def power_smc(keys, particles: Generated, lm, *, num_particles: int, alpha, tau, limit,
               block_size: int = 1, ess_threshold: float = 0.5,
               increment: Callable = power_increment) -> tuple[SMCState, SMCInfo]:
     """Run SMC from `particles` (prompts cached, empty completions) until every particle has ended
@@ -86,7 +85,7 @@ def power_smc(keys, particles: SuffixMHState, lm, *, num_particles: int, alpha, 
         grouped = log_weights.reshape(groups, num_particles)
         ess = effective_sample_size(grouped)
         resample = ess < ess_threshold * num_particles
-        state = SuffixMHState(grown, cache)
+        state = Generated(grown, cache)
 
         def resampled(operands):
             state, grouped = operands

@@ -21,8 +21,8 @@ import numpyro
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.distribution import Unit
 
-from ppl_ecmh import mh
-from ppl_ecmh.lm.generation import UNFINISHED, completion_tokens, new_sequences, sequence_log_prob, teacher_force
+from ppl_ecmh.lm.generation import (UNFINISHED, completion_tokens, extend, new_sequences, prefill, sequence_log_prob,
+                                    teacher_force)
 from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int
 
 SHARPENING_EXPONENT = "sharpening_exponent"
@@ -81,8 +81,10 @@ class LanguageModelSequence(Distribution):
 
     def sample(self, key, sample_shape=()):
         num = math.prod(sample_shape) if sample_shape else 1
-        state = mh.init(key, self.lm, self.empty_sequences(num), tau=1.0)
-        tokens = completion_tokens(state.seqs, self.pad_id)
+        seqs = self.empty_sequences(num)
+        start = jnp.zeros(seqs.length.shape, jnp.int32)
+        seqs, _ = extend(self.lm, key, seqs, prefill(self.lm, seqs), start, start + self.max_new_tokens, 1.0)
+        tokens = completion_tokens(seqs, self.pad_id)
         return tokens.reshape(tuple(sample_shape) + self.batch_shape + self.event_shape)
 
     def log_prob(self, value):

@@ -21,8 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.lm.generation import Sequences, ends_with_eos, extend, is_eos, span_sum, token_statistics
-from ppl_ecmh.mh import SuffixMHState
+from ppl_ecmh.lm.generation import Generated, Sequences, ends_with_eos, extend, is_eos, span_sum, token_statistics
 
 
 def candidate_log_probs(log_p: jax.Array, log_zeta: jax.Array, alpha, jackknife: bool = True) -> jax.Array:
@@ -49,8 +48,8 @@ class TMCInfo(NamedTuple):
     num_generated: jax.Array  # [B] tokens decoded, look-ahead rollouts included
 
 
-def tmc_sample(keys, state: SuffixMHState, lm, *, alpha, tau, limit, num_candidates: int, num_rollouts: int,
-               horizon: int, jackknife: bool = True) -> tuple[SuffixMHState, TMCInfo]:
+def tmc_sample(keys, state: Generated, lm, *, alpha, tau, limit, num_candidates: int, num_rollouts: int,
+               horizon: int, jackknife: bool = True) -> tuple[Generated, TMCInfo]:
     """Generate every row's completion from its prompt (`state` from `prefill`, empty completions)
     token by token until EOS or `limit`, with a key per row [B] (a row's completion depends on its
     key alone). The recorded log q of a token is the log probability with which it was actually
@@ -112,4 +111,4 @@ def tmc_sample(keys, state: SuffixMHState, lm, *, alpha, tau, limit, num_candida
 
     _, seqs, cache, generated = jax.lax.while_loop(unfinished, body, (keys, seqs, state.cache,
                                                                       jnp.zeros(rows, jnp.int32)))
-    return SuffixMHState(seqs, cache), TMCInfo(generated)
+    return Generated(seqs, cache), TMCInfo(generated)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from ppl_ecmh import mh
 from ppl_ecmh.lm import generation
+from tests import lockstep
 
 
 def exact_draws(problem, alpha: float, num: int, seed: int) -> tuple[jax.Array, dict]:
@@ -50,7 +50,7 @@ def chains_from_exact(problem, alpha, step_fn, num_chains=20000, num_steps=8, se
     """
     completions, pi = exact_draws(problem, alpha, num_chains, seed)
     seqs = generation.new_sequences([problem.prompt] * num_chains, problem.max_new_tokens)
-    state = mh.init_from_completions(problem.lm, seqs, completions, 1.0 / alpha if tau is None else tau)
+    state = lockstep.init_from_completions(problem.lm, seqs, completions, 1.0 / alpha if tau is None else tau)
     limit = jnp.full(num_chains, problem.max_new_tokens, jnp.int32)
     state, acceptance = run_steps(jax.random.key(seed), state, problem.lm, alpha, limit, step_fn, num_steps)
     return final_draws(state.seqs), pi, float(acceptance.mean())

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from ppl_ecmh import cuts, mh
+from ppl_ecmh import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.engine import scheduler
 from ppl_ecmh.engine import slots as slot_ops
@@ -118,7 +118,7 @@ def chains(schedule, prompts, width, order=None, seed=0, lm=PROBLEM.lm):
              for problem, prompt in enumerate(prompts) for chain in range(3)]
     items = [items[i] for i in order] if order is not None else items
     block = max(len(p) for p in prompts)
-    return {r.item.tag: r for r in Engine(lm, schedule, width=width, prompt_block=block, run_ahead=True).run(items)}
+    return {r.item.tag: r for r in Engine(lm, schedule, width=width, prompt_block=block).run(items)}
 
 
 def assert_same_records(a: dict, b: dict):
@@ -129,6 +129,9 @@ def assert_same_records(a: dict, b: dict):
         np.testing.assert_array_equal(a[tag].log_target, b[tag].log_target)
         for name in a[tag].steps:
             np.testing.assert_array_equal(a[tag].steps[name], b[tag].steps[name], err_msg=name)
+        for name in a[tag].stats:
+            np.testing.assert_array_equal(a[tag].stats[name], b[tag].stats[name], err_msg=name)
+        assert a[tag].initial_generated == b[tag].initial_generated
 
 
 def no_eos_problem(length=3):
@@ -254,9 +257,9 @@ def test_static_attention_leaves_every_record_as_it_was(starting, monkeypatch):
                       [int(t) for t in rng.integers(1, lm.vocab_size, 56)] if starting else None) for i in range(6)]
     spans = []
 
-    def recording(slots, lm, iterations, min_busy, run_ahead, schedule, span):
+    def recording(slots, lm, iterations, min_busy, schedule, span):
         spans.append(span)
-        return advance(slots, lm, iterations, min_busy, run_ahead, schedule, span)
+        return advance(slots, lm, iterations, min_busy, schedule, span)
 
     advance = scheduler._advance
     monkeypatch.setattr(scheduler, "_advance", recording)
@@ -267,24 +270,6 @@ def test_static_attention_leaves_every_record_as_it_was(starting, monkeypatch):
     static, dynamic = spans[: spans.index(None)], spans[spans.index(None):]
     assert set(dynamic) == {None} and static[0] == 32 and 64 in static
     assert max(int(r.length.max()) for r in runs[True].values()) > 32  # the chains did reach the second span
-
-
-@pytest.mark.parametrize("schedule", [
-    Schedule.suffix_mh(4, 8, cut=CUTS["mixture"], alpha=4.0, tau=1.0),
-    Schedule.blockwise(4, 2, 3, cut=CUTS["entropy_jump"], alpha=4.0, tau=1.0),
-], ids=["suffix", "blockwise"])
-def test_running_ahead_leaves_every_record_as_it_was_and_shortens_the_drain(schedule):
-    """Four chains in twelve slots, proposals from p for p^4 (half or more are rejected): the free
-    slots run chains ahead, as if the MH step in flight were rejected. Some bets are lost (an acceptance discards the tokens decoded ahead), the others
-    hand the chain on, so the run takes fewer iterations; every record is the same as without."""
-    items = [WorkItem(PROBLEM.prompt, chain_key(0, "ahead", chain, 0), chain) for chain in range(4)]
-    engines = {ahead: Engine(PROBLEM.lm, schedule, width=12, prompt_block=1, narrow=False, run_ahead=ahead)
-               for ahead in (True, False)}
-    runs = {ahead: {r.item.tag: r for r in engine.run(items)} for ahead, engine in engines.items()}
-    assert_same_records(runs[False], runs[True])
-    ahead, alone = engines[True].stats, engines[False].stats
-    assert ahead.ran_ahead > 4 and ahead.discarded > 0 and (alone.ran_ahead, alone.discarded) == (0, 0)
-    assert ahead.decoded == alone.decoded and ahead.iterations < alone.iterations
 
 
 def test_a_chain_records_every_step_and_draw_of_its_schedule():
@@ -328,24 +313,29 @@ def prefix_ids(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return ids
 
 
-@pytest.mark.parametrize("free", [0, 4], ids=["every slot held", "four slots running ahead"])
-def test_the_cache_always_holds_the_tokens_it_is_read_for(free):
+@pytest.mark.parametrize("paused", [False, True], ids=["running through", "paused after every draw"])
+def test_the_cache_always_holds_the_tokens_it_is_read_for(paused):
     """After every iteration, for every busy slot: the working cache agrees with the current state
     below `valid` and with the proposal up to its last fed token, and the backup agrees with the
     current state below `backed`. The toy model's cache is the id of the prefix at each position,
-    so a stale entry (a rejected proposal's, never restored) shows. With free slots, chains run
-    ahead in copies of their slots, and the copies must hold the same."""
+    so a stale entry (a rejected proposal's, never restored) shows. Paused after every draw and
+    resumed (as a NumPyro kernel drives the slots), the caches must hold the same."""
     logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # EOS (2) is rare: long completions
     problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
     schedule = Schedule.suffix_mh(9, 40, cut=CUTS["uniform"], alpha=4.0, tau=1.0)  # many rejections
     lm, chains = problem.lm, 6
-    slots = slot_ops.empty_slots(lm, chains + free, 1, schedule)
+    slots = slot_ops.empty_slots(lm, chains, 1, schedule)
     keys = np.stack([chain_key(0, "cache", chain, 0) for chain in range(chains)])
+    stop = np.full(chains, 1 if paused else schedule.num_draws, np.int32)
     slots = slot_ops.admit(slots, lm, np.arange(chains), np.zeros((chains, 1), np.int32), np.ones(chains, np.int32),
-                           keys, np.arange(chains), None, schedule)
-    iterate = jax.jit(slot_ops.iterate, static_argnums=(2, 3))
-    while np.asarray(slots.busy | slots.ahead).any():
-        slots = iterate(slots, lm, True, schedule)
+                           keys, np.arange(chains), None, stop, schedule)
+    iterate = jax.jit(slot_ops.iterate, static_argnums=2)
+    resume = jax.jit(slot_ops.resume, static_argnums=3)
+    while np.asarray(slots.busy).any():
+        slots = iterate(slots, lm, schedule)
+        if paused and not np.asarray(slots.busy).any():
+            stop = np.minimum(stop + 1, schedule.num_draws)
+            slots = resume(slots, lm, stop, schedule)
         cache, valid, busy = np.asarray(slots.cache), np.asarray(slots.valid), np.asarray(slots.busy)
         backup, backed = np.asarray(slots.backup), np.asarray(slots.backed)
         current = prefix_ids(np.asarray(slots.current.tokens), 3)
@@ -357,50 +347,10 @@ def test_the_cache_always_holds_the_tokens_it_is_read_for(free):
             np.testing.assert_array_equal(cache[row, : fed[row]], proposal[row, : fed[row]])
             # what a later step may keep of the current state is in one cache or the other
             assert max(valid[row], backed[row]) >= np.asarray(slots.current.length)[row], row
+    assert (np.asarray(slots.drawn) == schedule.num_draws).all()
     counters = slots.counters
     assert int(counters.restored) > 20 and int(counters.decoded) > 500  # restores were exercised
-    assert (int(counters.ran_ahead) > 20) == (free > 0)
     assert not np.asarray(slots.steps.accepted)[:, 1:].all()
-
-
-def test_thinned_steps_leave_a_cache_that_agrees_with_their_state():
-    """The NumPyro adapters' `steps_per_draw`: after a call of asynchronous steps every row's cache
-    holds its state's prefix ids up to the last token, although rejections overwrote some of it,
-    so the next call (which reads it as the lockstep state's cache) reads no stale entry."""
-    logits = np.random.default_rng(0).normal(size=(3, 3)) + [0.0, 0.0, -4.0]  # long completions
-    problem = toy.make_problem(lambda prefix: logits[prefix[-1]], 3, 2, (0,), 9)
-    seqs = generation.new_sequences([problem.prompt] * 64, 9)
-    state = mh.init(jax.random.PRNGKey(0), problem.lm, seqs, 1.0)
-    schedule = Schedule.thinned(9, 3, cut=CUTS["uniform"], alpha=4.0, tau=1.0)
-    thinned = jax.jit(slot_ops.thinned_steps, static_argnums=3)
-    stale_before_restoring = 0
-    for call in range(4):
-        state, steps = thinned(jax.random.PRNGKey(call), state, problem.lm, schedule)
-        cache, current = np.asarray(state.cache), prefix_ids(np.asarray(state.seqs.tokens), 3)
-        end = np.asarray(state.seqs.length)  # P + length - 1, with P = 1
-        for row in range(64):
-            np.testing.assert_array_equal(cache[row, : end[row]], current[row, : end[row]])
-        rejected = ~np.asarray(steps.accepted)[:, -1]
-        stale_before_restoring += int((rejected & (np.asarray(steps.cut)[:, -1] < end - 1)).sum())
-    assert stale_before_restoring > 10  # the last step's rejection left entries to restore
-
-
-def test_thinned_steps_over_spans_leave_every_record_and_state_as_they_were(monkeypatch):
-    """`steps_per_draw` with static attention (an accelerator's default): one slot loop per span,
-    each until a slot would feed past it, then the rest over the whole cache. The same records,
-    states and caches as the dynamic loop, bit for bit, with rows that go past the first span and
-    come back below it as later steps cut."""
-    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)  # spans 32 and 64 (the cache)
-    lm = tiny_model()
-    seqs = generation.new_sequences([[5, 6, 7, 10 + row] for row in range(8)], 60)
-    state = jax.jit(mh.init)(jax.random.PRNGKey(0), lm, seqs, 1.0)
-    schedule = Schedule.thinned(60, 4, cut=CUTS["uniform"], alpha=4.0, tau=1.0)
-    thinned = jax.jit(slot_ops.thinned_steps, static_argnums=(3, 4))
-    runs = {static: thinned(jax.random.PRNGKey(1), state, lm, schedule, static) for static in (True, False)}
-    for static, dynamic in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False])):
-        np.testing.assert_array_equal(static, dynamic)
-    fed = 4 + np.asarray(runs[True][1].cut + runs[True][1].new_suffix_length)[:, 1:] - 1  # proposals' last positions
-    assert fed.max() >= 32 and fed.min() < 32 and not np.asarray(runs[True][1].accepted)[:, 1:].all()
 
 
 @pytest.mark.slow

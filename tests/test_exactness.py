@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh import baselines, blockwise, cuts, mh
+from ppl_ecmh import cuts
 from ppl_ecmh.lm import generation, toy
+from tests import lockstep
 from tests.exact import (SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed,
                          chains_from_exact, exact_draws, final_draws)
 
@@ -35,7 +36,7 @@ PROBLEM = toy.random_tree_problem(seed=1)
 
 def mh_step(cut, drop_cut_ratio=False):
     def step(key, state, lm, alpha, limit):
-        return mh.suffix_mh_step(
+        return lockstep.suffix_mh_step(
             key, state, lm, cut=cut, alpha=alpha, tau=1.0 / alpha, limit=limit, drop_cut_ratio=drop_cut_ratio
         )
 
@@ -73,7 +74,7 @@ def test_kernel_without_cut_ratio_is_rejected(cut_name, alpha):
 
 def independent(tau_of_alpha):
     def step(key, state, lm, alpha, limit):
-        return baselines.independent_step(key, state, lm, tau=tau_of_alpha(alpha), alpha=alpha, limit=limit)
+        return lockstep.independent_step(key, state, lm, tau=tau_of_alpha(alpha), alpha=alpha, limit=limit)
 
     return step
 
@@ -107,13 +108,13 @@ def test_pivotal_example_power_and_low_temperature_disagree():
 
 @functools.cache
 def blockwise_program(cut_name, alpha, stop_at_eos, num_steps):
-    return jax.jit(functools.partial(blockwise.blockwise_sample, cut=CUTS[cut_name], alpha=alpha, tau=1 / alpha,
+    return jax.jit(functools.partial(lockstep.blockwise_sample, cut=CUTS[cut_name], alpha=alpha, tau=1 / alpha,
                                      block_size=2, num_mcmc_steps=num_steps, stop_at_eos=stop_at_eos))
 
 
 def run_blockwise(cut_name, alpha, stop_at_eos, num_steps, seed, num_chains=4000):
     seqs = generation.new_sequences([PROBLEM.prompt] * num_chains, PROBLEM.max_new_tokens)
-    state = mh.SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    state = lockstep.SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
     final, info = blockwise_program(cut_name, alpha, stop_at_eos, num_steps)(jax.random.key(seed), state, PROBLEM.lm)
     assert info.mh.accepted.shape == (2, num_steps, num_chains)
     return Comparison(final_draws(final.seqs), PROBLEM.power_distribution(alpha))
@@ -139,11 +140,11 @@ def test_entropy_cut_puts_cuts_at_high_entropy_positions():
     """Mean entropy H_{t+1} at the chosen cut: the entropy cut's exceeds the uniform cut's."""
     completions, _ = exact_draws(PROBLEM, 2.0, 4000, seed=7)
     seqs = generation.new_sequences([PROBLEM.prompt] * 4000, PROBLEM.max_new_tokens)
-    state = mh.init_from_completions(PROBLEM.lm, seqs, completions, 0.5)
+    state = lockstep.init_from_completions(PROBLEM.lm, seqs, completions, 0.5)
     entropy = np.asarray(state.seqs.entropy)
     means = {}
     for name in ["uniform", "entropy", "entropy_jump"]:
-        logq = mh.cut_log_probs(CUTS[name], state.seqs)
+        logq = lockstep.cut_log_probs(CUTS[name], state.seqs)
         t = np.asarray(jax.random.categorical(jax.random.key(0), logq))
         means[name] = entropy[np.arange(4000), t].mean()
     assert means["entropy"] > means["uniform"] + 0.1, means

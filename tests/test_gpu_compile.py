@@ -1,7 +1,7 @@
 """The engine's loops compiled for a GPU, on this CPU (benchmarks/gpu_compile.py): no iteration copies
 a cache. XLA:CPU elides copies that XLA:GPU keeps, so no CPU test can see this; the H200 run's engine
 copied both whole caches at every iteration. The check must also see such copies when they are
-there: a conditional around the run-ahead fork, the mistake that made them, is caught.
+there: a conditional around the caches, the mistake that made them, is caught.
 
 Each compile runs in a process of its own, with JAX's CUDA plugin (installed by `make setup` into
 a folder out of the suite's way) on its path."""
@@ -27,13 +27,14 @@ figures = gpu_compile.check_shape(sys.argv[1], gpu_compile.compile_only_device()
 print(json.dumps(figures))
 """
 
-# The run-ahead fork inside a conditional (as before this check existed): XLA:GPU copies the caches.
-CONDITIONAL_FORK = """
+# The backup's save inside a conditional (the mistake the run-ahead fork once made): XLA:GPU copies
+# the caches the conditional carries.
+CONDITIONAL_SAVE = """
 import jax, jax.numpy as jnp
 from ppl_ecmh.engine import slots as device
-fork = device._run_ahead
-device._run_ahead = lambda slots, lm, schedule: jax.lax.cond(
-    jnp.any(slots.owner < 0), lambda slots: fork(slots, lm, schedule), lambda slots: slots, slots)
+save = device._backed_up
+device._backed_up = lambda slots, starting, kept: jax.lax.cond(
+    jnp.any(starting), lambda slots: save(slots, starting, kept), lambda slots: slots, slots)
 """
 
 
@@ -68,9 +69,7 @@ def test_engine_loops_copy_no_cache_on_a_gpu(tiny):
 
 
 def test_check_sees_the_copies_of_a_conditional_around_the_caches():
-    loops = compiled_loops("tiny", CONDITIONAL_FORK)
-    assert loops["engine_running_ahead"]["cache_copies"] > 0
-    assert loops["engine"]["cache_copies"] == 0  # the default loop has no fork to wrap
+    assert compiled_loops("tiny", CONDITIONAL_SAVE)["engine"]["cache_copies"] > 0
 
 
 # Attention chunks of 16 positions: the toy shape's 40-position cache then takes an attention loop.

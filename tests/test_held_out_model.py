@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh import cuts, mh
+from ppl_ecmh import cuts
 from ppl_ecmh.lm import generation
+from tests import lockstep
 from tests.exact import (Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, chains_from_exact,
                          exact_draws)
 
@@ -115,7 +116,7 @@ CUTS = {"uniform": cuts.Uniform(), "entropy": cuts.Entropy(beta=0.5), "entropy_j
 
 @functools.cache
 def step(cut_name: str, tau: float, drop_cut_ratio: bool = False):
-    return lambda key, state, lm, alpha, limit: mh.suffix_mh_step(
+    return lambda key, state, lm, alpha, limit: lockstep.suffix_mh_step(
         key, state, lm, cut=CUTS[cut_name], alpha=alpha, tau=tau, limit=limit, drop_cut_ratio=drop_cut_ratio)
 
 
@@ -157,6 +158,6 @@ def test_no_cut_distribution_puts_almost_every_cut_at_the_start(cut_name):
     then 1): on this model each family keeps at least a fifth of its mass after the first token."""
     completions, _ = exact_draws(PROBLEM, ALPHA, 2000, seed=0)
     seqs = generation.new_sequences([PROBLEM.prompt] * 2000, PROBLEM.max_new_tokens)
-    state = mh.init_from_completions(PROBLEM.lm, seqs, completions, 1.0 / ALPHA)
-    at_start = np.exp(np.asarray(mh.cut_log_probs(CUTS[cut_name], state.seqs))[:, 0]).mean()
+    state = lockstep.init_from_completions(PROBLEM.lm, seqs, completions, 1.0 / ALPHA)
+    at_start = np.exp(np.asarray(lockstep.cut_log_probs(CUTS[cut_name], state.seqs))[:, 0]).mean()
     assert at_start < 0.8, at_start

@@ -13,9 +13,11 @@ from numpyro.infer import MCMC
 from numpyro.infer.util import log_density
 
 from ppl_ecmh import kernels
-from ppl_ecmh.lm import toy
+from ppl_ecmh.lm import spans, toy, transformer
+from ppl_ecmh.runner import SamplerSpec, run_sampler
 from ppl_ecmh.target import LanguageModelSequence, find_power_target, power_model
 from tests.exact import Comparison, assert_exact_at_every_seed, exact_draws
+from tests.parallel_check import tiny_model
 
 PROBLEM = toy.random_tree_problem(seed=1)
 FIELDS = ("accepted", "accept_prob", "cut", "log_target", "length", "num_generated", "old_suffix_length",
@@ -246,8 +248,6 @@ def test_a_batch_of_prompts_samples_each_prompts_own_power_target():
 
 @pytest.mark.parametrize("preset, cut", [("karan-du", "Uniform()"), ("ecmh", "EntropyJump(power=4.0, floor=0.0)")])
 def test_presets_fix_their_cut_and_runs_record_preset_and_truncation(preset, cut):
-    from ppl_ecmh.runner import SamplerSpec, run_sampler
-
     spec = SamplerSpec(preset, cut="entropy", block_size=2, num_mcmc_steps=2, top_k=3)  # the preset's cut wins
     run = run_sampler(PROBLEM.lm, PROBLEM.prompt, spec, alpha=4.0, max_new_tokens=4, num_chains=2, num_draws=3,
                       progress=False)
@@ -261,7 +261,7 @@ def test_presets_fix_their_cut_and_runs_record_preset_and_truncation(preset, cut
 def test_a_draw_hands_back_the_model_weights_instead_of_copying_them():
     """The runner's state carries the weights; were they an output of the compiled step, every draw
     would allocate a fresh copy of the whole model (2.5 GB per draw for the 0.5B model)."""
-    from ppl_ecmh.runner import SamplerSpec, _kernel_and_step
+    from ppl_ecmh.runner import _kernel_and_step
 
     kernel, step = _kernel_and_step(SamplerSpec("entropy-cut"), 4.0, 4)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -292,8 +292,6 @@ def test_block_wise_stage_draws_score_as_the_prefixes_the_kernel_targets():
 
 def test_block_wise_runs_discard_their_stages_by_default():
     from ppl_ecmh.lm.generation import UNFINISHED
-    from ppl_ecmh.runner import SamplerSpec, run_sampler
-
     spec = SamplerSpec("blockwise", block_size=1, num_mcmc_steps=2)  # 4 stages of one token
     run = run_sampler(PROBLEM.lm, PROBLEM.prompt, spec, alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=2,
                       progress=False)
@@ -305,8 +303,6 @@ def test_block_wise_runs_discard_their_stages_by_default():
 
 
 def test_a_run_over_several_prompts_splits_into_the_runs_of_each():
-    from ppl_ecmh.runner import SamplerSpec, run_sampler
-
     options = dict(alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=4, progress=False)
     both = run_sampler(PROBLEM.lm, [[0], [0]], SamplerSpec("entropy-cut"), **options)  # the toy's context: 1 + 4
     alone = run_sampler(PROBLEM.lm, [0], SamplerSpec("entropy-cut"), **options)  # keyed as prompt 0
@@ -320,3 +316,48 @@ def test_a_run_over_several_prompts_splits_into_the_runs_of_each():
         alone.for_prompt(0)
     with pytest.raises(IndexError, match="prompt 2 of a run over 2"):
         both.for_prompt(2)
+
+
+@pytest.mark.parametrize("spec", [
+    SamplerSpec("entropy-cut"), SamplerSpec("random-cut"), SamplerSpec("ecmh", block_size=2, num_mcmc_steps=2),
+    SamplerSpec("ancestral"), SamplerSpec("low-temp"), SamplerSpec("best-of-n", token_budget=7),
+], ids=lambda spec: spec.name)
+@pytest.mark.parametrize("prompts", [PROBLEM.prompt, [PROBLEM.prompt, (1,)]], ids=["one prompt", "two prompts"])
+def test_the_kernel_and_the_engine_run_draw_the_same_tokens(spec, prompts):
+    """`MCMC(kernel)` and `ppl-ecmh sample` (`run_sampler` on the engine) with the same seed: the
+    same tokens and statistics, draw for draw, although the kernel's chains pause at every draw
+    and the engine's run through; and not the same with another seed."""
+    options = dict(alpha=2.0, max_new_tokens=4, num_chains=3, num_draws=5, num_warmup=2, progress=False)
+    engine = run_sampler(PROBLEM.lm, prompts, spec, seed=7, **options)
+    mcmc = MCMC(spec.make_kernel(), num_warmup=2, num_samples=5, num_chains=3, chain_method="vectorized",
+                progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(7), PROBLEM.lm, prompts, alpha=2.0, max_new_tokens=4, extra_fields=FIELDS)
+    np.testing.assert_array_equal(mcmc.get_samples(group_by_chain=True)["x"], engine.tokens)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    for field in FIELDS:
+        np.testing.assert_allclose(extra[field], engine.stats[field], rtol=1e-6, err_msg=field)
+    other = run_sampler(PROBLEM.lm, prompts, spec, seed=8, **options)
+    assert not np.array_equal(other.tokens, engine.tokens)
+
+
+def test_a_kernel_attending_over_spans_draws_what_it_draws_without(monkeypatch):
+    """A per-chain kernel with static attention (an accelerator's default: one slot loop per span
+    while it waits for a draw, each until a slot would feed past it) against its dynamic loop: the
+    same draws and statistics, bit for bit, with chains that reach past the first span and come
+    back below it as later steps cut."""
+    monkeypatch.setattr(transformer, "ATTENTION_CHUNK", 16)  # spans 32 and 64 (the cache)
+    lm = tiny_model()
+    prompts = [[5, 6, 7, 10 + i] for i in range(3)]
+
+    def draws(static: bool):
+        monkeypatch.setattr(spans, "static_attention_by_default", lambda: static)
+        mcmc = MCMC(kernels.RandomCutMH(power_model), num_warmup=0, num_samples=4, num_chains=2,
+                    chain_method="vectorized", progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(0), lm, prompts, alpha=1.0, max_new_tokens=60, extra_fields=FIELDS)
+        return mcmc.get_samples(group_by_chain=True)["x"], mcmc.get_extra_fields(group_by_chain=True)
+
+    (static_tokens, static_stats), (tokens, stats) = draws(True), draws(False)
+    np.testing.assert_array_equal(static_tokens, tokens)
+    for field in FIELDS:
+        np.testing.assert_array_equal(static_stats[field], stats[field], err_msg=field)
+    assert stats["length"].max() > 32 and stats["cut"].min() < 28  # past the first span, and back below it

@@ -35,8 +35,8 @@ def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens
     rows, count = jax.ShapeDtypeStruct((group,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
     admitted = (slots, lm, rows, jax.ShapeDtypeStruct((group, prompt), jnp.int32), rows,
                 jax.ShapeDtypeStruct((group, 2), jnp.uint32), rows)
-    admit = _admit.trace(*admitted, None, schedule).lower().compile()
-    advance = _advance.trace(slots, lm, count, count, False, schedule, None).lower().compile()
+    admit = _admit.trace(*admitted, None, rows, schedule).lower().compile()
+    advance = _advance.trace(slots, lm, count, count, schedule, None).lower().compile()
     return max(memory.compiled_peak(admit, admitted), memory.compiled_peak(advance, (slots, lm)))
 
 

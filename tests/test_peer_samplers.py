@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh import baselines, diagnostics
+from ppl_ecmh import diagnostics
 from ppl_ecmh.lm import generation, toy
-from ppl_ecmh.mh import SuffixMHState
 from ppl_ecmh.runner import SamplerSpec, run_sampler
+from tests import lockstep
 
 PROBLEM = toy.random_tree_problem(seed=1)
 
@@ -16,9 +16,9 @@ PROBLEM = toy.random_tree_problem(seed=1)
 def best_of_n(budgets, seed=0):
     rows = len(budgets)
     seqs = generation.new_sequences([PROBLEM.prompt] * rows, PROBLEM.max_new_tokens)
-    state = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    state = generation.Generated(seqs, generation.prefill(PROBLEM.lm, seqs))
     limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
-    return baselines.best_of_n(jax.random.key(seed), state, PROBLEM.lm, tau=1.0, budget=jnp.asarray(budgets), limit=limit)
+    return lockstep.best_of_n(jax.random.key(seed), state, PROBLEM.lm, tau=1.0, budget=jnp.asarray(budgets), limit=limit)
 
 
 def test_best_of_n_never_exceeds_its_token_budget():

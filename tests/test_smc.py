@@ -9,7 +9,6 @@ import pytest
 
 from ppl_ecmh import smc
 from ppl_ecmh.lm import generation, toy
-from ppl_ecmh.mh import SuffixMHState
 from tests.exact import REJECTION_MARGIN, SEEDS, tv_bound
 
 PROBLEM = toy.random_tree_problem(seed=1)
@@ -26,7 +25,7 @@ def weighted_estimates(alpha, num_particles, groups, seed, block_size=1, increme
     group's effective sample size at the last step."""
     rows = num_particles * groups
     seqs = generation.new_sequences([PROBLEM.prompt] * rows, PROBLEM.max_new_tokens)
-    start = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    start = generation.Generated(seqs, generation.prefill(PROBLEM.lm, seqs))
     limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
     state, info = jax.jit(lambda key, start: smc.power_smc(
         key, start, PROBLEM.lm, num_particles=num_particles, alpha=alpha, tau=1.0 / alpha, limit=limit,
@@ -89,7 +88,7 @@ def test_a_groups_particles_depend_on_its_own_key_alone():
     """Keyed by group: the same key gives the same system whatever group stands beside it."""
     num_particles, keys = 8, jax.random.split(jax.random.key(3), 3)
     seqs = generation.new_sequences([PROBLEM.prompt] * 2 * num_particles, PROBLEM.max_new_tokens)
-    start = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    start = generation.Generated(seqs, generation.prefill(PROBLEM.lm, seqs))
     limit = jnp.full(2 * num_particles, PROBLEM.max_new_tokens, jnp.int32)
     run = jax.jit(lambda keys: smc.power_smc(keys, start, PROBLEM.lm, num_particles=num_particles, alpha=4.0,
                                              tau=0.25, limit=limit)[0])

@@ -9,7 +9,6 @@ import pytest
 
 from ppl_ecmh import tmc
 from ppl_ecmh.lm import generation, toy
-from ppl_ecmh.mh import SuffixMHState
 from ppl_ecmh.runner import SamplerSpec, run_sampler
 from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, final_draws
 
@@ -20,7 +19,7 @@ ALPHA = 2.0
 @functools.cache
 def tmc_draws(num_candidates, num_rollouts, horizon, rows=4000, seed=0):
     seqs = generation.new_sequences([PROBLEM.prompt] * rows, PROBLEM.max_new_tokens)
-    state = SuffixMHState(seqs, generation.prefill(PROBLEM.lm, seqs))
+    state = generation.Generated(seqs, generation.prefill(PROBLEM.lm, seqs))
     limit = jnp.full(rows, PROBLEM.max_new_tokens, jnp.int32)
     new, info = jax.jit(lambda key, state: tmc.tmc_sample(
         key, state, PROBLEM.lm, alpha=ALPHA, tau=1.0 / ALPHA, limit=limit, num_candidates=num_candidates,

@@ -5,8 +5,7 @@ until a chain finishes or `iterations_per_trip` decode iterations have passed, t
 finished chains and admits more. One host trip per finished chain or per trip, never per token.
 Once the queue is empty the run drains: when no more than half the slots are busy, the host moves
 the busy ones into a batch half as wide (or narrower, down to `min_width`), whose decode steps
-cost less; with `run_ahead`, the free slots run chains ahead (`ppl_ecmh.engine.slots`): a chain's
-next step decodes beside its MH step in flight, in case that one is rejected.
+cost less.
 
     engine = Engine(lm, schedule, width=32, prompt_block=128)
     for result in engine.run([WorkItem(prompt, chain_key(seed, "ecmh", problem_id, chain)), ...]):
@@ -48,6 +47,22 @@ def chain_key(seed: int, sampler: str, problem: int | str, chain: int) -> np.nda
     return np.asarray(key)
 
 
+def work_keys(keys, work_ids: Sequence[int]) -> jax.Array:
+    """Keys of rows (chain, prompt) [chains * prompts, 2], chain-major: each chain's key [chains, 2]
+    folded with each prompt's work id, so a prompt's draws depend on its id, not on its batch."""
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    work = jnp.asarray(work_ids, jnp.uint32)
+    return jax.vmap(lambda key: jax.vmap(lambda w: jax.random.fold_in(key, w))(work))(keys).reshape(-1, 2)
+
+
+def chain_keys(rng_key, num_chains: int, work_ids: Sequence[int]) -> jax.Array:
+    """`work_keys` of the chains NumPyro's MCMC makes from `rng_key` (the key itself for one chain,
+    else `split(rng_key, num_chains)`): the rows' keys of `MCMC(kernel, num_chains=...).run(rng_key, ...)`."""
+    keys = rng_key[None] if num_chains == 1 else jax.random.split(rng_key, num_chains)
+    return work_keys(keys, work_ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
     prompt: Sequence[int]
@@ -62,9 +77,17 @@ class ChainResult:
     steps: dict  # per step [num_steps]: accepted, accept_prob, cut, old/new_suffix_length
     tokens: np.ndarray  # [num_draws, T] completion tokens, 0 past each draw's length
     entropy: np.ndarray  # [num_draws, T]
-    length: np.ndarray  # [num_draws]
-    log_target: np.ndarray  # [num_draws] alpha * log p of each draw
+    stats: dict  # per draw [num_draws]: `slots.draw_statistics` (log_target, length, accepted, ...)
+    initial_generated: int  # tokens decoded before the first draw's steps (suffix MH's initial completion)
     seconds: float  # this chain's share of the wall time: of each stretch, in proportion to its busy iterations
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.stats["length"]
+
+    @property
+    def log_target(self) -> np.ndarray:
+        return self.stats["log_target"]
 
 
 @dataclasses.dataclass
@@ -83,8 +106,6 @@ class EngineStats:
     decoded: int = 0  # useful proposal tokens, all slots
     saved: int = 0  # slot caches copied into their backup before a proposal overwrote them
     restored: int = 0  # slot caches copied back from their backup after a rejection
-    ran_ahead: int = 0  # steps begun ahead of their chain's step in flight, in the drain's free slots
-    discarded: int = 0  # tokens decoded ahead of a step that was then accepted (not in `decoded`)
     width: int = 0  # slots at the start (the drain narrows the batch)
     seconds: float = 0.0
     by_width: dict = dataclasses.field(default_factory=dict)  # width -> WidthShare: where the drain's time went
@@ -99,16 +120,11 @@ class Engine:
     """Continuous batching of MH chains on one model: W slots, a queue, one compiled loop."""
 
     def __init__(self, lm, schedule: Schedule, *, width: int, prompt_block: int, iterations_per_trip: int = 64,
-                 mesh=None, narrow: bool = True, min_width: int = 8, run_ahead: bool = False,
-                 static_attention: bool | None = None):
+                 mesh=None, narrow: bool = True, min_width: int = 8, static_attention: bool | None = None):
         """`mesh` (`ppl_ecmh.parallel.make_mesh`): split the slots over its data axis and the
         weights over its model axis; None runs on the default device. `narrow`: halve the batch
         as the run drains, down to `min_width` slots (each narrower width compiles its loop once,
-        and below a few slots a decode step of an accelerator costs no less). `run_ahead`: once
-        nothing is queued, a free slot runs a chain's next step as if its MH step in flight were
-        rejected (`ppl_ecmh.engine.slots`). Off by default: on a 2-core CPU it made a drain
-        slower, and on smollm2-135m its records differed from an idle run's (docs/design.md).
-        `static_attention`: attention loops whose trip counts are known when compiled, over the
+        and below a few slots a decode step of an accelerator costs no less). `static_attention`: attention loops whose trip counts are known when compiled, over the
         smallest of the `attention_spans` that holds the slots' positions for the next trip (one
         program per span reached), instead of loops up to the furthest live position; XLA:GPU
         waits on the host at every trip of the latter. None: `static_attention_by_default()`. The
@@ -123,7 +139,6 @@ class Engine:
         self.iterations_per_trip = check_positive_int("iterations_per_trip", iterations_per_trip)
         self.narrow = narrow
         self.min_width = check_positive_int("min_width", min_width)
-        self.run_ahead = run_ahead
         self.static_attention = uses_static_attention(static_attention)
         self.stats = EngineStats(width=self.width)
 
@@ -150,7 +165,7 @@ class Engine:
         slots = self._fill(slots, owner, chains, charged, numbers, queue)
         slots = self._advance(slots, owner, queue, self.prompt_block - 1)
         while True:
-            busy, ahead = np.asarray(slots.busy), np.asarray(slots.ahead)  # waits for the device
+            busy = np.asarray(slots.busy)  # waits for the device
             furthest = self._furthest(slots, busy)
             now_owner = np.asarray(slots.owner)
             iterations = np.asarray(slots.counters.busy_iterations).astype(np.int64)
@@ -163,7 +178,7 @@ class Engine:
                     charged[chain] += share
             tick, seen, owner = now, iterations, now_owner.copy()
             self._read_counters(slots.counters, now - started, len(owner))
-            finished = [slot for slot in range(len(owner)) if owner[slot] >= 0 and not busy[slot] and not ahead[slot]]
+            finished = [slot for slot in range(len(owner)) if owner[slot] >= 0 and not busy[slot]]
             done = [int(owner[slot]) for slot in finished]
             results = self._collect(slots, finished, [chains.pop(n) for n in done], [charged.pop(n) for n in done])
             if finished:
@@ -184,10 +199,10 @@ class Engine:
                 return
 
     def _advance(self, slots, owner: np.ndarray, queue, furthest: int):
-        """Dispatch the device loop; chains run ahead once nothing is queued for the free slots.
-        `furthest`: the furthest position a slot feeds next, for the span of static attention."""
-        return _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(owner, queue),
-                        self.run_ahead and not queue, self.schedule, self._span(furthest))
+        """Dispatch the device loop. `furthest`: the furthest position a slot feeds next, for the
+        span of static attention."""
+        return _advance(slots, self.lm, self.iterations_per_trip, self._min_busy(owner, queue), self.schedule,
+                        self._span(furthest))
 
     def _furthest(self, slots, busy: np.ndarray) -> int:
         """The furthest position a busy slot feeds next, or a little past it (a slot whose step
@@ -209,11 +224,10 @@ class Engine:
         stats = self.stats
         share = stats.by_width.setdefault(width, WidthShare())
         share.iterations += int(counters.iterations) - stats.iterations
-        share.decoded += int(counters.decoded) - int(counters.discarded) - stats.decoded
+        share.decoded += int(counters.decoded) - stats.decoded
         share.seconds += seconds - stats.seconds
         stats.iterations, stats.slot_iterations = int(counters.iterations), int(counters.slot_iterations)
-        stats.discarded, stats.ran_ahead = int(counters.discarded), int(counters.ran_ahead)
-        stats.decoded = int(counters.decoded) - stats.discarded
+        stats.decoded = int(counters.decoded)
         stats.saved, stats.restored = int(counters.saved), int(counters.restored)
         stats.seconds = seconds
 
@@ -262,11 +276,12 @@ class Engine:
         if not finished:
             return []
         index = jnp.asarray(finished)
-        steps, draws = jax.device_get((jax.tree.map(lambda a: a[index], slots.steps),
-                                       jax.tree.map(lambda a: a[index], slots.draws)))
+        steps, draws, stats, initial = jax.device_get((
+            jax.tree.map(lambda a: a[index], slots.steps), jax.tree.map(lambda a: a[index], slots.draws),
+            device.draw_statistics(jax.tree.map(lambda a: a[index], slots.draws)), slots.initial_generated[index]))
         return [ChainResult(item, {name: values[row] for name, values in steps._asdict().items()},
-                            draws.tokens[row], draws.entropy[row], draws.length[row], draws.log_target[row],
-                            float(seconds[row]))
+                            draws.tokens[row], draws.entropy[row], {name: values[row] for name, values in stats.items()},
+                            int(initial[row]), float(seconds[row]))
                 for row, item in enumerate(items)]
 
     def _admit(self, slots, free: list[int], items: list[WorkItem], numbers: np.ndarray):
@@ -293,14 +308,14 @@ class Engine:
                 starts[row, : len(item.start)] = item.start
         return _admit(slots, self.lm, jnp.asarray(index), jnp.asarray(prompts), jnp.asarray(lengths),
                       jnp.asarray(keys), jnp.asarray(owner), None if starts is None else jnp.asarray(starts),
-                      self.schedule)
+                      jnp.full(rows, self.schedule.num_draws, jnp.int32), self.schedule)
 
 
-# Compiled once per (schedule, shapes; for `_advance`, whether free slots run ahead). Slots are donated:
+# Compiled once per (schedule, shapes; for `_advance`, its span). Slots are donated:
 # the device updates them in place.
 _empty = jax.jit(device.empty_slots, static_argnums=(1, 2, 3))
-_admit = jax.jit(device.admit, static_argnums=(8,), donate_argnums=(0,))
-_advance = jax.jit(device.advance, static_argnums=(4, 5, 6), donate_argnums=(0,))
+_admit = jax.jit(device.admit, static_argnums=(9,), donate_argnums=(0,))
+_advance = jax.jit(device.advance, static_argnums=(4, 5), donate_argnums=(0,))
 _release = jax.jit(device.release, donate_argnums=(0,))
 _narrowed = jax.jit(device.narrowed)  # a gather into new, narrower buffers: nothing to donate
 _rows = jax.jit(lambda array, keep: array[keep])

@@ -370,21 +370,21 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
                    mesh=None) -> None:
     """One chain per pending problem through the engine; each record stored as its chain ends."""
     schedule = spec.schedule(settings.alpha, settings.max_new_tokens, settings.num_draws(spec.name))
-    items = engine_items([prompts[p.id] for p in pending], spec, seed, 1, settings.num_draws(spec.name),
-                         problem_names=[p.id for p in pending])
+    items = engine_items([prompts[p.id] for p in pending], jax.random.PRNGKey(_crc(f"{seed}/{spec.name}")), 1,
+                         [_crc(p.id) for p in pending])
     engine = Engine(truncate(model.lm, spec.top_k), schedule, prompt_block=prompt_block, mesh=mesh,
                     width=parallel.data_parallel_width(min(settings.batch_size, len(items)), mesh))
     correct = 0
     for done, result in enumerate(engine.run(items), 1):
         problem = pending[result.item.tag[0]]
-        per_draw = schedule.draw_statistics(result.steps)
+        per_draw = result.stats
         length = int(result.length[-1])
         completion = model.decode(result.tokens[-1, :length])
         graded = grade(task, completion, problem)
         store.append([dict(
             sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, **graded,
             reference=problem.answer if settings.task != "humaneval" else None,
-            tokens_generated=int(result.steps["new_suffix_length"].sum()), completion_length=length,
+            tokens_generated=result.initial_generated + int(per_draw["num_generated"].sum()), completion_length=length,
             alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
             mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.sampler.mh else None,
             num_draws=schedule.num_draws, wall_time_s=result.seconds, batch_wall_time_s=None,

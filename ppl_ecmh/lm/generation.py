@@ -37,6 +37,13 @@ class Sequences(NamedTuple):
         return self.logp.shape[-1]
 
 
+class Generated(NamedTuple):
+    """Sequences with the model's cache of their tokens (KV cache, batch first)."""
+
+    seqs: Sequences
+    cache: Any
+
+
 class TokenStatistics(NamedTuple):
     logp: jax.Array
     logq: jax.Array
@@ -215,16 +222,21 @@ UNFINISHED = -1
 
 
 def completion_tokens(seqs: Sequences, pad_id: int, lm=None) -> jax.Array:
-    """Completions as [B, T] arrays, padded with `pad_id` after each row's length; given `lm`,
-    unfinished rows (no EOS, shorter than T) are padded with UNFINISHED instead."""
+    """Completions as [B, T] arrays, padded as `padded_completions` pads them."""
     positions = seqs.prompt_length[:, None] + jnp.arange(seqs.max_new_tokens)[None, :]
-    tokens = jnp.take_along_axis(seqs.tokens, positions, axis=1, mode="clip")
-    pad = jnp.full(seqs.length.shape, pad_id, jnp.int32)
+    return padded_completions(jnp.take_along_axis(seqs.tokens, positions, axis=1, mode="clip"), seqs.length, pad_id, lm)
+
+
+def padded_completions(tokens: jax.Array, length: jax.Array, pad_id: int, lm=None) -> jax.Array:
+    """Completions [..., T] padded with `pad_id` after each one's `length`; given `lm`, unfinished
+    ones (no EOS, shorter than T) are padded with UNFINISHED instead."""
+    total = tokens.shape[-1]
+    pad = jnp.full(length.shape, pad_id, jnp.int32)
     if lm is not None:
-        last = jnp.take_along_axis(tokens, jnp.maximum(seqs.length - 1, 0)[:, None], axis=1)[:, 0]
-        unfinished = (seqs.length > 0) & (seqs.length < seqs.max_new_tokens) & ~is_eos(lm, last)
+        last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[..., None], axis=-1)[..., 0]
+        unfinished = (length > 0) & (length < total) & ~is_eos(lm, last)
         pad = jnp.where(unfinished, UNFINISHED, pad)
-    return jnp.where(within_completion(seqs), tokens, pad[:, None])
+    return jnp.where(jnp.arange(total) < length[..., None], tokens, pad[..., None])
 
 
 def completion_length(lm, completions: jax.Array) -> jax.Array:
