@@ -347,23 +347,10 @@ def _run_batch(settings, spec, seed, batch, prompts, prompt_block, model, task, 
                       seed=_crc(f"{seed}/{spec.name}"), prompt_block=prompt_block, progress=False,
                       work_ids=[_crc(p.id) for p in padded])
     seconds = time.perf_counter() - started
-    records = []
-    for column, problem in enumerate(batch):
-        length = int(run.stats["length"][0, -1, column])
-        completion = model.decode(run.tokens[0, -1, column, :length])
-        records.append(dict(
-            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion,
-            **grade(task, completion, problem),
-            reference=problem.answer if settings.task != "humaneval" else None,
-            tokens_generated=int(run.stats["num_generated"][0, :, column].sum() + run.initial_generated[0, column]),
-            completion_length=length, alpha_log_p=float(run.stats["log_target"][0, -1, column]),
-            acceptance=float(np.mean(run.stats["accepted"][0, :, column])),
-            mh_suffix_tokens=(int(run.stats["new_suffix_length"][0, :, column].sum())
-                              if spec.sampler.mh else None),
-            num_draws=int(run.tokens.shape[1]), wall_time_s=seconds / per_batch, batch_wall_time_s=seconds,
-            batch_size=len(batch), token_budget=spec.token_budget, machine=machine,
-        ))
-    return records
+    return [record(settings, spec, seed, problem, model, task, machine, run.tokens[0, -1, column],
+                   {name: values[0, :, column] for name, values in run.stats.items()}, run.initial_generated[0, column],
+                   wall_time_s=seconds / per_batch, batch_wall_time_s=seconds, batch_size=len(batch))
+            for column, problem in enumerate(batch)]
 
 
 def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, task, machine, store, bar,
@@ -376,25 +363,30 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
                     width=parallel.data_parallel_width(min(settings.batch_size, len(items)), mesh))
     correct = 0
     for done, result in enumerate(engine.run(items), 1):
-        problem = pending[result.item.tag[0]]
-        per_draw = result.stats
-        length = int(result.length[-1])
-        completion = model.decode(result.tokens[-1, :length])
-        graded = grade(task, completion, problem)
-        store.append([dict(
-            sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, **graded,
-            reference=problem.answer if settings.task != "humaneval" else None,
-            tokens_generated=result.initial_generated + int(per_draw["num_generated"].sum()), completion_length=length,
-            alpha_log_p=float(result.log_target[-1]), acceptance=float(np.mean(per_draw["accepted"])),
-            mh_suffix_tokens=int(per_draw["new_suffix_length"].sum()) if spec.sampler.mh else None,
-            num_draws=schedule.num_draws, wall_time_s=result.seconds, batch_wall_time_s=None,
-            batch_size=engine.width, token_budget=spec.token_budget, machine=machine,
-            engine=dict(width=engine.width, occupancy=round(engine.stats.occupancy, 4)),
-        )])
-        correct += graded["correct"]
+        done_record = record(settings, spec, seed, pending[result.item.tag[0]], model, task, machine, result.tokens[-1],
+                             result.stats, result.initial_generated, wall_time_s=result.seconds,
+                             batch_wall_time_s=None, batch_size=engine.width,
+                             engine=dict(width=engine.width, occupancy=round(engine.stats.occupancy, 4)))
+        store.append([done_record])
+        correct += done_record["correct"]
         bar.update(1)
         bar.set_postfix(correct=f"{correct}/{done}", occupancy=f"{engine.stats.occupancy:.2f}",
                         tok_s=f"{engine.stats.decoded / max(engine.stats.seconds, 1e-9):.0f}")
+
+
+def record(settings, spec, seed, problem, model, task, machine, tokens, stats: dict, initial_generated,
+           **timing) -> dict:
+    """A problem's record from its chain's last draw `tokens` [T] and per-draw statistics
+    (`runner.STAT_FIELDS`, [draws]), graded; `timing`: how its wall time was measured."""
+    length = int(stats["length"][-1])
+    completion = model.decode(tokens[:length])
+    return dict(
+        sampler=spec.name, seed=seed, problem_id=problem.id, completion=completion, **grade(task, completion, problem),
+        reference=problem.answer if settings.task != "humaneval" else None,
+        tokens_generated=int(initial_generated) + int(stats["num_generated"].sum()), completion_length=length,
+        alpha_log_p=float(stats["log_target"][-1]), acceptance=float(np.mean(stats["accepted"])),
+        mh_suffix_tokens=int(stats["new_suffix_length"].sum()) if spec.sampler.mh else None,
+        num_draws=len(stats["length"]), token_budget=spec.token_budget, machine=machine, **timing)
 
 
 def grade(task, completion: str, problem) -> dict:
