@@ -45,7 +45,7 @@ def main() -> None:
     engine = Engine(lm, schedule, width=8, prompt_block=4, mesh=mesh)
     slots = parallel.shard_slots(scheduler._empty(engine.lm, 8, 4, schedule), mesh, 8)
     slots = engine._fill(slots, np.full(8, -1), {}, {}, itertools.count(), collections.deque(items))
-    slots = scheduler._advance(slots, engine.lm, 16, True, False, schedule)
+    slots = scheduler._advance(slots, engine.lm, 16, True, schedule)
     spec = lambda array: [str(axis) for axis in array.sharding.spec]
     report["placement"] = {"tokens": spec(slots.current.tokens), "cache": spec(slots.cache.k[0]),
                            "wq": spec(engine.lm.params["layers"][0]["wq"]),
