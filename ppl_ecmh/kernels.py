@@ -102,9 +102,7 @@ class _PowerKernel(MCMCKernel):
         kinds = dict(log_target=jnp.float32, accepted=jnp.float32, accept_prob=jnp.float32)
         return SequenceKernelState(
             z={self._target.site: expose(tokens)}, entropy=expose(entropy),
-            **{name: expose(stats[name].astype(kinds.get(name, jnp.int32))) for name in (
-                "log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length",
-                "num_generated")},
+            **{name: expose(stats[name].astype(kinds.get(name, jnp.int32))) for name in engine.STAT_FIELDS},
             sampler=sampler,
             lm=lm,  # passed through, never closed over: jit must not bake the weights in
             rng_key=rng_key, extra={name: expose(value) for name, value in (extra or {}).items()},

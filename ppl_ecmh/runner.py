@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh import parallel
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_keys, memory
+from ppl_ecmh.engine.slots import STAT_FIELDS
 from ppl_ecmh.lm.generation import padded_completions
 from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.lm.truncation import truncate
@@ -29,8 +30,6 @@ from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_
 # (benchmarks/engine.py, float32, 160 + 384 cache): qwen2.5-coder-0.5b 14, 43, 68, 83, 101 tokens/s
 # at 1, 8, 16, 32, 64 rows; smollm2-135m 40, 131, 184, 213, 211. docs/design.md section 7.
 DEFAULT_WIDTH = 64
-STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length",
-               "new_suffix_length", "num_generated")
 
 
 @dataclasses.dataclass

@@ -395,6 +395,11 @@ def advance(slots: Slots, lm, max_iterations, min_busy, schedule: Schedule, span
     return jax.lax.while_loop(running, lambda slots: iterate(slots, lm, schedule), slots)
 
 
+# the per-draw statistics every sampler reports, as `draw_statistics` names them
+STAT_FIELDS = ("log_target", "length", "accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length",
+               "num_generated")
+
+
 def draw_statistics(draws: DrawRecord) -> dict:
     """The samplers' per-draw statistics (any leading shape) from draw records: `accepted` the
     fraction of a draw's MH steps accepted, `accept_prob` their mean probability, `cut` the last

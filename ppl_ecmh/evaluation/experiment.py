@@ -377,7 +377,7 @@ def _run_on_engine(settings, spec, seed, pending, prompts, prompt_block, model, 
 def record(settings, spec, seed, problem, model, task, machine, tokens, stats: dict, initial_generated,
            **timing) -> dict:
     """A problem's record from its chain's last draw `tokens` [T] and per-draw statistics
-    (`runner.STAT_FIELDS`, [draws]), graded; `timing`: how its wall time was measured."""
+    (`engine.slots.STAT_FIELDS`, [draws]), graded; `timing`: how its wall time was measured."""
     length = int(stats["length"][-1])
     completion = model.decode(tokens[:length])
     return dict(
