@@ -77,9 +77,9 @@ SHAPES = {  # the papers' shapes (`ppl_ecmh.lm.catalog`), EOS disabled (-1), and
 } | {"tiny": ModelConfig(architecture="qwen2", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
                          num_heads=4, num_kv_heads=2, head_dim=16, attention_bias=True, max_position_embeddings=256,
                          eos_token_ids=(-1,))}
-PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
+PAPER = dict(prompt=128, max_new_tokens=3072, block_size=192, num_mcmc_steps=10, chains=64, widths=(1, 16, 64, 256),
              new_tokens=64, engine_iterations=512, profile_iterations=32, late_prompt=1536)
-TINY = dict(prompt=8, max_new_tokens=32, block_size=8, mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
+TINY = dict(prompt=8, max_new_tokens=32, block_size=8, num_mcmc_steps=2, chains=4, widths=(1, 4), new_tokens=4,
             engine_iterations=24, profile_iterations=4, late_prompt=24)
 
 
@@ -177,7 +177,7 @@ def engine_span(settings: dict) -> int | None:
 
 def engine_schedule(settings: dict) -> Schedule:
     """ecmh's block-wise schedule at the check's sizes."""
-    return Schedule.blockwise(settings["max_new_tokens"], settings["block_size"], settings["mcmc_steps"],
+    return Schedule.blockwise(settings["max_new_tokens"], settings["block_size"], settings["num_mcmc_steps"],
                               cut=EntropyJump(power=4.0), alpha=4.0, tau=0.25)
 
 

@@ -50,7 +50,7 @@ from ppl_ecmh.runner import DEFAULT_WIDTH, SamplerSpec, engine_items
 from ppl_ecmh.tasks import get_task
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl"
-STUDY = dict(alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4)
+STUDY = dict(alpha=4.0, max_new_tokens=384, block_size=96, num_mcmc_steps=4)
 PROMPT_BLOCK, NEW_TOKENS = 160, 64
 
 
@@ -233,7 +233,7 @@ def main():
           f"{'/ raw, less compiles':>20} {'records':>8}")
     raw_at = {width: raw}  # raw decode tokens/s by width, for the drain's account
     for sampler in args.samplers:
-        spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["mcmc_steps"])
+        spec = SamplerSpec(sampler, block_size=STUDY["block_size"], num_mcmc_steps=STUDY["num_mcmc_steps"])
         schedule = spec.schedule(STUDY["alpha"], STUDY["max_new_tokens"], stages)
         items = engine_items(prompts, jax.random.PRNGKey(0), args.chains)
         engine = Engine(model.lm, schedule, width=width, prompt_block=block, narrow=not args.no_narrow,

@@ -41,7 +41,7 @@ def main():
     args = parser.parse_args()
     lm = without_eos(load_model(args.model).lm)
     settings = dict(prompt=PROMPT_BLOCK, max_new_tokens=STUDY["max_new_tokens"], block_size=STUDY["block_size"],
-                    mcmc_steps=STUDY["mcmc_steps"], chains=args.width)
+                    num_mcmc_steps=STUDY["num_mcmc_steps"], chains=args.width)
     schedule = engine_schedule(settings)
     slots = _advance(admitted_slots(lm, settings, schedule), lm, args.warmup, 1, schedule, None)
     cache_size = PROMPT_BLOCK + STUDY["max_new_tokens"]

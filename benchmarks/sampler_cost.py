@@ -11,7 +11,7 @@ is an `eval` directory, so it resumes; timings come from one run, so read the ra
 import argparse
 
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
-from ppl_ecmh.evaluation.experiment import RECORDS
+from ppl_ecmh.evaluation.store import RECORDS
 
 SAMPLERS = ["ancestral", "low-temp", "karan-du", "ecmh", "power-smc", "tmc", "best-of-n"]
 
@@ -23,7 +23,7 @@ def main():
     parser.add_argument("--out", default="runs/sampler-cost")
     args = parser.parse_args()
     settings = EvalSettings(task=args.task, limit=args.limit, alpha=4.0, max_new_tokens=96, block_size=48,
-                            mcmc_steps=2, num_particles=8, batch_size=args.limit)
+                            num_mcmc_steps=2, num_particles=8, batch_size=args.limit)
     print(f"settings: {settings}")
     run_eval(settings, SAMPLERS, [0], args.out)
     table = summary.accuracy_table(summary.records_frame(RecordStore(f"{args.out}/{RECORDS}").read()))

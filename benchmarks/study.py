@@ -28,8 +28,7 @@ import sys
 from pathlib import Path
 
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
-from ppl_ecmh.evaluation.experiment import RECORDS, open_results, read_settings
-from ppl_ecmh.evaluation.store import record_key
+from ppl_ecmh.evaluation.store import RECORDS, open_results, read_settings, record_key
 from ppl_ecmh.evaluation.report import write_eval_report
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
@@ -39,8 +38,8 @@ SEEDS = [0]
 # batch_size: rows decoded together. 64 engine slots; for Power-SMC (8 particles) and TMC (4 x 2
 # rollouts) 8 problems a batch, as in every run recorded so far (those ran ecmh, karan-du and the
 # baselines in lockstep batches of 8 problems, before the engine).
-SETTINGS = dict(model=MODEL, alpha=4.0, max_new_tokens=384, block_size=96, mcmc_steps=4, num_particles=8,
-                tmc_candidates=4, tmc_rollouts=2, tmc_horizon=2, batch_size=64, shuffle_seed=0)
+SETTINGS = dict(model=MODEL, alpha=4.0, max_new_tokens=384, block_size=96, num_mcmc_steps=4, num_particles=8,
+                num_candidates=4, num_rollouts=2, horizon=2, batch_size=64, shuffle_seed=0)
 TASKS = {
     "humaneval": dict(limit=80),
     "gsm8k": dict(limit=100, source=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k_test.jsonl")),

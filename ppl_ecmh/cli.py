@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,28 @@ def _cut_param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
+def _add_sampler_options(options: argparse.ArgumentParser) -> None:
+    """A flag per sampler option, named as `SamplerOptions` names it (`num_mcmc_steps` is
+    `--num-mcmc-steps`, older spellings kept as aliases); `cut_params` is `--cut-param NAME=VALUE`."""
+    from ppl_ecmh.samplers import SamplerOptions
+
+    for field in dataclasses.fields(SamplerOptions):
+        about = field.metadata
+        if about["parse"] is None:
+            options.add_argument("--cut-param", dest=field.name, type=_cut_param, action="append", default=[],
+                                 metavar="NAME=VALUE", help=about["help"])
+            continue
+        options.add_argument(f"--{field.name.replace('_', '-')}", *about["aliases"], dest=field.name,
+                             type=about["parse"], default=field.default, help=about["help"])
+
+
+def _sampler_options(args) -> dict:
+    """The sampler options the command line gave, as `SamplerOptions` keywords."""
+    from ppl_ecmh.samplers import SamplerOptions
+
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(SamplerOptions)}
+
+
 def _model_options() -> argparse.ArgumentParser:
     """Options of every command that loads a model and samples."""
     from ppl_ecmh.runner import DEFAULT_WIDTH
@@ -35,26 +58,8 @@ def _model_options() -> argparse.ArgumentParser:
     options.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                          help="wrap the prompt in the model's chat template")
     options.add_argument("--alpha", type=float, default=4.0, help="sharpening exponent of p(x)^alpha")
-    options.add_argument("--tau", type=float, default=None, help="proposal temperature (default 1/alpha)")
-    options.add_argument("--cut", default="mixture",
-                         help="cut distribution for entropy-cut/blockwise (the presets karan-du and ecmh fix "
-                         "their own): uniform, entropy, entropy_jump (the "
-                         "published cut), mixture (eps * uniform + (1 - eps) * entropy_jump, eps=0.1: keeps "
-                         "every cut reachable)")
     options.add_argument("--max-new-tokens", type=int, default=128, help="completion length limit (T_max)")
-    options.add_argument("--top-k", type=int, default=None,
-                         help="truncate target and proposal to the k likeliest tokens (published code: 50); "
-                         "default: the exact, untruncated target")
-    options.add_argument("--block-size", type=int, default=192, help="blockwise: tokens per block")
-    options.add_argument("--mcmc-steps", type=int, default=10, help="blockwise: MH steps per block")
-    options.add_argument("--particles", type=int, default=16, help="power-smc: particles per chain or problem")
-    options.add_argument("--smc-block-size", type=int, default=1, help="power-smc: tokens per SMC step")
-    options.add_argument("--candidates", type=int, default=4, help="tmc: likeliest next tokens considered per step")
-    options.add_argument("--rollouts", type=int, default=4, help="tmc: look-ahead rollouts per candidate")
-    options.add_argument("--horizon", type=int, default=8, help="tmc: tokens per look-ahead rollout")
-    options.add_argument("--bon-budget", type=int, default=None,
-                         help="best-of-n: tokens per draw (eval: per problem; default there: the mean cost of the "
-                         "ecmh/entropy-cut/karan-du/random-cut records, listed before best-of-n)")
+    _add_sampler_options(options)
     options.add_argument("--batch-size", type=int, default=None,
                          help="rows decoded side by side: slots of the continuous-batching engine, one chain "
                          "each (power-smc and tmc: problems per batch times particles, or candidates x rollouts); "
@@ -79,8 +84,6 @@ def _sampling_options() -> argparse.ArgumentParser:
     source = options.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the prompt text")
     source.add_argument("--prompt-file", help="a file whose whole text is the prompt")
-    options.add_argument("--cut-param", type=_cut_param, action="append", default=[], metavar="NAME=VALUE",
-                         help="cut parameter, e.g. power=4, beta=1, eps=0.1 (repeatable)")
     options.add_argument("--chains", type=int, default=4)
     options.add_argument("--draws", type=int, default=10, help="draws kept per chain (MH steps, or blocks)")
     options.add_argument("--warmup", type=int, default=None,
@@ -328,12 +331,7 @@ def _specs(args, names):
         if getattr(args, name, None) is not None:
             check_positive_int(name, getattr(args, name), minimum=1 if name == "chains" else 0)
 
-    specs = {name: SamplerSpec(name, tau=args.tau, cut=args.cut, cut_params=tuple(args.cut_param),
-                               block_size=args.block_size, num_mcmc_steps=args.mcmc_steps, top_k=args.top_k,
-                               num_particles=args.particles, smc_block_size=args.smc_block_size,
-                               token_budget=args.bon_budget, num_candidates=args.candidates,
-                               num_rollouts=args.rollouts, horizon=args.horizon)
-             for name in names}
+    specs = {name: SamplerSpec(name, **_sampler_options(args)) for name in names}
     for spec in specs.values():
         spec.make_kernel()  # validate the sampler options before loading the model
     return specs
@@ -473,12 +471,9 @@ def _eval(args) -> None:
     _apply_recipe(args, _explicit(args))
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
-        shuffle_seed=args.shuffle_seed,
-        alpha=args.alpha, tau=args.tau, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps, cut=args.cut, block_size=args.block_size,
-        mcmc_steps=args.mcmc_steps, top_k=args.top_k, num_particles=args.particles,
-        smc_block_size=args.smc_block_size, bon_budget=args.bon_budget, tmc_candidates=args.candidates,
-        tmc_rollouts=args.rollouts, tmc_horizon=args.horizon, chat=args.chat, batch_size=args.batch_size,
-        dtype=args.dtype, stretch_context=args.stretch_context, recipe=args.recipe, overrides=args.overrides)
+        shuffle_seed=args.shuffle_seed, alpha=args.alpha, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps,
+        chat=args.chat, batch_size=args.batch_size, dtype=args.dtype, stretch_context=args.stretch_context,
+        recipe=args.recipe, overrides=args.overrides, **_sampler_options(args))
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     if args.ray is not None:
         from ppl_ecmh.evaluation.distributed import run_eval_on_ray

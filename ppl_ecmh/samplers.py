@@ -39,7 +39,7 @@ class Sampler:
     @property
     def budgeted(self) -> bool:
         """Spends a token budget, by default what an MH sampler's records spent (BUDGET_SOURCES)."""
-        return "token_budget" in self.options
+        return "bon_budget" in self.options
 
     def draws_in_eval(self, max_new_tokens: int, mh_steps: int, block_size: int) -> int:
         """Draws an evaluation runs: none past the initial completion, one, one per block, or
@@ -87,7 +87,7 @@ REGISTRY = {sampler.name: sampler for sampler in [
                                                                     horizon=spec.horizon, tau=spec.tau),
             rows=lambda spec: spec.num_candidates * spec.num_rollouts),
     Sampler("best-of-n", ENGINE, ONE, "the likeliest of ancestral draws that fit a token budget",
-            options=("token_budget",),
+            options=("bon_budget",),
             kernel=lambda spec, model: kernels.BestOfN(model, spec.checked_budget(),
                                                        tau=1.0 if spec.tau is None else spec.tau)),
 ]}
@@ -102,31 +102,59 @@ def get_sampler(name: str) -> Sampler:
     return REGISTRY[name]
 
 
+def _option(default, help: str, *aliases: str, parse=int):
+    """A sampler option: its default, its help, how the command line parses it, and the command
+    line's older spellings of it."""
+    return dataclasses.field(default=default, metadata=dict(help=help, aliases=aliases, parse=parse))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerOptions:
+    """Every sampler's options, spelled once: `SamplerSpec`, `EvalSettings` (and so a results
+    directory's settings.json) and the command line's flags (`num_mcmc_steps` is
+    `--num-mcmc-steps`) take these names. A preset fixes its cut; `top_k` truncates target and
+    proposal alike (`ppl_ecmh.lm.truncation`), and None, the default, is the exact target."""
+
+    tau: float | None = _option(None, "proposal temperature (default 1/alpha)", parse=float)
+    cut: str = _option("mixture", "cut distribution for entropy-cut and blockwise (the presets karan-du and ecmh "
+                       "fix their own): uniform, entropy, entropy_jump (the published cut), mixture (eps * uniform "
+                       "+ (1 - eps) * entropy_jump, eps=0.1: keeps every cut reachable)", parse=str)
+    cut_params: tuple[tuple[str, float], ...] = _option((), "cut parameter, e.g. power=4, beta=1, eps=0.1 "
+                                                        "(repeatable)", parse=None)  # --cut-param NAME=VALUE
+    block_size: int = _option(192, "blockwise: tokens per block")
+    num_mcmc_steps: int = _option(10, "blockwise: MH steps per block", "--mcmc-steps")
+    top_k: int | None = _option(None, "truncate target and proposal to the k likeliest tokens (published code: 50); "
+                                "default: the exact, untruncated target")
+    num_particles: int = _option(16, "power-smc: particles per chain or problem", "--particles")
+    smc_block_size: int = _option(1, "power-smc: tokens per SMC step")
+    bon_budget: int | None = _option(None, "best-of-n: tokens per draw and chain (eval: per problem; default there: "
+                                     "the mean cost of the records of ecmh, entropy-cut, karan-du, random-cut or "
+                                     "blockwise, listed before best-of-n)")
+    num_candidates: int = _option(4, "tmc: likeliest next tokens considered per step", "--candidates")
+    num_rollouts: int = _option(4, "tmc: look-ahead rollouts per candidate", "--rollouts")
+    horizon: int = _option(8, "tmc: tokens per look-ahead rollout")
+
+    def __post_init__(self):
+        object.__setattr__(self, "cut_params", tuple((name, float(value)) for name, value in self.cut_params))
+        if self.top_k is not None:
+            check_positive_int("top_k", self.top_k)
+
+    def sampler_options(self) -> dict:
+        """The option values, as keywords for another SamplerOptions."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(SamplerOptions)}
+
+
 @dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`). A
-    preset fixes its cut. `top_k` truncates target and proposal alike (`ppl_ecmh.lm.truncation`);
-    None, the default, is the exact, untruncated target."""
+class SamplerSpec(SamplerOptions):
+    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`): the
+    unit the rest of the library passes around."""
 
     name: str
-    tau: float | None = None
-    cut: str = "mixture"  # EntropyCutMH's default: 10% uniform mixed into the published entropy jump
-    cut_params: tuple[tuple[str, float], ...] = ()
-    block_size: int = 192
-    num_mcmc_steps: int = 10
-    top_k: int | None = None
-    num_particles: int = 16  # power-smc
-    smc_block_size: int = 1  # power-smc: tokens per SMC step
-    token_budget: int | None = None  # best-of-n: tokens per draw and chain (match it to an MH run's cost)
-    num_candidates: int = 4  # tmc: likeliest next tokens considered per step
-    num_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
-    horizon: int = 8  # tmc: tokens per look-ahead rollout
 
     def __post_init__(self):
         for field, value in get_sampler(self.name).preset:
             object.__setattr__(self, field, value)
-        if self.top_k is not None:
-            check_positive_int("top_k", self.top_k)
+        super().__post_init__()
 
     @property
     def sampler(self) -> Sampler:
@@ -146,21 +174,20 @@ class SamplerSpec:
         return get_cut(self.cut, **dict(self.cut_params)) if "cut" in self.sampler.options else Uniform()
 
     def checked_budget(self) -> int:
-        if self.token_budget is None:
-            raise ValueError(f"token_budget: {self.name} needs a token budget per draw (match an MH run's tokens)")
-        return check_positive_int("token_budget", self.token_budget)
+        if self.bon_budget is None:
+            raise ValueError(f"bon_budget: {self.name} needs a token budget per draw (match an MH run's tokens)")
+        return check_positive_int("bon_budget", self.bon_budget)
 
     def make_kernel(self, model=power_model):
         return self.sampler.kernel(self, model)
 
     def recorded_settings(self, cut) -> dict:
         """The sampler's own settings, as a run records them: its preset, top_k, the cut it used
-        and the options it reads (best-of-n's budget as `token_budget_per_draw`)."""
+        and the options it reads."""
         sampler = self.sampler
         settings = dict(preset=self.name if sampler.preset else None, top_k=self.top_k)
         if cut is not None:
             settings["cut"] = repr(cut)
-        names = {"token_budget": "token_budget_per_draw"}
-        settings |= {names.get(option, option): getattr(self, option) for option in sampler.options
+        settings |= {option: getattr(self, option) for option in sampler.options
                      if option not in ("cut", "cut_params")}
         return settings

@@ -174,7 +174,7 @@ def test_report_of_a_directory_with_a_damaged_record_names_it_in_one_line(record
     """One intact record and one damaged: the report names the damaged one and its field, exit 2,
     rather than summarise what it can read (an accuracy of 1 with an interval of 0.30-0.95)."""
     from ppl_ecmh.evaluation import EvalSettings
-    from ppl_ecmh.evaluation.experiment import write_settings
+    from ppl_ecmh.evaluation.store import write_settings
 
     write_settings(tmp_path, EvalSettings(task="gsm8k"))
     intact = ('{"sampler": "a", "seed": 0, "problem_id": "q", "correct": true, "tokens_generated": 3, '

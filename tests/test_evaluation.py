@@ -11,7 +11,9 @@ from scipy import stats
 
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, experiment, figures, report, run_eval, summary
+from ppl_ecmh.evaluation.store import RECORDS, SETTINGS, check_settings, locked, open_results, read_settings
 from ppl_ecmh.lm import toy
+from ppl_ecmh.tasks import TASKS
 from ppl_ecmh.tasks.base import Problem, Task
 
 PROBLEM = toy.markov_problem(vocab_size=4, max_new_tokens=4, seed=3)
@@ -56,7 +58,7 @@ class LetterModel:
 
 @pytest.fixture
 def letters(monkeypatch):
-    monkeypatch.setattr(experiment, "get_task", lambda name: LetterTask())
+    monkeypatch.setitem(TASKS, "letters", LetterTask())
     return EvalSettings(task="letters", max_new_tokens=4, mh_steps=2, batch_size=3)
 
 
@@ -93,16 +95,16 @@ def test_an_interrupted_run_resumes_to_the_records_an_uninterrupted_run_writes(l
     with pytest.raises(Killed):
         run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
     monkeypatch.setattr(RecordStore, "append", real_append)
-    before = RecordStore(tmp_path / experiment.RECORDS).read()
+    before = RecordStore(tmp_path / RECORDS).read()
     assert len(before) == 7
-    with open(tmp_path / experiment.RECORDS, "a") as handle:  # a record cut short by a kill
+    with open(tmp_path / RECORDS, "a") as handle:  # a record cut short by a kill
         handle.write('{"sampler": "ancestral", "seed": 1, "problem_')
 
     store = run_eval(letters, SAMPLERS, SEEDS, tmp_path, progress=False, model=LetterModel())
     records = store.read()
     assert sorted(keys_of(records)) == sorted((s, seed, f"p{i}") for s in SAMPLERS for seed in SEEDS for i in range(10))
     assert records[: len(before)] == before  # nothing rewritten
-    lines = (tmp_path / experiment.RECORDS).read_text().splitlines()
+    lines = (tmp_path / RECORDS).read_text().splitlines()
     assert sum(1 for line in lines if line.endswith("}")) == 40
 
     # every record equals the one an uninterrupted run writes, even one with another slot count
@@ -125,10 +127,10 @@ def test_population_samplers_resume_to_the_records_any_batch_size_writes(letters
 
     monkeypatch.setattr(experiment, "_run_batch", killed_on_the_third_batch)
     # three problems a batch: two particles each, or two candidates with one rollout each
-    settings = dataclasses.replace(letters, num_particles=2, tmc_candidates=2, tmc_rollouts=1, batch_size=6)
+    settings = dataclasses.replace(letters, num_particles=2, num_candidates=2, num_rollouts=1, batch_size=6)
     with pytest.raises(Killed):
         run_eval(settings, [sampler], [0], tmp_path, progress=False, model=LetterModel())
-    assert len(RecordStore(tmp_path / experiment.RECORDS).read()) == 6  # two batches of three
+    assert len(RecordStore(tmp_path / RECORDS).read()) == 6  # two batches of three
     monkeypatch.setattr(experiment, "_run_batch", real_batch)
     records = run_eval(settings, [sampler], [0], tmp_path, progress=False, model=LetterModel()).read()
     assert sorted(keys_of(records)) == sorted((sampler, 0, f"p{i}") for i in range(10))
@@ -142,16 +144,16 @@ def test_population_samplers_resume_to_the_records_any_batch_size_writes(letters
 
 
 def test_a_lockstep_batch_holds_as_many_problems_as_fit_its_rows():
-    settings = EvalSettings(task="humaneval", batch_size=64, num_particles=8, tmc_candidates=4, tmc_rollouts=2)
+    settings = EvalSettings(task="humaneval", batch_size=64, num_particles=8, num_candidates=4, num_rollouts=2)
     assert [settings.problems_per_batch(name) for name in ("power-smc", "tmc", "best-of-n")] == [8, 8, 64]
     assert dataclasses.replace(settings, batch_size=4).problems_per_batch("power-smc") == 1
 
 
 def test_a_completed_run_is_not_redone(letters, tmp_path):
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
-    content = (tmp_path / experiment.RECORDS).read_bytes()
+    content = (tmp_path / RECORDS).read_bytes()
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=None)  # would fail to load a model
-    assert (tmp_path / experiment.RECORDS).read_bytes() == content
+    assert (tmp_path / RECORDS).read_bytes() == content
 
 
 def test_committed_outcomes_let_a_fresh_clone_resume_without_rerunning_or_changing_the_summary(letters, tmp_path,
@@ -161,7 +163,7 @@ def test_committed_outcomes_let_a_fresh_clone_resume_without_rerunning_or_changi
     ran = run_eval(letters, SAMPLERS, [0], tmp_path / "runs", progress=False, model=LetterModel()).read()
     committed = export_outcomes(ran, tmp_path / "results" / "outcomes.jsonl")
     assert len(committed.read()) == len(ran) and not any("completion" in r for r in committed.read())
-    fresh = experiment.open_results(tmp_path / "fresh", letters)
+    fresh = open_results(tmp_path / "fresh", letters)
     assert restore_outcomes(committed, fresh) == len(ran)
     assert restore_outcomes(committed, fresh) == 0
     monkeypatch.setattr("ppl_ecmh.lm.load_model", lambda *args, **kwargs: pytest.fail("reran restored work"))
@@ -200,6 +202,23 @@ def test_a_directory_with_other_settings_is_refused(letters, tmp_path):
         run_eval(dataclasses.replace(letters, alpha=2.0), ["ancestral"], [0], tmp_path, model=LetterModel())
 
 
+def test_settings_written_under_the_former_option_names_resume_and_read_under_todays(letters, tmp_path):
+    """A results directory from before the sampler options had one spelling (the committed study's
+    settings.json, for one) is the same evaluation under today's names, and only that one."""
+    settings = dataclasses.replace(letters, num_mcmc_steps=4, num_candidates=2, num_rollouts=3, horizon=5)
+    former = {key: value for key, value in dataclasses.asdict(settings).items() if key != "cut_params"}
+    for old, new in {"mcmc_steps": "num_mcmc_steps", "tmc_candidates": "num_candidates",
+                     "tmc_rollouts": "num_rollouts", "tmc_horizon": "horizon"}.items():
+        former[old] = former.pop(new)
+    (tmp_path / SETTINGS).write_text(json.dumps(former))
+    check_settings(tmp_path, settings)
+    assert read_settings(tmp_path) == settings
+    with pytest.raises(PplEcmhError, match="num_mcmc_steps: 4 there, 5 now"):
+        check_settings(tmp_path, dataclasses.replace(settings, num_mcmc_steps=5))
+    with pytest.raises(PplEcmhError, match=r"cut_params: \[\] there, \[\['eps', 0.2\]\] now"):
+        check_settings(tmp_path, dataclasses.replace(settings, cut_params=(("eps", 0.2),)))
+
+
 def test_a_corrupt_line_inside_the_store_is_an_error_that_repair_resolves_losing_nothing_intact(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"sampler": "a", "seed": 0, "problem_id": "p"}\nnot json\n[1, 2]\n'
@@ -225,8 +244,8 @@ def test_a_store_keyed_by_other_fields_keeps_the_first_record_of_each_key_and_re
 
 def test_eval_repair_quarantines_damaged_lines_and_resumes(letters, tmp_path):
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
-    lines = (tmp_path / experiment.RECORDS).read_text().splitlines()
-    (tmp_path / experiment.RECORDS).write_text("\n".join(lines[:3] + ['{"sampler": "anc'] + lines[4:]) + "\n")
+    lines = (tmp_path / RECORDS).read_text().splitlines()
+    (tmp_path / RECORDS).write_text("\n".join(lines[:3] + ['{"sampler": "anc'] + lines[4:]) + "\n")
     with pytest.raises(PplEcmhError, match="--repair"):
         run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
     store = run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel(), repair=True)
@@ -235,7 +254,7 @@ def test_eval_repair_quarantines_damaged_lines_and_resumes(letters, tmp_path):
 
 def test_eval_refuses_a_record_without_its_grade_and_repair_quarantines_and_reruns_it(letters, tmp_path):
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
-    path = tmp_path / experiment.RECORDS
+    path = tmp_path / RECORDS
     lines = path.read_text().splitlines()
     damaged = json.loads(lines[2])
     del damaged["correct"]
@@ -326,10 +345,10 @@ def assert_close(derived, committed, where: str) -> None:
 
 
 def test_a_second_eval_on_the_same_directory_is_refused_while_the_first_runs(letters, tmp_path):
-    with experiment.locked(tmp_path):
+    with locked(tmp_path):
         with pytest.raises(PplEcmhError, match="in use by another evaluation"):
             run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
-    assert not (tmp_path / experiment.RECORDS).exists()
+    assert not (tmp_path / RECORDS).exists()
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())  # the lock was released
 
 
@@ -340,9 +359,9 @@ def test_settings_are_written_only_once_the_model_has_loaded(letters, tmp_path, 
     monkeypatch.setattr("ppl_ecmh.lm.load_model", no_such_model)
     with pytest.raises(PplEcmhError, match="unknown model"):
         run_eval(letters, ["ancestral"], [0], tmp_path, progress=False)
-    assert not (tmp_path / experiment.SETTINGS).exists()  # a corrected command is not refused
+    assert not (tmp_path / SETTINGS).exists()  # a corrected command is not refused
     run_eval(dataclasses.replace(letters, alpha=2.0), ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
-    (tmp_path / experiment.SETTINGS).write_text('{"task": "letters", "alp')
+    (tmp_path / SETTINGS).write_text('{"task": "letters", "alp')
     with pytest.raises(PplEcmhError, match="settings.json"):
         run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
 

@@ -320,7 +320,7 @@ def test_a_run_over_several_prompts_splits_into_the_runs_of_each():
 
 @pytest.mark.parametrize("spec", [
     SamplerSpec("entropy-cut"), SamplerSpec("random-cut"), SamplerSpec("ecmh", block_size=2, num_mcmc_steps=2),
-    SamplerSpec("ancestral"), SamplerSpec("low-temp"), SamplerSpec("best-of-n", token_budget=7),
+    SamplerSpec("ancestral"), SamplerSpec("low-temp"), SamplerSpec("best-of-n", bon_budget=7),
 ], ids=lambda spec: spec.name)
 @pytest.mark.parametrize("prompts", [PROBLEM.prompt, [PROBLEM.prompt, (1,)]], ids=["one prompt", "two prompts"])
 def test_the_kernel_and_the_engine_run_draw_the_same_tokens(spec, prompts):

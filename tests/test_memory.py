@@ -27,7 +27,7 @@ def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens
     """The larger of admission's and the decode loop's compiled peaks (abstract shapes, nothing
     allocated)."""
     settings = dict(chains=width, prompt=prompt, max_new_tokens=max_new_tokens, block_size=max_new_tokens // 4,
-                    mcmc_steps=2)
+                    num_mcmc_steps=2)
     lm = jax.eval_shape(lambda: random_transformer(config, dtype))
     schedule = engine_schedule(settings)
     slots = jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm)
@@ -100,7 +100,7 @@ def test_narrowing_frees_each_wide_cache_array_as_it_copies_it():
     from ppl_ecmh.engine import scheduler
 
     lm = random_transformer(TOY, jnp.float32)
-    slots = device.empty_slots(lm, 8, 16, engine_schedule(dict(max_new_tokens=64, block_size=16, mcmc_steps=2)))
+    slots = device.empty_slots(lm, 8, 16, engine_schedule(dict(max_new_tokens=64, block_size=16, num_mcmc_steps=2)))
     rng = np.random.default_rng(0)
     slots = slots._replace(**{name: jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype),
                                                  getattr(slots, name)) for name in ("cache", "backup")})

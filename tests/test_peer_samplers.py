@@ -37,10 +37,10 @@ def test_a_larger_budget_selects_likelier_completions():
 
 
 def test_best_of_n_sampler_reports_its_spend_and_refuses_no_budget():
-    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, SamplerSpec("best-of-n", token_budget=9), alpha=4.0,
+    run = run_sampler(PROBLEM.lm, PROBLEM.prompt, SamplerSpec("best-of-n", bon_budget=9), alpha=4.0,
                       max_new_tokens=4, num_chains=3, num_draws=2, progress=False)
-    assert np.all(run.stats["num_generated"] <= 9) and run.settings["token_budget_per_draw"] == 9
-    with pytest.raises(ValueError, match="token_budget"):
+    assert np.all(run.stats["num_generated"] <= 9) and run.settings["bon_budget"] == 9
+    with pytest.raises(ValueError, match="bon_budget"):
         SamplerSpec("best-of-n").make_kernel()
 
 

@@ -35,7 +35,7 @@ def test_the_docs_table_is_what_each_recipe_applies():
         recipe = RECIPES[name]
         assert (paper, task, sampler) == (recipe.paper, args.task, args.samplers)
         assert (float(alpha), int(t_max), int(block), int(steps)) == (
-            args.alpha, args.max_new_tokens, args.block_size, args.mcmc_steps)
+            args.alpha, args.max_new_tokens, args.block_size, args.num_mcmc_steps)
         assert tau == "1/α" and args.tau is None and args.top_k is None and args.stretch_context
         assert cut == ("entropy jump, β 4" if sampler == "ecmh" else "uniform")
         assert int(tokens.replace(",", "")) == recipe.decoded_tokens_bound()
@@ -83,7 +83,8 @@ def test_models_lists_the_papers_models_with_what_fits(capsys):
 
 
 def test_a_recipe_and_the_rope_scaling_are_stored_in_the_results_settings(tmp_path):
-    from ppl_ecmh.evaluation.experiment import EvalSettings, check_settings, write_settings
+    from ppl_ecmh.evaluation import EvalSettings
+    from ppl_ecmh.evaluation.store import check_settings, write_settings
 
     settings = EvalSettings(task="math500", recipe="ecmh-math500", overrides=["max_new_tokens"], stretch_context=True)
     yarn = dict(factor=1.625, original_max_position_embeddings=4096, rope_type="yarn")

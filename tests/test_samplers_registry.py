@@ -57,7 +57,7 @@ def test_a_name_as_a_default_or_as_data_is_not_a_decision():
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_builds_its_kernel_and_its_engine_schedule_or_population_rows(name):
-    spec = SamplerSpec(name, token_budget=64)
+    spec = SamplerSpec(name, bon_budget=64)
     sampler = spec.sampler
     assert sampler is get_sampler(name) and sampler.runs_on in (ENGINE, POPULATION)
     assert spec.make_kernel() is not None
@@ -84,12 +84,39 @@ RECORDED = {
     "ancestral": {}, "low-temp": {}, "random-cut": {}, "entropy-cut": {},
     "blockwise": dict(block_size=192, num_mcmc_steps=10), "karan-du": dict(block_size=192, num_mcmc_steps=10),
     "ecmh": dict(block_size=192, num_mcmc_steps=10), "power-smc": dict(num_particles=16, smc_block_size=1),
-    "tmc": dict(num_candidates=4, num_rollouts=4, horizon=8), "best-of-n": dict(token_budget_per_draw=64),
+    "tmc": dict(num_candidates=4, num_rollouts=4, horizon=8), "best-of-n": dict(bon_budget=64),
 }
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_a_run_records_the_options_its_sampler_reads(name):
-    spec = SamplerSpec(name, token_budget=64)
+    spec = SamplerSpec(name, bon_budget=64)
     preset = name if REGISTRY[name].preset else None
     assert spec.recorded_settings(None) == dict(preset=preset, top_k=None) | RECORDED[name]
+
+
+def test_every_sampler_option_has_one_spelling_from_the_command_line_to_the_stored_settings():
+    """A flag per SamplerOptions field, named after it; what the flags give reaches the spec and the
+    evaluation's settings under the same names. The older flags are aliases of the same option."""
+    import dataclasses
+
+    from ppl_ecmh.cli import _sampler_options, build_parser
+    from ppl_ecmh.evaluation import EvalSettings
+    from ppl_ecmh.samplers import SamplerOptions
+
+    given = dict(tau=0.5, cut="entropy", block_size=7, num_mcmc_steps=3, top_k=5, num_particles=6, smc_block_size=2,
+                 bon_budget=99, num_candidates=3, num_rollouts=2, horizon=4)
+    argv = ["eval", "--task", "gsm8k", "--out", "x", "--cut-param", "beta=2"]
+    argv += [item for name, value in given.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+    options = _sampler_options(build_parser().parse_args(argv))
+    assert options == given | dict(cut_params=[("beta", 2.0)])
+    assert set(options) == {field.name for field in dataclasses.fields(SamplerOptions)}
+    settings = EvalSettings(task="gsm8k", **options)
+    spec = settings.spec("entropy-cut")
+    assert all(getattr(spec, name) == getattr(settings, name) == value for name, value in given.items())
+    assert spec.cut_params == settings.cut_params == (("beta", 2.0),)
+    older = ["eval", "--task", "gsm8k", "--out", "x", "--mcmc-steps", "3", "--particles", "6", "--candidates", "3",
+             "--rollouts", "2"]
+    assert {name: value for name, value in _sampler_options(build_parser().parse_args(older)).items()
+            if name in ("num_mcmc_steps", "num_particles", "num_candidates", "num_rollouts")} == dict(
+        num_mcmc_steps=3, num_particles=6, num_candidates=3, num_rollouts=2)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import experiment
-from ppl_ecmh.evaluation.store import RecordStore
+from ppl_ecmh.evaluation.settings import EvalSettings
+from ppl_ecmh.evaluation.store import RecordStore, write_settings
 from ppl_ecmh.runner import DEFAULT_WIDTH
 from ppl_ecmh.samplers import ENGINE, get_sampler
 
@@ -38,7 +39,7 @@ class Unit:
     problem_ids: tuple[str, ...]
 
 
-def plan_units(settings: experiment.EvalSettings, work) -> list[Unit]:
+def plan_units(settings: EvalSettings, work) -> list[Unit]:
     """Units of the pending `work` (`experiment.pending_work`): engine samplers in chunks of
     `batch_size` problems (one chunk fills a worker's slots); lockstep samplers in the batches a
     single process runs (their records do not depend on the batch, but a batch fills its rows)."""
@@ -53,7 +54,7 @@ def plan_units(settings: experiment.EvalSettings, work) -> list[Unit]:
 class Worker:
     """One model on one accelerator (or CPU group): runs units, returns their records."""
 
-    def __init__(self, settings: experiment.EvalSettings):
+    def __init__(self, settings: EvalSettings):
         self.settings = settings
         task = experiment.get_task(settings.task)
         self.prepared = experiment.prepare(settings, task, experiment.select_problems(task, settings))
@@ -61,8 +62,8 @@ class Worker:
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, unit: Unit, token_budget: int | None) -> list[dict]:
-        spec = dataclasses.replace(self.settings.spec(unit.sampler), token_budget=token_budget)
+    def run(self, unit: Unit, bon_budget: int | None) -> list[dict]:
+        spec = dataclasses.replace(self.settings.spec(unit.sampler), bon_budget=bon_budget)
         kept = _Kept()
         experiment.run_unit(self.prepared, spec, unit.seed, unit.problem_ids, kept, tqdm(disable=True))
         return kept.records
@@ -105,7 +106,7 @@ def connect(address: str | None):
     return ray
 
 
-def run_eval_on_ray(settings: experiment.EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
+def run_eval_on_ray(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
                     address: str | None = None, workers: int | None = None, cpus_per_worker: int = 1,
                     progress: bool = True, repair: bool = False,
                     on_dispatch: Callable[[object, Unit], None] | None = None) -> RecordStore:
@@ -146,7 +147,7 @@ class _Driver:
                 queue, later = plan_units(self.settings, later), []
             while idle and queue:
                 actor, unit = idle.pop(), queue.pop(0)
-                budget = experiment.with_budget(self.settings.spec(unit.sampler), self.store.read(), unit.seed).token_budget \
+                budget = experiment.with_budget(self.settings.spec(unit.sampler), self.store.read(), unit.seed).bon_budget \
                     if get_sampler(unit.sampler).budgeted else None
                 running[actor.run.remote(unit, budget)] = (actor, unit)
                 if self.on_dispatch is not None:
@@ -180,7 +181,7 @@ class _Driver:
                 except ray.exceptions.RayError as error:
                     raise PplEcmhError(f"ray: a worker failed to start: {_last_line(error)}") from None
                 if not settings_written:  # the model loaded and every prompt fits: the settings hold
-                    experiment.write_settings(self.out, self.settings)
+                    write_settings(self.out, self.settings)
                     settings_written = True
                 idle.append(actor)
         bar.close()

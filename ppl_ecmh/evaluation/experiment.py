@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import os
 import platform
 import sys
@@ -32,161 +30,14 @@ from tqdm.auto import tqdm
 
 from ppl_ecmh import parallel
 from ppl_ecmh.errors import PplEcmhError
-from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore, replace_atomically
+from ppl_ecmh.evaluation.settings import EvalSettings
+from ppl_ecmh.evaluation.store import (EVAL_FIELDS, RECORDS, RecordStore, check_settings, locked, results_directory,
+                                       stored_settings, write_settings)
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.runner import DEFAULT_WIDTH, engine_items, fitted_width, run_sampler
-from ppl_ecmh.samplers import BUDGET_SOURCES, ENGINE, SamplerSpec, get_sampler
+from ppl_ecmh.runner import engine_items, fitted_width, run_sampler
+from ppl_ecmh.samplers import BUDGET_SOURCES, ENGINE, SamplerSpec
 from ppl_ecmh.tasks import get_task
-from ppl_ecmh.validation import check_alpha, check_positive_int
-
-RECORDS, SETTINGS, LOCK = "records.jsonl", "settings.json", ".lock"
-# may differ on a resume: how fast records come, and where the settings came from, not the records' law
-UNCOMPARED_SETTINGS = ("batch_size", "recipe", "overrides")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """Everything that decides a record's content, except the sampler and the seed. A results
-    directory holds one EvalSettings; samplers and seeds can be added to it later."""
-
-    task: str
-    model: str = "smollm2-135m"
-    source: str | None = None  # dataset file or hub id; None: the task's default
-    where: dict | None = None  # keep problems whose metadata match, e.g. {"level": "1"} (MATH500)
-    limit: int | None = None  # the first `limit` problems (after `where` and `shuffle_seed`)
-    shuffle_seed: int | None = None  # shuffle the problems with this seed before `limit`: a seeded subset
-    alpha: float = 4.0
-    tau: float | None = None  # proposal temperature, default 1/alpha
-    max_new_tokens: int = 256
-    mh_steps: int = 8  # random-cut / entropy-cut: MH steps after the initial completion
-    cut: str = "mixture"  # entropy-cut / blockwise cut distribution
-    block_size: int = 192  # blockwise
-    mcmc_steps: int = 10  # blockwise: MH steps per block
-    top_k: int | None = None  # truncate target and proposal to the top k tokens; None: exact
-    num_particles: int = 16  # power-smc
-    smc_block_size: int = 1  # power-smc: tokens per SMC step
-    bon_budget: int | None = None  # best-of-n tokens per problem; None: the mean of an MH sampler's records
-    tmc_candidates: int = 4  # tmc: candidates per step
-    tmc_rollouts: int = 4  # tmc: look-ahead rollouts per candidate
-    tmc_horizon: int = 8  # tmc: tokens per rollout
-    chat: bool = True
-    # rows decoded side by side: engine slots, or lockstep rows (`problems_per_batch`); None: the
-    # widest that fits an accelerator (`engine.memory`), DEFAULT_WIDTH on a CPU
-    batch_size: int | None = None
-    dtype: str = "float32"
-    stretch_context: bool = False  # YaRN past an unscaled model's context (`ppl_ecmh.lm.rope`)
-    recipe: str | None = None  # the published recipe these settings came from (`evaluation.recipes`)
-    overrides: list | None = None  # the recipe's settings that explicit options replaced
-
-    def __post_init__(self):
-        get_task(self.task)
-        check_alpha(self.alpha)
-        check_positive_int("max_new_tokens", self.max_new_tokens)
-        check_positive_int("mh_steps", self.mh_steps)
-        if self.batch_size is not None:
-            check_positive_int("batch_size", self.batch_size)
-        if self.limit is not None:
-            check_positive_int("limit", self.limit)
-
-    def spec(self, sampler: str) -> SamplerSpec:
-        return SamplerSpec(sampler, tau=self.tau, cut=self.cut, block_size=self.block_size,
-                           num_mcmc_steps=self.mcmc_steps, top_k=self.top_k, num_particles=self.num_particles,
-                           smc_block_size=self.smc_block_size, token_budget=self.bon_budget,
-                           num_candidates=self.tmc_candidates, num_rollouts=self.tmc_rollouts, horizon=self.tmc_horizon)
-
-    def problems_per_batch(self, sampler: str) -> int:
-        """Problems a lockstep batch holds: as many as fit `batch_size` rows, with Power-SMC's
-        particles and TMC's look-ahead rollouts each a row of their problem."""
-        return max(1, (self.batch_size or DEFAULT_WIDTH) // get_sampler(sampler).rows(self.spec(sampler)))
-
-    def num_draws(self, sampler: str) -> int:
-        """Independent samplers: the initial completion only; MH: `mh_steps` steps; blockwise and
-        its presets: one draw per block, the published schedule."""
-        return get_sampler(sampler).draws_in_eval(self.max_new_tokens, self.mh_steps, self.block_size)
-
-
-def open_results(out_dir, settings: EvalSettings) -> RecordStore:
-    """The record store of `out_dir`, after checking it was made with the same settings (and
-    recording them, for a new directory)."""
-    out = _results_directory(out_dir)
-    if _stored_settings(out) is None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_settings(out, settings)
-    check_settings(out, settings)
-    return RecordStore(out / RECORDS, value_fields=EVAL_FIELDS)
-
-
-def check_settings(out: Path, settings: EvalSettings) -> None:
-    """PplEcmhError when `out` holds an evaluation with other settings (speed settings aside)."""
-    stored = _stored_settings(out)
-    if stored is None:
-        return
-    defaults = {field.name: field.default for field in dataclasses.fields(EvalSettings)}  # for older directories
-    differing = {key: (stored.get(key, defaults[key]), value) for key, value in dataclasses.asdict(settings).items()
-                 if stored.get(key, defaults[key]) != value and key not in UNCOMPARED_SETTINGS}
-    if differing:
-        detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
-        raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
-
-
-def write_settings(out: Path, settings: EvalSettings, rope_scaling: dict | None = None) -> None:
-    """The settings, and the RoPE scaling the loaded model ran with where it has one (LongRoPE's
-    factors, or YaRN stretched by `stretch_context`): derived, so not compared on a resume."""
-    stored = dataclasses.asdict(settings) | ({"rope_scaling": rope_scaling} if rope_scaling else {})
-    replace_atomically(out / SETTINGS, json.dumps(stored, indent=2))
-
-
-def _stored_settings(out: Path) -> dict | None:
-    path = out / SETTINGS
-    if not path.exists():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise PplEcmhError(f"{path} cannot be read ({error}); remove it to start the directory afresh") from None
-    if not isinstance(stored, dict):
-        raise PplEcmhError(f"{path} is not a settings object; remove it to start the directory afresh")
-    return stored
-
-
-def _results_directory(out_dir) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PplEcmhError(f"--out {out} is a file, not a directory")
-    return out
-
-
-@contextlib.contextmanager
-def locked(out_dir):
-    """Hold DIR/.lock while a run writes to DIR: a second run on the same directory is refused
-    instead of doing all the work again. The lock goes with the process that holds it."""
-    out = _results_directory(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise PplEcmhError(f"{out} is in use by another evaluation (process {holder}); wait for it to end "
-                               "or use another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-
-
-def read_settings(out_dir) -> EvalSettings:
-    stored = _stored_settings(_results_directory(out_dir))
-    if stored is None:
-        raise PplEcmhError(f"{out_dir} is not an evaluation directory (no {SETTINGS})")
-    try:
-        return EvalSettings(**stored)
-    except (TypeError, ValueError) as error:
-        raise PplEcmhError(f"{Path(out_dir) / SETTINGS}: {error}") from None
-
 
 def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,
              progress: bool = True, model=None, repair: bool = False, mesh=None) -> RecordStore:
@@ -209,10 +60,10 @@ def opened(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int]
     are then recorded, if they were not)."""
     specs = [settings.spec(name) for name in samplers]
     for spec in specs:  # bad sampler options fail before the model loads
-        dataclasses.replace(spec, token_budget=spec.token_budget or 1).make_kernel()
+        dataclasses.replace(spec, bon_budget=spec.bon_budget or 1).make_kernel()
     task = get_task(settings.task)
     problems = select_problems(task, settings)
-    out = _results_directory(out_dir)
+    out = results_directory(out_dir)
     check_settings(out, settings)
     with locked(out):
         store = RecordStore(out / RECORDS, value_fields=EVAL_FIELDS)
@@ -220,7 +71,7 @@ def opened(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int]
             print(f"moved {moved} damaged line(s) of {store.path} to {store.quarantine_path}", file=sys.stderr)
         work = pending_work(specs, seeds, problems, store.done())
         if not any(pending for _, _, pending in work):
-            if _stored_settings(out) is None:
+            if stored_settings(out) is None:
                 write_settings(out, settings)
             work = []
         yield task, problems, out, store, work
@@ -282,8 +133,8 @@ def pending_work(specs, seeds, problems, done) -> list[tuple[SamplerSpec, int, l
 
 def with_budget(spec: SamplerSpec, records: list[dict], seed: int) -> SamplerSpec:
     """A budgeted sampler (best-of-N) without a budget takes the one its MH records give (`matched_budget`)."""
-    if spec.sampler.budgeted and spec.token_budget is None:
-        return dataclasses.replace(spec, token_budget=matched_budget(records, seed))
+    if spec.sampler.budgeted and spec.bon_budget is None:
+        return dataclasses.replace(spec, bon_budget=matched_budget(records, seed))
     return spec
 
 
@@ -386,7 +237,7 @@ def record(settings, spec, seed, problem, model, task, machine, tokens, stats: d
         tokens_generated=int(initial_generated) + int(stats["num_generated"].sum()), completion_length=length,
         alpha_log_p=float(stats["log_target"][-1]), acceptance=float(np.mean(stats["accepted"])),
         mh_suffix_tokens=int(stats["new_suffix_length"].sum()) if spec.sampler.mh else None,
-        num_draws=len(stats["length"]), token_budget=spec.token_budget, machine=machine, **timing)
+        num_draws=len(stats["length"]), token_budget=spec.bon_budget, machine=machine, **timing)
 
 
 def grade(task, completion: str, problem) -> dict:

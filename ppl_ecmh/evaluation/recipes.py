@@ -27,12 +27,12 @@ class Recipe:
     alpha: float
     max_new_tokens: int
     block_size: int
-    mcmc_steps: int = 10
+    num_mcmc_steps: int = 10
 
     def settings(self, as_published: bool = False) -> dict:
         """The EvalSettings fields this recipe sets (tau stays None: 1/alpha)."""
         return dict(task=self.task, alpha=self.alpha, tau=None, max_new_tokens=self.max_new_tokens,
-                    block_size=self.block_size, mcmc_steps=self.mcmc_steps, stretch_context=True,
+                    block_size=self.block_size, num_mcmc_steps=self.num_mcmc_steps, stretch_context=True,
                     top_k=PUBLISHED_TOP_K if as_published else None)
 
     def decoded_tokens_bound(self) -> int:
@@ -40,7 +40,7 @@ class Recipe:
         regenerates half of what exists (a uniform cut): sum over blocks k of B + N * k * B / 2,
         about N * T^2 / (4B)."""
         blocks = -(-self.max_new_tokens // self.block_size)
-        return sum(self.block_size + self.mcmc_steps * k * self.block_size // 2 for k in range(1, blocks + 1))
+        return sum(self.block_size + self.num_mcmc_steps * k * self.block_size // 2 for k in range(1, blocks + 1))
 
 
 RECIPES = {recipe.name: recipe for recipe in (

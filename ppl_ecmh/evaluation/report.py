@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ppl_ecmh.evaluation import figures, summary
-from ppl_ecmh.evaluation.experiment import RECORDS, read_settings
+from ppl_ecmh.evaluation.store import RECORDS, read_settings
 from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore
 from ppl_ecmh.report import write_document
 

@@ -1,4 +1,5 @@
-"""An append-only JSONL store of records, one per key: (sampler, seed, problem) for evaluations.
+"""An append-only JSONL store of records, one per key: (sampler, seed, problem) for evaluations,
+and the results directory that holds an evaluation's store beside its settings.
 
 Every record is written as one line and flushed to disk before the next one, so a run killed at
 any moment loses at most the work in flight. A final line cut short by such a kill is not a
@@ -12,12 +13,16 @@ a report never summarises a record it cannot read whole.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 from ppl_ecmh.errors import PplEcmhError
+from ppl_ecmh.evaluation.settings import UNCOMPARED_SETTINGS, EvalSettings
 
 KEY_FIELDS = ("sampler", "seed", "problem_id")
 # field -> the JSON types an evaluation record's value may have (a bool is not a number here)
@@ -25,6 +30,7 @@ EVAL_FIELDS = {"sampler": (str,), "seed": (int,), "problem_id": (str,), "correct
                "tokens_generated": (int,), "completion_length": (int,), "alpha_log_p": (int, float),
                "wall_time_s": (int, float), "acceptance": (int, float)}
 QUARANTINE_SUFFIX = ".quarantine"
+RECORDS, SETTINGS, LOCK = "records.jsonl", "settings.json", ".lock"  # a results directory's files
 
 
 def record_key(record: dict, fields: tuple[str, ...] = KEY_FIELDS) -> tuple:
@@ -136,3 +142,86 @@ def replace_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def open_results(out_dir, settings: EvalSettings) -> RecordStore:
+    """The record store of `out_dir`, after checking it was made with the same settings (and
+    recording them, for a new directory)."""
+    out = results_directory(out_dir)
+    if stored_settings(out) is None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, settings)
+    check_settings(out, settings)
+    return RecordStore(out / RECORDS, value_fields=EVAL_FIELDS)
+
+
+def check_settings(out: Path, settings: EvalSettings) -> None:
+    """PplEcmhError when `out` holds an evaluation with other settings (speed settings aside)."""
+    stored = stored_settings(out)
+    if stored is None:
+        return
+    as_json = lambda fields: json.loads(json.dumps(fields))  # tuples as lists, as settings.json has them
+    stored, current = as_json(EvalSettings.stored_fields(stored)), as_json(dataclasses.asdict(settings))
+    differing = {key: (stored.get(key), value) for key, value in current.items()
+                 if stored.get(key) != value and key not in UNCOMPARED_SETTINGS}
+    if differing:
+        detail = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differing.items())
+        raise PplEcmhError(f"{out} holds an evaluation with other settings ({detail}); use another --out")
+
+
+def write_settings(out: Path, settings: EvalSettings, rope_scaling: dict | None = None) -> None:
+    """The settings, and the RoPE scaling the loaded model ran with where it has one (LongRoPE's
+    factors, or YaRN stretched by `stretch_context`): derived, so not compared on a resume."""
+    stored = dataclasses.asdict(settings) | ({"rope_scaling": rope_scaling} if rope_scaling else {})
+    replace_atomically(out / SETTINGS, json.dumps(stored, indent=2))
+
+
+def stored_settings(out: Path) -> dict | None:
+    path = out / SETTINGS
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PplEcmhError(f"{path} cannot be read ({error}); remove it to start the directory afresh") from None
+    if not isinstance(stored, dict):
+        raise PplEcmhError(f"{path} is not a settings object; remove it to start the directory afresh")
+    return stored
+
+
+def results_directory(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PplEcmhError(f"--out {out} is a file, not a directory")
+    return out
+
+
+@contextlib.contextmanager
+def locked(out_dir):
+    """Hold DIR/.lock while a run writes to DIR: a second run on the same directory is refused
+    instead of doing all the work again. The lock goes with the process that holds it."""
+    out = results_directory(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PplEcmhError(f"{out} is in use by another evaluation (process {holder}); wait for it to end "
+                               "or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def read_settings(out_dir) -> EvalSettings:
+    stored = stored_settings(results_directory(out_dir))
+    if stored is None:
+        raise PplEcmhError(f"{out_dir} is not an evaluation directory (no {SETTINGS})")
+    try:
+        return EvalSettings(**EvalSettings.stored_fields(stored))
+    except (TypeError, ValueError) as error:
+        raise PplEcmhError(f"{Path(out_dir) / SETTINGS}: {error}") from None
