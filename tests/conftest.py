@@ -76,3 +76,17 @@ def pytest_terminal_summary(terminalreporter):
         worst = min(c.chi2_pvalue for c in comparisons) if expected == "consistent" else max(c.chi2_pvalue for c in comparisons)
         terminalreporter.write_line(f"{expected:>10}  {ratios}  chi2 p {'min' if expected == 'consistent' else 'max'} "
                                     f"{worst:.2g}  {test}")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything loads a model: the command line's own binding and the one an
+    evaluation imports when it runs."""
+    import ppl_ecmh.cli
+    import ppl_ecmh.lm
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded")
+
+    monkeypatch.setattr(ppl_ecmh.cli, "load_model", refuse)
+    monkeypatch.setattr(ppl_ecmh.lm, "load_model", refuse)

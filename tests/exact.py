@@ -116,7 +116,7 @@ def tv_bound(probs: np.ndarray, effective_n: float, seed: int = 12345) -> float:
 def _effective_size(chains, support, pi, min_expected: float = 50.0) -> float:
     """The smallest ESS over the indicators of the completions expected at least `min_expected`
     times (rarer ones have unstable ESS estimates), capped at the number of draws."""
-    from ppl_ecmh import diagnostics
+    from ppl_ecmh.analysis import diagnostics
 
     index = {x: i for i, x in enumerate(support)}
     states = np.array([[index[x] for x in chain] for chain in chains])  # [chain, draw]

@@ -1,7 +1,7 @@
 """Lockstep references of the per-chain samplers: every row of a batch steps together, each step
 waiting for its longest proposal. The library runs these samplers on the engine
 (`ppl_ecmh.engine`); these small references, built on the same MH ratio
-(`ppl_ecmh.mh.log_acceptance`) and the same generation loop, let the exactness suite check the
+(`ppl_ecmh.samplers.mh.log_acceptance`) and the same generation loop, let the exactness suite check the
 mathematics apart from the engine's bookkeeping, and serve tests that need a sampler state of
 rows (Power-SMC's, TMC's, best-of-N's peers).
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ppl_ecmh.engine.schedule import best_of_n_score
 from ppl_ecmh.lm.generation import Generated, Sequences, ends_with_eos, extend, prefill, sequence_log_prob, teacher_force
-from ppl_ecmh.mh import cut_log_probs, log_acceptance, select_rows
+from ppl_ecmh.samplers.mh import cut_log_probs, log_acceptance, select_rows
 
 SuffixMHState = Generated
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.accelerator import SHAPES, random_transformer
-from ppl_ecmh import cuts, parallel
+from ppl_ecmh import parallel
+from ppl_ecmh.samplers import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key, scheduler
 
 MESHES = {"data 4": (4, 1), "data 2 x model 2": (4, 2), "model 2": (2, 2)}

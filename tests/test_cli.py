@@ -44,7 +44,7 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert parser.tables >= 5 and parser.rows > 10
     assert len(parser.images) >= 4 and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert any("entropy profile" in h for h in parser.headings)
-    from ppl_ecmh import diagnostics, plots
+    from ppl_ecmh.analysis import diagnostics, plots
 
     figure = plots.entropy_profile(diagnostics.load(run))
     assert figure.axes[0].get_title() == "entropy profile of chain 0, draw 2"  # the last of 3 draws
@@ -64,7 +64,7 @@ def test_compare_prints_a_table_and_writes_runs_and_report(smollm, capsys, tmp_p
     assert code == 0
     assert "ESS/1k tok" in out and "ancestral" in out and "random-cut" in out
     assert "n/a: random-cut ess_bulk_per_1k_tokens: needs >= 10 draws per chain" in out
-    from ppl_ecmh import diagnostics
+    from ppl_ecmh.analysis import diagnostics
 
     for name in ("ancestral", "random-cut"):
         idata = diagnostics.load(tmp_path / f"{name}.nc")
@@ -156,8 +156,7 @@ def test_an_argument_error_is_one_line_and_a_hint(capsys):
         (["compare", "--prompt", "hi", "--batch-size", "0"], "batch_size"),
     ],
 )
-def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, monkeypatch):
-    monkeypatch.setattr("ppl_ecmh.lm.load_model", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, no_model_load):
     assert main(argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err

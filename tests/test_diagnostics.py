@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ppl_ecmh import diagnostics
+from ppl_ecmh.analysis import diagnostics
 from ppl_ecmh.runner import Run
 from tests.chains import ar1
 
@@ -139,7 +139,7 @@ def test_answer_agreement_counts_chains_with_the_modal_answer():
 def test_a_rewritten_markdown_report_keeps_only_its_own_figures(tmp_path):
     import matplotlib.pyplot as plt
 
-    from ppl_ecmh.report import write_document
+    from ppl_ecmh.analysis.report import write_document
 
     table = [("numbers", ["n"], [["1"]])]
     write_document("two", table, [("a", plt.figure()), ("b", plt.figure())], tmp_path / "report.md", "md")

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from ppl_ecmh import cuts
+from ppl_ecmh.samplers import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.engine import scheduler
 from ppl_ecmh.engine import slots as slot_ops

@@ -12,10 +12,10 @@ import pytest
 from numpyro.infer import MCMC
 from numpyro.infer.util import log_density
 
-from ppl_ecmh import kernels
+from ppl_ecmh.numpyro import kernels
 from ppl_ecmh.lm import spans, toy, transformer
 from ppl_ecmh.runner import SamplerSpec, run_sampler
-from ppl_ecmh.target import LanguageModelSequence, find_power_target, power_model
+from ppl_ecmh.numpyro.target import LanguageModelSequence, find_power_target, power_model
 from tests.exact import Comparison, assert_exact_at_every_seed, exact_draws
 from tests.parallel_check import tiny_model
 
@@ -162,7 +162,7 @@ def test_bad_model_parameters_name_the_parameter(kwargs, parameter):
 
 
 def test_finding_the_target_traces_the_sharpen_factor_instead_of_scoring_with_the_model(monkeypatch):
-    from ppl_ecmh import target
+    from ppl_ecmh.numpyro import target
 
     scored = []  # whether each scoring call got concrete tokens, i.e. really ran the model
     score = target._score

@@ -40,10 +40,7 @@ def test_draws_on_data_and_tensor_parallel_meshes_equal_the_single_device_draws(
     (["--tensor-parallel", "2"], "tensor_parallel: must divide the 1 devices"),
     (["--devices", "0"], "devices: 0 asked for"),
 ])
-def test_impossible_device_options_fail_in_one_line_before_the_model_loads(argv, message, capsys, monkeypatch):
-    import ppl_ecmh.lm
-
-    monkeypatch.setattr(ppl_ecmh.lm, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+def test_impossible_device_options_fail_in_one_line_before_the_model_loads(argv, message, capsys, no_model_load):
     assert main(["sample", "--prompt", "hi", "--no-progress"] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

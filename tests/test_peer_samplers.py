@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh import diagnostics
+from ppl_ecmh.analysis import diagnostics
 from ppl_ecmh.lm import generation, toy
 from ppl_ecmh.runner import SamplerSpec, run_sampler
 from tests import lockstep

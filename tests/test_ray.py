@@ -12,7 +12,7 @@ from ppl_ecmh.cli import main  # noqa: E402
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval  # noqa: E402
 from ppl_ecmh.evaluation.distributed import Unit, plan_units, run_eval_on_ray  # noqa: E402
 from ppl_ecmh.evaluation.experiment import pending_work  # noqa: E402
-from ppl_ecmh.samplers import SamplerSpec  # noqa: E402
+from ppl_ecmh.registry import SamplerSpec  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 needs_data = pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data is not beside the project")
@@ -33,11 +33,8 @@ def log_p(records) -> dict:
     return {(r["sampler"], r["seed"], r["problem_id"]): r["alpha_log_p"] for r in records}
 
 
-def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path, capsys, no_model_load):
     """Run before the local cluster of the tests below starts: Ray connects once per process."""
-    import ppl_ecmh.lm
-
-    monkeypatch.setattr(ppl_ecmh.lm, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     code = main(["eval", "--task", "gsm8k", "--source", str(GSM8K), "--limit", "1", "--out", str(tmp_path / "out"),
                  "--ray", "127.0.0.1:1", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

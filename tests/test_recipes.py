@@ -60,8 +60,7 @@ def test_explicit_options_override_a_recipe_and_are_recorded(tmp_path):
      "not even with one slot"),
     (["plan", "--model", "org/not-in-the-catalog"], "download it first"),
 ])
-def test_mistakes_are_one_line_and_exit_2_before_a_model_loads(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr("ppl_ecmh.lm.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+def test_mistakes_are_one_line_and_exit_2_before_a_model_loads(argv, message, capsys, no_model_load):
     assert cli.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and message in error

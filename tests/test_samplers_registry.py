@@ -7,7 +7,7 @@ import pytest
 
 import ppl_ecmh
 from ppl_ecmh.engine import Schedule
-from ppl_ecmh.samplers import ENGINE, POPULATION, REGISTRY, SAMPLERS, SamplerSpec, get_sampler
+from ppl_ecmh.registry import ENGINE, POPULATION, REGISTRY, SAMPLERS, SamplerSpec, get_sampler
 
 PACKAGE = Path(ppl_ecmh.__file__).parent
 
@@ -37,7 +37,7 @@ def name_decisions(source: str) -> list[str]:
 
 def test_no_module_outside_the_registry_decides_by_a_samplers_name():
     decisions = {str(path.relative_to(PACKAGE)): found for path in sorted(PACKAGE.rglob("*.py"))
-                 if path.name != "samplers.py" and (found := name_decisions(path.read_text()))}
+                 if path.name != "registry.py" and (found := name_decisions(path.read_text()))}
     assert decisions == {}
 
 
@@ -102,7 +102,7 @@ def test_every_sampler_option_has_one_spelling_from_the_command_line_to_the_stor
 
     from ppl_ecmh.cli import _sampler_options, build_parser
     from ppl_ecmh.evaluation import EvalSettings
-    from ppl_ecmh.samplers import SamplerOptions
+    from ppl_ecmh.registry import SamplerOptions
 
     given = dict(tau=0.5, cut="entropy", block_size=7, num_mcmc_steps=3, top_k=5, num_particles=6, smc_block_size=2,
                  bon_budget=99, num_candidates=3, num_rollouts=2, horizon=4)

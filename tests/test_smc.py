@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh import smc
+from ppl_ecmh.samplers import smc
 from ppl_ecmh.lm import generation, toy
 from tests.exact import REJECTION_MARGIN, SEEDS, tv_bound
 

@@ -3,7 +3,7 @@ from a queue of (problem, chain) work, with randomness keyed by work.
 
 - `schedule`: what each step of a chain does (independent draw, suffix MH, block-wise stages);
 - `slots`: the device loop (one token per slot per iteration, accept/reject as proposals end),
-  which the NumPyro kernels (`ppl_ecmh.kernels`) drive too;
+  which the NumPyro kernels (`ppl_ecmh.numpyro.kernels`) drive too;
 - `scheduler`: the host queue (admission, collection of finished chains, wall-time shares).
 """
 

@@ -1,6 +1,6 @@
 """The engine's device side: W slots, each running its own chain, advanced one token per slot per
 iteration inside one compiled loop (DESIGN section 7). The engine's host (`scheduler`) and the
-NumPyro kernels (`ppl_ecmh.kernels`) both drive chains through it.
+NumPyro kernels (`ppl_ecmh.numpyro.kernels`) both drive chains through it.
 
 Every iteration feeds each busy slot's proposal its last token and draws the next from
 softmax(logits / tau).
@@ -15,7 +15,7 @@ current tokens one decode iteration at a time (`valid` and `backed` count the le
 each cache that hold the current state).
 
 A slot whose proposal ends (EOS or the step's length cap) accepts or rejects it with the ratio of
-`ppl_ecmh.mh.log_acceptance`, adds the step to the tally of its draw in progress, and starts its
+`ppl_ecmh.samplers.mh.log_acceptance`, adds the step to the tally of its draw in progress, and starts its
 next step in the same iteration, while the other slots go on decoding. When a step completes a
 draw, the draw (its tokens and its tally) goes into the slot's ring of draw records, at the
 chain's count of draws modulo the ring's size. A chain pauses once it has `stop` draws: the host
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from ppl_ecmh.engine.schedule import Schedule, best_of_n_score
 from ppl_ecmh.lm.generation import (Sequences, ends_with_eos, is_eos, prefill, sample_tokens, sequence_log_prob,
                                     teacher_force, token_statistics)
-from ppl_ecmh.mh import cut_log_probs, log_acceptance, select_rows
+from ppl_ecmh.samplers.mh import cut_log_probs, log_acceptance, select_rows
 
 CUT, ACCEPT, TOKEN = 0, 1, 2  # the uses of a step's key
 

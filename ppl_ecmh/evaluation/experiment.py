@@ -1,7 +1,7 @@
 """Evaluation runs: every sampler on every problem of a task, for several seeds, graded, stored.
 
 `batch_size` is the number of rows decoded side by side. The engine samplers
-(`Sampler.runs_on` in `ppl_ecmh.samplers`) queue one chain per pending problem into that many slots of the
+(`Sampler.runs_on` in `ppl_ecmh.registry`) queue one chain per pending problem into that many slots of the
 continuous-batching engine; each record is graded and appended to DIR/records.jsonl as soon as its
 chain is done, while the other slots decode. Their randomness is keyed by (seed, sampler, problem
 id), so a record does not depend on the slot count, the order of the problems or on a resume.
@@ -36,7 +36,7 @@ from ppl_ecmh.evaluation.store import (EVAL_FIELDS, RECORDS, RecordStore, check_
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
 from ppl_ecmh.runner import engine_items, fitted_width, run_sampler
-from ppl_ecmh.samplers import BUDGET_SOURCES, ENGINE, SamplerSpec
+from ppl_ecmh.registry import BUDGET_SOURCES, ENGINE, SamplerSpec
 from ppl_ecmh.tasks import get_task
 
 def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,

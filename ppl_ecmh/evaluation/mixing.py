@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ppl_ecmh.diagnostics import MIN_DRAWS_RHAT, Estimate, ess, import_arviz, rhat
+from ppl_ecmh.analysis.diagnostics import MIN_DRAWS_RHAT, Estimate, ess, import_arviz, rhat
 
 RHAT_TARGET = 1.05  # "converged enough to start keeping draws": the and common practice's bar
 

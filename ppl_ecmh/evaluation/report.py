@@ -1,5 +1,5 @@
 """The report of an evaluation directory: settings, accuracy, pass@k, paired tests, figures, and a
-few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.report.write_document`)."""
+few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.analysis.report.write_document`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from ppl_ecmh.evaluation import figures, summary
 from ppl_ecmh.evaluation.store import RECORDS, read_settings
 from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore
-from ppl_ecmh.report import write_document
+from ppl_ecmh.analysis.report import write_document
 
 EXAMPLES_PER_SAMPLER = 3
 COMPLETION_CHARACTERS = 400

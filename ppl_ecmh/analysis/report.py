@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ppl_ecmh import diagnostics, plots
+from ppl_ecmh.analysis import diagnostics, plots
 
 SAMPLE_COMPLETIONS = 4
 

@@ -13,10 +13,10 @@ import dataclasses
 import math
 from typing import Callable
 
-from ppl_ecmh import kernels
-from ppl_ecmh.cuts import Uniform, get_cut
+from ppl_ecmh.numpyro import kernels
+from ppl_ecmh.samplers.cuts import Uniform, get_cut
 from ppl_ecmh.engine import Schedule
-from ppl_ecmh.target import power_model
+from ppl_ecmh.numpyro.target import power_model
 from ppl_ecmh.validation import check_positive_int
 
 ENGINE, POPULATION = "engine", "population"  # how a sampler runs: chains on the engine, or a population in lockstep
@@ -146,7 +146,7 @@ class SamplerOptions:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec(SamplerOptions):
-    """A sampler by name with its options (cut given by name, see `ppl_ecmh.cuts.get_cut`): the
+    """A sampler by name with its options (cut given by name, see `ppl_ecmh.samplers.cuts.get_cut`): the
     unit the rest of the library passes around."""
 
     name: str

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ppl_ecmh import diagnostics  # noqa: E402
+from ppl_ecmh.analysis import diagnostics  # noqa: E402
 
 
 def log_target_trace(idata, title: str = ""):

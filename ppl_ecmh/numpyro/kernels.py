@@ -28,15 +28,15 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 
-from ppl_ecmh import smc, tmc
-from ppl_ecmh.cuts import EntropyJump, Mixture, get_cut
+from ppl_ecmh.samplers import smc, tmc
+from ppl_ecmh.samplers.cuts import EntropyJump, Mixture, get_cut
 from ppl_ecmh.engine import slots as engine
 from ppl_ecmh.engine.scheduler import work_keys
 from ppl_ecmh.engine.schedule import Schedule
 from ppl_ecmh.lm import spans
 from ppl_ecmh.lm.generation import (Generated, completion_tokens, padded_completions, per_row, prefill,
                                     sequence_log_prob, within_completion)
-from ppl_ecmh.target import find_power_target
+from ppl_ecmh.numpyro.target import find_power_target
 from ppl_ecmh.validation import check_positive_int, check_tau
 
 DEFAULT_BUFFER_DRAWS = 16
@@ -185,7 +185,7 @@ def _start(prompts, prompt_length, keys, completions, lm, schedule: Schedule, bu
 
 
 class SuffixMH(_ChainKernel):
-    """Suffix-resampling MH with any cut distribution (a name from `ppl_ecmh.cuts` or an object).
+    """Suffix-resampling MH with any cut distribution (a name from `ppl_ecmh.samplers.cuts` or an object).
     Each draw is `steps_per_draw` MH steps (thinning); per-draw statistics then summarize them as
     `BlockwiseMH`'s do."""
 
@@ -299,7 +299,7 @@ _prefill = jax.jit(prefill)
 
 
 class PowerSMC(_PopulationKernel):
-    """Power-SMC (`ppl_ecmh.smc`): every draw runs a fresh particle system of `num_particles` per
+    """Power-SMC (`ppl_ecmh.samplers.smc`): every draw runs a fresh particle system of `num_particles` per
     chain with the tau = 1/alpha proposal and returns one particle picked by weight. Draws are
     independent; `num_generated` counts the tokens of all particles. Extra statistics per draw:
     `smc_ess` [steps] (ESS after each step), `smc_log_weights` [num_particles] (final, normalized)
@@ -334,7 +334,7 @@ class PowerSMC(_PopulationKernel):
 
 
 class ScalablePowerSampler(_PopulationKernel):
-    """Scalable power sampling ("TMC", `ppl_ecmh.tmc`): every draw generates a fresh completion
+    """Scalable power sampling ("TMC", `ppl_ecmh.samplers.tmc`): every draw generates a fresh completion
     token by token from the candidates' p^alpha times look-ahead estimates of their futures'
     mass. Draws are independent; `num_generated` counts the look-ahead rollouts too."""
 
