@@ -30,7 +30,7 @@ demo: setup
 # The whole suite: the docs site built strictly, the tests, every notebook executed, then the fast
 # suite on the oldest versions allowed (test-compat).
 test: setup docs
-	$(PY) -m pytest -q --nbmake --nbmake-timeout=1200 tests notebooks
+	$(PY) -m pytest -q --durations=20 --nbmake --nbmake-timeout=1200 tests notebooks
 	$(MAKE) --no-print-directory test-compat
 
 test-fast: setup

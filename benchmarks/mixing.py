@@ -54,15 +54,22 @@ from ppl_ecmh.tasks import get_task
 
 SETTINGS = dict(model="qwen2.5-coder-0.5b", alpha=4.0, tau=0.25, start_tau=0.25, max_new_tokens=32, mh_steps=32,
                 kept_draws=20, chains=4, prompts=16, seed=0, width=64)
-# A few minutes on the small model, to try the whole pipeline: `run --pilot`, `summarize --pilot`.
+# A few minutes on the small model, to try the whole pipeline: `run --study pilot`, `summarize --study pilot`.
 PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=32, mh_steps=12, kept_draws=10, chains=2, prompts=2,
                         width=8)
+# Issue 59's real traces: long enough to hold decisions (docs/decision-points.md). The pilot sizes
+# the study from its autocorrelation times; smollm2-135m decodes about 3x faster than qwen2.5-coder.
+LONG_PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=192, mh_steps=40, kept_draws=20, prompts=2, width=24)
+STUDIES = {"short": (SETTINGS, Path("results/mixing")), "pilot": (PILOT, Path("runs/mixing-pilot")),
+           "long-pilot": (LONG_PILOT, Path("results/decision-points/real-pilot"))}
 TASKS = ("gsm8k", "humaneval")
 # The kernels, the baseline first: the random cut of Karan & Du, then the entropy cuts.
 KERNELS = {"random": Uniform(), "entropy": Entropy(beta=1.0), "entropy_jump": EntropyJump(power=4.0),
            "mixture": Mixture()}
 FUNCTIONALS = ("log_target", "length", "correct")  # alpha*log p, completion length, a correct final answer
-RESULTS, PILOT_RESULTS = Path("results/mixing"), Path("runs/mixing-pilot")
+RESULTS = STUDIES["short"][1]
+JUMP_FLOOR = 0.5  # nats: the entropy jumps a chain's record keeps (of its last draw), to describe the traces
+JUMP_THRESHOLDS = (0.5, 1.0, 2.0)
 CHAINS, STARTS = "chains.jsonl", "starts.jsonl"
 CHAIN_KEY = ("task", "kernel", "problem_id", "chain")
 START_KEY = ("task", "problem_id", "chain")
@@ -147,6 +154,7 @@ class Study:
             accepted=steps["accepted"].astype(bool).tolist(), accept_prob=np.round(steps["accept_prob"].astype(float), 4).tolist(),
             cut=steps["cut"].astype(int).tolist(), length_before=before.tolist(), entropy_at_cut=entropy_at_cut,
             new_suffix_length=steps["new_suffix_length"].astype(int).tolist(), wall_time_s=round(result.seconds, 2),
+            entropy_jumps=entropy_jumps(result.entropy[-1, : lengths[-1]]),
         )
 
     def answer(self, problem, tokens) -> tuple[str | None, bool]:
@@ -163,10 +171,36 @@ class Study:
         return self.graded[key]
 
 
+def entropy_jumps(entropy: np.ndarray) -> list[list[float]]:
+    """[relative position, size] of every rise of the next-token entropy of at least JUMP_FLOOR
+    nats from one position to the next (the first position rises from 0, as the jump cut counts)."""
+    rises = np.diff(np.concatenate([[0.0], np.asarray(entropy, float)]))
+    return [[round(t / max(1, len(entropy)), 4), round(float(rises[t]), 3)] for t in np.flatnonzero(rises >= JUMP_FLOOR)]
+
+
+def trace_table(records: list[dict]) -> list[dict]:
+    """Per task and kernel, what the last draws look like: entropy jumps per completion above each
+    threshold, and where the largest jump sits (relative position), to set beside the synthetic
+    family's knobs (docs/decision-points.md)."""
+    groups: dict = {}
+    for record in records:
+        if "entropy_jumps" in record:
+            groups.setdefault((record["task"], record["kernel"]), []).append(record["entropy_jumps"])
+    rows = []
+    for (task, kernel), jumps in sorted(groups.items()):
+        row = dict(task=task, kernel=kernel, completions=len(jumps))
+        for threshold in JUMP_THRESHOLDS:
+            row[f"jumps_over_{threshold:g}"] = float(np.mean([sum(size >= threshold for _, size in j) for j in jumps]))
+        largest = [max(j, key=lambda jump: jump[1])[0] for j in jumps if j]
+        row["largest_jump_position"] = float(np.median(largest)) if largest else None
+        rows.append(row)
+    return rows
+
+
 def run(args) -> None:
     from ppl_ecmh import load_model
 
-    settings, results = (PILOT, PILOT_RESULTS) if args.pilot else (SETTINGS, RESULTS)
+    settings, results = STUDIES[args.study]
     check_settings(settings, results)
     model = load_model(settings["model"])
     for task in args.tasks:
@@ -258,7 +292,7 @@ def coverage(rows: list[dict], kernels) -> list[dict]:
 
 
 def summarize(args) -> None:
-    results = PILOT_RESULTS if args.pilot else RESULTS
+    results = STUDIES[args.study][1]
     settings = json.loads((results / "settings.json").read_text())
     records = RecordStore(results / CHAINS, CHAIN_KEY).read()
     rows = target_table(records, settings["kept_draws"])
@@ -272,6 +306,7 @@ def summarize(args) -> None:
                      for task in TASKS for kernel in KERNELS},
         chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
         targets=_finite(rows), coverage=coverage(rows, kernels), comparisons=_finite(comparisons(rows, kernels)),
+        traces=_finite(trace_table(records)),
     )
     result["status"] = status(result)
     replace_atomically(results / "summary.json", json.dumps(result, indent=2) + "\n")
@@ -424,7 +459,9 @@ def main():
     summarizer = commands.add_parser("summarize", help="results/mixing/ from the records")
     summarizer.set_defaults(handler=summarize)
     for command in (runner, summarizer):
-        command.add_argument("--pilot", action="store_true", help=f"the small pilot, in {PILOT_RESULTS}/")
+        command.add_argument("--study", choices=list(STUDIES), default="short",
+                             help="short: T_max 32 (results/mixing); pilot: minutes on the small model; long-pilot: "
+                             "T_max 192, to size issue 59's real-trace study")
     args = parser.parse_args()
     for name in getattr(args, "kernels", []):
         if name not in KERNELS:

@@ -120,3 +120,12 @@ def test_the_committed_mixing_summary_rederives_from_the_committed_chains():
     records = study.RecordStore(results / study.CHAINS, study.CHAIN_KEY).read()
     assert summary["chains"] == len(records)
     assert study._finite(study.target_table(records, summary["settings"]["kept_draws"])) == summary["targets"]
+
+
+def test_entropy_jumps_are_the_rises_past_the_floor_and_traces_count_them_per_threshold():
+    jumps = study.entropy_jumps(np.array([0.1, 0.2, 1.0, 0.3, 2.5]))  # rises 0.1, 0.1, 0.8, -0.7, 2.2
+    assert jumps == [[0.4, 0.8], [0.8, 2.2]]
+    records = [dict(task="gsm8k", kernel="random", entropy_jumps=jumps), dict(task="gsm8k", kernel="random", entropy_jumps=[])]
+    [row] = study.trace_table(records)
+    assert (row["completions"], row["jumps_over_0.5"], row["jumps_over_1"], row["jumps_over_2"]) == (2, 1.0, 0.5, 0.5)
+    assert row["largest_jump_position"] == 0.8
