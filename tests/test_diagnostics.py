@@ -146,3 +146,25 @@ def test_a_rewritten_markdown_report_keeps_only_its_own_figures(tmp_path):
     write_document("one", table, [("a", plt.figure())], tmp_path / "report.md", "md")
     plt.close("all")
     assert [f.name for f in (tmp_path / "report_figures").iterdir()] == ["figure_00.png"]
+
+
+def test_a_run_as_a_datatree_has_its_groups_opens_with_arviz_base_and_both_backends_agree(tmp_path, monkeypatch):
+    """The next ArviZ's format: the same groups and attributes, written with to_netcdf and opened by
+    arviz-base (as is the file `save` writes); arviz-stats and arviz 0.23 give the same table."""
+    arviz_base = pytest.importorskip("arviz_base")
+    pytest.importorskip("arviz_stats")
+    idata = diagnostics.to_inference_data(synthetic_run(ar1(1, 0.5, draws=400)))
+    tree = diagnostics.to_datatree(idata)
+    assert set(tree.children) == {"posterior", "sample_stats", "completions"} and tree.attrs == idata.attrs
+    tree.to_netcdf(tmp_path / "tree.nc", engine="h5netcdf")
+    diagnostics.save(idata, tmp_path / "run.nc")
+    for path in (tmp_path / "tree.nc", tmp_path / "run.nc"):
+        opened = arviz_base.convert_to_datatree(str(path))
+        np.testing.assert_array_equal(opened["posterior"]["log_target"].values, idata.posterior["log_target"].values)
+        np.testing.assert_array_equal(opened["completions"]["tokens"].values, idata.completions["tokens"].values)
+    tables = {}
+    for backend in ("arviz", "arviz-stats"):
+        monkeypatch.setattr(diagnostics, "BACKEND", backend)
+        tables[backend] = diagnostics.summary(idata)
+    assert tables["arviz"].equals(tables["arviz-stats"]), tables
+    assert np.isfinite(tables["arviz"].loc["log_target", "ess_tail"])

@@ -11,11 +11,15 @@ values), so a NetCDF file round-trips without loss, and so are the diagnostics (
 
 A diagnostic is a number only where the draws determine it: `rhat` and `ess` return an `Estimate`
 that is nan with its reason otherwise (too few chains or draws per chain, a constant functional,
-ArviZ's cap), and every table, report and attribute shows that reason instead of a number.
+ArviZ's cap), and every table, report and attribute shows that reason instead of a number. They are
+computed by arviz-stats (the next ArviZ, on `xarray.DataTree`) when it is installed and by arviz
+0.23 otherwise: the same algorithms, the same numbers (`BACKEND`). `to_datatree` gives a run as
+an `xarray.DataTree` with the same groups, for arviz-base and arviz-stats.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from typing import NamedTuple
@@ -24,6 +28,27 @@ import numpy as np
 
 POSTERIOR_FIELDS = ("log_target", "length")
 SAMPLE_STATS_FIELDS = ("accepted", "accept_prob", "cut", "old_suffix_length", "new_suffix_length", "num_generated")
+
+
+# what computes ESS and R-hat: arviz-stats where it is installed (pip install "ppl-ecmh[arviz-next]")
+BACKEND = "arviz-stats" if importlib.util.find_spec("arviz_stats") else "arviz"
+TAIL_PROBABILITIES = (0.05, 0.95)  # the quantiles tail ESS follows, arviz 0.23's default
+
+
+def _backend_ess(values: np.ndarray, method: str) -> float:
+    if BACKEND == "arviz-stats":
+        import arviz_stats
+
+        return float(arviz_stats.ess(values, method=method, **({"prob": TAIL_PROBABILITIES} if method == "tail" else {})))
+    return float(import_arviz().ess(values, method=method))
+
+
+def _backend_rhat(values: np.ndarray) -> float:
+    if BACKEND == "arviz-stats":
+        import arviz_stats
+
+        return float(arviz_stats.rhat(values, method="rank"))
+    return float(import_arviz().rhat(values, method="rank"))
 
 
 def import_arviz():
@@ -66,6 +91,17 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
         idata.add_groups({"completions": completions})
     idata.attrs["diagnostics"] = diagnostics_attribute(idata)
     return idata
+
+
+def to_datatree(idata):
+    """The run as an `xarray.DataTree` (the next ArviZ's format): the same groups (posterior,
+    sample_stats, completions) and the same attributes (settings, diagnostics). It writes with
+    `to_netcdf` and reads back with `xarray.open_datatree` or arviz-base."""
+    import xarray as xr
+
+    tree = xr.DataTree.from_dict({f"/{group}": idata[group] for group in idata.groups()})
+    tree.attrs = dict(idata.attrs)
+    return tree
 
 
 def settings(idata) -> dict:
@@ -136,7 +172,7 @@ def rhat(values) -> Estimate:
         return _not_estimable(f"needs >= {MIN_DRAWS_RHAT} draws per chain")
     if _constant(values):
         return _not_estimable("constant functional")
-    value = float(import_arviz().rhat(values, method="rank"))
+    value = _backend_rhat(values)
     return Estimate(value) if np.isfinite(value) else _not_estimable("ArviZ returned nan")
 
 
@@ -153,7 +189,7 @@ def ess(values, method: str = "bulk", keep_floor: bool = False) -> Estimate:
     if method == "tail" and any(_constant((values <= q).astype(float)) for q in np.quantile(values, (0.05, 0.95))):
         return _not_estimable("a 5% or 95% quantile is an extreme value (ties)")
     split = chains * 2 * (draws // 2)
-    value = float(import_arviz().ess(values, method=method))
+    value = _backend_ess(values, method)
     if not np.isfinite(value):
         return _not_estimable("ArviZ returned nan")
     if value >= split * np.log10(split) * (1 - 1e-9):
