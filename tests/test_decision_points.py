@@ -112,3 +112,13 @@ def test_the_committed_synthetic_study_rederives_from_the_code():
             [stored] = [r for r in committed["rows"] if all(r.get(key) == row[key] for key in (*knobs, "map", "cut"))]
             for key, value in row.items():
                 assert stored[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), (knobs, key)
+
+
+def test_the_committed_best_of_n_seeds_summary_rederives_from_the_committed_outcomes():
+    from benchmarks import best_of_n_seeds as seeds
+    from ppl_ecmh.evaluation import RecordStore
+
+    root = Path(seeds.__file__).resolve().parents[1]
+    committed = json.loads((root / seeds.OUT / "summary.json").read_text())
+    derived = seeds.study_summary(RecordStore(root / seeds.OUT / seeds.OUTCOMES).read())
+    assert json.loads(json.dumps(derived)) == committed
