@@ -59,7 +59,8 @@ PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=32, mh_steps=12, ke
                         width=8)
 # Issue 59's real traces: long enough to hold decisions (docs/decision-points.md). The pilot sizes
 # the study from its autocorrelation times; smollm2-135m decodes about 3x faster than qwen2.5-coder.
-LONG_PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=192, mh_steps=40, kept_draws=20, prompts=2, width=24)
+LONG_PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=192, mh_steps=40, kept_draws=20, prompts=2, width=24,
+                             tasks=["gsm8k"], kernels=["random", "entropy_jump", "mixture"])
 STUDIES = {"short": (SETTINGS, Path("results/mixing")), "pilot": (PILOT, Path("runs/mixing-pilot")),
            "long-pilot": (LONG_PILOT, Path("results/decision-points/real-pilot"))}
 TASKS = ("gsm8k", "humaneval")
@@ -203,10 +204,10 @@ def run(args) -> None:
     settings, results = STUDIES[args.study]
     check_settings(settings, results)
     model = load_model(settings["model"])
-    for task in args.tasks:
+    for task in args.tasks or settings.get("tasks", TASKS):
         study = Study(task, model, settings, results)
         study.run_starts()
-        for kernel in args.kernels:
+        for kernel in args.kernels or settings.get("kernels", KERNELS):
             study.run_kernel(kernel)
 
 
@@ -303,7 +304,7 @@ def summarize(args) -> None:
         versions={name: importlib.metadata.version(name) for name in PACKAGES}, python=sys.version.split()[0],
         chains=len(records), wall_time_s=round(sum(r["wall_time_s"] for r in records), 1),
         chains_done={f"{task} {kernel}": sum(r["task"] == task and r["kernel"] == kernel for r in records)
-                     for task in TASKS for kernel in KERNELS},
+                     for task in settings.get("tasks", TASKS) for kernel in settings.get("kernels", KERNELS)},
         chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
         targets=_finite(rows), coverage=coverage(rows, kernels), comparisons=_finite(comparisons(rows, kernels)),
         traces=_finite(trace_table(records)),
@@ -453,8 +454,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run", help="run (or resume) the study")
-    runner.add_argument("--tasks", type=lambda text: text.split(","), default=list(TASKS))
-    runner.add_argument("--kernels", type=lambda text: text.split(","), default=list(KERNELS))
+    runner.add_argument("--tasks", type=lambda text: text.split(","), default=None,
+                        help="default: the study's (both tasks, unless its settings name them)")
+    runner.add_argument("--kernels", type=lambda text: text.split(","), default=None,
+                        help="default: the study's (all four, unless its settings name them)")
     runner.set_defaults(handler=run)
     summarizer = commands.add_parser("summarize", help="results/mixing/ from the records")
     summarizer.set_defaults(handler=summarize)
@@ -463,10 +466,10 @@ def main():
                              help="short: T_max 32 (results/mixing); pilot: minutes on the small model; long-pilot: "
                              "T_max 192, to size issue 59's real-trace study")
     args = parser.parse_args()
-    for name in getattr(args, "kernels", []):
+    for name in getattr(args, "kernels", None) or []:
         if name not in KERNELS:
             parser.error(f"--kernels: unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
-    for name in getattr(args, "tasks", []):
+    for name in getattr(args, "tasks", None) or []:
         if name not in TASKS:
             parser.error(f"--tasks: unknown task {name!r}; choose from {', '.join(TASKS)}")
     args.handler(args)
