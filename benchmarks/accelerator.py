@@ -60,9 +60,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks.decode import without_eos  # noqa: E402
 from benchmarks.engine import decode_rate  # noqa: E402
-from ppl_ecmh.samplers.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine import Schedule, chain_key  # noqa: E402
 from ppl_ecmh.engine import slots as device  # noqa: E402
+from ppl_ecmh.samplers.cuts import EntropyJump  # noqa: E402
 from ppl_ecmh.engine.scheduler import ADMISSION_ROWS, _admit, _advance  # noqa: E402  (the engine's compiled loop)
 from ppl_ecmh.engine import memory  # noqa: E402
 from ppl_ecmh.lm.catalog import PAPER_MODELS  # noqa: E402

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from ppl_ecmh import load_model
-from ppl_ecmh.samplers import cuts
 from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.samplers import cuts
 
 PROMPTS = [
     "What is 15 + 27? Answer with the number.",

@@ -44,12 +44,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.study import settings_for
-from ppl_ecmh.samplers.cuts import Entropy, EntropyJump, Mixture, Uniform
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.evaluation import mixing
 from ppl_ecmh.evaluation.experiment import grade, machine_label, select_problems
 from ppl_ecmh.evaluation.store import RecordStore, replace_atomically
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
+from ppl_ecmh.samplers.cuts import Entropy, EntropyJump, Mixture, Uniform
 from ppl_ecmh.tasks import get_task
 
 SETTINGS = dict(model="qwen2.5-coder-0.5b", alpha=4.0, tau=0.25, start_tau=0.25, max_new_tokens=32, mh_steps=32,

@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 
 from ppl_ecmh.evaluation import EvalSettings, RecordStore, run_eval, summary
-from ppl_ecmh.evaluation.store import RECORDS, open_results, read_settings, record_key
 from ppl_ecmh.evaluation.report import write_eval_report
+from ppl_ecmh.evaluation.store import RECORDS, open_results, read_settings, record_key
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
 
 MODEL = "qwen2.5-coder-0.5b"

@@ -13,10 +13,10 @@ import dataclasses
 import math
 from typing import Callable
 
-from ppl_ecmh.numpyro import kernels
-from ppl_ecmh.samplers.cuts import Uniform, get_cut
 from ppl_ecmh.engine import Schedule
+from ppl_ecmh.numpyro import kernels
 from ppl_ecmh.numpyro.target import power_model
+from ppl_ecmh.samplers.cuts import Uniform, get_cut
 from ppl_ecmh.validation import check_positive_int
 
 ENGINE, POPULATION = "engine", "population"  # how a sampler runs: chains on the engine, or a population in lockstep

@@ -15,8 +15,8 @@ import numpy as np
 
 from benchmarks.accelerator import SHAPES, random_transformer
 from ppl_ecmh import parallel
-from ppl_ecmh.samplers import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key, scheduler
+from ppl_ecmh.samplers import cuts
 
 MESHES = {"data 4": (4, 1), "data 2 x model 2": (4, 2), "model 2": (2, 2)}
 

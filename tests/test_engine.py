@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from ppl_ecmh.samplers import cuts
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.engine import scheduler
 from ppl_ecmh.engine import slots as slot_ops
 from ppl_ecmh.lm import generation, toy, transformer
+from ppl_ecmh.samplers import cuts
 from tests.parallel_check import tiny_model
 from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, exact_draws
 

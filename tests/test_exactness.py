@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh.samplers import cuts
 from ppl_ecmh.lm import generation, toy
+from ppl_ecmh.samplers import cuts
 from tests import lockstep
 from tests.exact import (SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed,
                          chains_from_exact, exact_draws, final_draws)

@@ -12,10 +12,10 @@ import pytest
 from numpyro.infer import MCMC
 from numpyro.infer.util import log_density
 
-from ppl_ecmh.numpyro import kernels
 from ppl_ecmh.lm import spans, toy, transformer
-from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.numpyro import kernels
 from ppl_ecmh.numpyro.target import LanguageModelSequence, find_power_target, power_model
+from ppl_ecmh.runner import SamplerSpec, run_sampler
 from tests.exact import Comparison, assert_exact_at_every_seed, exact_draws
 from tests.parallel_check import tiny_model
 

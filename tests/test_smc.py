@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh.samplers import smc
 from ppl_ecmh.lm import generation, toy
+from ppl_ecmh.samplers import smc
 from tests.exact import REJECTION_MARGIN, SEEDS, tv_bound
 
 PROBLEM = toy.random_tree_problem(seed=1)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_ecmh.samplers import tmc
 from ppl_ecmh.lm import generation, toy
 from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.samplers import tmc
 from tests.exact import SEEDS, Comparison, assert_exact_at_every_seed, assert_rejected_at_every_seed, final_draws
 
 PROBLEM = toy.random_tree_problem(seed=1)

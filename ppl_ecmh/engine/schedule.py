@@ -26,8 +26,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ppl_ecmh.samplers.cuts import CutDistribution, Uniform
 from ppl_ecmh.lm.generation import ends_with_eos, mean_log_likelihood
+from ppl_ecmh.samplers.cuts import CutDistribution, Uniform
 
 OPEN = 2**30  # draws of a schedule without a planned end (a NumPyro kernel's): step numbers stay int32
 

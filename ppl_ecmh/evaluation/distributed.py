@@ -23,8 +23,8 @@ from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import experiment
 from ppl_ecmh.evaluation.settings import EvalSettings
 from ppl_ecmh.evaluation.store import RecordStore, write_settings
-from ppl_ecmh.runner import DEFAULT_WIDTH
 from ppl_ecmh.registry import ENGINE, get_sampler
+from ppl_ecmh.runner import DEFAULT_WIDTH
 
 MAX_ATTEMPTS = 3  # a unit whose workers died this many times stops the run
 CONNECT_TIMEOUT_S = 10

@@ -35,8 +35,8 @@ from ppl_ecmh.evaluation.store import (EVAL_FIELDS, RECORDS, RecordStore, check_
                                        stored_settings, write_settings)
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.runner import engine_items, fitted_width, run_sampler
 from ppl_ecmh.registry import BUDGET_SOURCES, ENGINE, SamplerSpec
+from ppl_ecmh.runner import engine_items, fitted_width, run_sampler
 from ppl_ecmh.tasks import get_task
 
 def run_eval(settings: EvalSettings, samplers: Sequence[str], seeds: Sequence[int], out_dir, *,

@@ -7,10 +7,10 @@ import dataclasses
 import math
 from pathlib import Path
 
+from ppl_ecmh.analysis.report import write_document
 from ppl_ecmh.evaluation import figures, summary
 from ppl_ecmh.evaluation.store import RECORDS, read_settings
 from ppl_ecmh.evaluation.store import EVAL_FIELDS, RecordStore
-from ppl_ecmh.analysis.report import write_document
 
 EXAMPLES_PER_SAMPLER = 3
 COMPLETION_CHARACTERS = 400

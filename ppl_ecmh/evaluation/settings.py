@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ppl_ecmh.runner import DEFAULT_WIDTH
 from ppl_ecmh.registry import SamplerOptions, SamplerSpec, get_sampler
+from ppl_ecmh.runner import DEFAULT_WIDTH
 from ppl_ecmh.tasks import get_task
 from ppl_ecmh.validation import check_alpha, check_positive_int
 

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 
+from ppl_ecmh.engine import slots as engine
+from ppl_ecmh.engine.schedule import Schedule
+from ppl_ecmh.engine.scheduler import work_keys
+from ppl_ecmh.lm import spans
 from ppl_ecmh.samplers import smc, tmc
 from ppl_ecmh.samplers.cuts import EntropyJump, Mixture, get_cut
-from ppl_ecmh.engine import slots as engine
-from ppl_ecmh.engine.scheduler import work_keys
-from ppl_ecmh.engine.schedule import Schedule
-from ppl_ecmh.lm import spans
 from ppl_ecmh.lm.generation import (Generated, completion_tokens, padded_completions, per_row, prefill,
                                     sequence_log_prob, within_completion)
 from ppl_ecmh.numpyro.target import find_power_target
