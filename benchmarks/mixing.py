@@ -61,8 +61,12 @@ PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=32, mh_steps=12, ke
 # the study from its autocorrelation times; smollm2-135m decodes about 3x faster than qwen2.5-coder.
 LONG_PILOT = SETTINGS | dict(model="smollm2-135m", max_new_tokens=192, mh_steps=40, kept_draws=20, prompts=2, width=24,
                              tasks=["gsm8k"], kernels=["random", "entropy_jump", "mixture"])
+# The study itself, sized from the pilot (results/decision-points/README.md): about 4 CPU-hours,
+# recorded in segments of 25 steps so that it is committed as it runs and resumes between sessions.
+LONG = LONG_PILOT | dict(prompts=8, mh_steps=300, kept_draws=200, segments=12, width=96)
 STUDIES = {"short": (SETTINGS, Path("results/mixing")), "pilot": (PILOT, Path("runs/mixing-pilot")),
-           "long-pilot": (LONG_PILOT, Path("results/decision-points/real-pilot"))}
+           "long-pilot": (LONG_PILOT, Path("results/decision-points/real-pilot")),
+           "long": (LONG, Path("results/decision-points/real"))}
 TASKS = ("gsm8k", "humaneval")
 # The kernels, the baseline first: the random cut of Karan & Du, then the entropy cuts.
 KERNELS = {"random": Uniform(), "entropy": Entropy(beta=1.0), "entropy_jump": EntropyJump(power=4.0),
@@ -87,16 +91,19 @@ class Study:
         self.prompts = {p.id: model.encode(self.task.prompt(p, chat=True), chat=True) for p in self.problems}
         self.prompt_block = max(len(tokens) for tokens in self.prompts.values())
         model.fit_context(self.prompt_block, settings["max_new_tokens"])
-        self.chains = RecordStore(results / CHAINS, CHAIN_KEY)
+        self.segments = settings.get("segments", 1)  # a long study records each chain in segments
+        self.chains = RecordStore(results / CHAINS, CHAIN_KEY + (("segment",) if self.segments > 1 else ()))
         self.starts = RecordStore(results / STARTS, START_KEY)
         self.graded: dict = {}  # (problem id, completion) -> (answer, correct): chains revisit states
 
-    def work(self, name: str) -> list[tuple]:
-        """(problem, chain) pairs of this task not yet done by `name` ("start" or a kernel)."""
+    def work(self, name: str, segment: int | None = None) -> list[tuple]:
+        """(problem, chain) pairs of this task not yet done by `name` ("start" or a kernel), in
+        `segment` for a study in segments (only those whose segment before it is done)."""
         store, prefix = (self.starts, (self.task_name,)) if name == "start" else (self.chains, (self.task_name, name))
         done = store.done()
+        key = lambda problem, chain, part: prefix + (problem.id, chain) + (() if segment is None else (part,))
         return [(problem, chain) for problem in self.problems for chain in range(self.settings["chains"])
-                if prefix + (problem.id, chain) not in done]
+                if key(problem, chain, segment) not in done and (not segment or key(problem, chain, segment - 1) in done)]
 
     def run_starts(self) -> None:
         """Ancestral completions (at `start_tau`) for the chains that have none yet."""
@@ -111,16 +118,26 @@ class Study:
                                      log_target=round(float(result.log_target[-1]), 4))])
 
     def run_kernel(self, kernel: str) -> None:
-        """The chains of `kernel` not yet recorded, each from its start."""
+        """The chains of `kernel` not yet recorded, each from its start. A study in segments runs
+        every chain's segment s from the last draw of its segment s - 1, with a key of its own, and
+        records it as it ends: the same Markov chain, committed as it runs."""
+        settings, machine = self.settings, machine_label()
+        schedule = Schedule.suffix_mh(settings["max_new_tokens"], settings["mh_steps"] // self.segments,
+                                      cut=KERNELS[kernel], alpha=settings["alpha"], tau=settings["tau"])
         starts = {(r["problem_id"], r["chain"]): r["tokens"] for r in self.starts.read() if r["task"] == self.task_name}
-        settings = self.settings
-        schedule = Schedule.suffix_mh(settings["max_new_tokens"], settings["mh_steps"], cut=KERNELS[kernel],
-                                      alpha=settings["alpha"], tau=settings["tau"])
-        machine = machine_label()
-        for result in self._engine_run(self.work(kernel), schedule, kernel, starts, description=kernel):
-            problem, chain = result.item.tag
-            self.chains.append([self.chain_record(kernel, problem, chain, len(starts[problem.id, chain]), result,
-                                                  schedule) | dict(machine=machine)])
+        for segment in range(self.segments):
+            if segment:
+                starts = {(r["problem_id"], r["chain"]): r["last_tokens"] for r in self.chains.read()
+                          if (r["task"], r["kernel"], r["segment"]) == (self.task_name, kernel, segment - 1)}
+            name, part = (kernel, {}) if self.segments == 1 else (f"{kernel}@{segment}" if segment else kernel,
+                                                                  dict(segment=segment))
+            pending = self.work(kernel, segment if self.segments > 1 else None)
+            for result in self._engine_run(pending, schedule, name, starts, description=name):
+                problem, chain = result.item.tag
+                record = self.chain_record(kernel, problem, chain, len(starts[problem.id, chain]), result, schedule)
+                if part:
+                    record |= part | dict(last_tokens=result.tokens[-1, : int(result.length[-1])].tolist())
+                self.chains.append([record | dict(machine=machine)])
 
     def _engine_run(self, pending, schedule, name, starts, description):
         items = [WorkItem(self.prompts[problem.id], chain_key(self.settings["seed"], f"mixing-{name}", problem.id, chain),
@@ -228,6 +245,44 @@ def check_settings(settings: dict, results: Path) -> None:
 
 # Analysis ---------------------------------------------------------------------------------------
 
+PER_STEP = ("log_target", "length", "answer", "correct", "accepted", "accept_prob", "cut", "length_before",
+            "entropy_at_cut", "new_suffix_length")  # a chain record's per-step lists
+
+
+def whole_chains(records: list[dict]) -> list[dict]:
+    """Chains recorded in segments joined into one record each: the per-step lists of their
+    segments in order, up to the fewest segments any chain of the same (task, problem, kernel) has,
+    so that its chains stay equally long (`segments` says how many). Records without segments pass
+    through."""
+    if not any("segment" in record for record in records):
+        return records
+    parts: dict = {}
+    for record in records:
+        parts.setdefault((record["task"], record["problem_id"], record["kernel"]), {}).setdefault(
+            record["chain"], {})[record["segment"]] = record
+    chains = []
+    for chain_parts in parts.values():
+        common = min(_consecutive(segments) for segments in chain_parts.values())
+        for segments in chain_parts.values():
+            ordered = [segments[i] for i in range(common)]
+            if not ordered:
+                continue
+            joined = {key: value for key, value in ordered[-1].items() if key not in ("segment", "last_tokens")}
+            joined |= {key: [value for part in ordered for value in part[key]] for key in PER_STEP}
+            joined |= dict(start_length=ordered[0]["start_length"], segments=common,
+                           wall_time_s=round(sum(part["wall_time_s"] for part in ordered), 2))
+            chains.append(joined)
+    return chains
+
+
+def _consecutive(segments: dict) -> int:
+    """How many segments from the first are there without a gap."""
+    count = 0
+    while count in segments:
+        count += 1
+    return count
+
+
 def target_table(records: list[dict], kept_draws: int) -> list[dict]:
     """One row per (task, problem, kernel) with at least 2 chains: the per-prompt figures."""
     groups: dict = {}
@@ -295,15 +350,18 @@ def coverage(rows: list[dict], kernels) -> list[dict]:
 def summarize(args) -> None:
     results = STUDIES[args.study][1]
     settings = json.loads((results / "settings.json").read_text())
-    records = RecordStore(results / CHAINS, CHAIN_KEY).read()
+    segments = settings.get("segments", 1)
+    records = whole_chains(RecordStore(results / CHAINS, CHAIN_KEY + (("segment",) if segments > 1 else ())).read())
     rows = target_table(records, settings["kept_draws"])
     kernels = [kernel for kernel in KERNELS if any(row["kernel"] == kernel for row in rows)]
+    study = "" if args.study == "short" else f" --study {args.study}"
     result = dict(
-        command="python -m benchmarks.mixing run; python -m benchmarks.mixing summarize",
+        command=f"python -m benchmarks.mixing run{study}; python -m benchmarks.mixing summarize{study}",
         settings=settings, model_sha256=EMBEDDED_MODELS[settings["model"]].sha256,
         versions={name: importlib.metadata.version(name) for name in PACKAGES}, python=sys.version.split()[0],
         chains=len(records), wall_time_s=round(sum(r["wall_time_s"] for r in records), 1),
-        chains_done={f"{task} {kernel}": sum(r["task"] == task and r["kernel"] == kernel for r in records)
+        chains_done={f"{task} {kernel}": sum(r["task"] == task and r["kernel"] == kernel
+                                             and r.get("segments", 1) == segments for r in records)
                      for task in settings.get("tasks", TASKS) for kernel in settings.get("kernels", KERNELS)},
         chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
         targets=_finite(rows), coverage=coverage(rows, kernels), comparisons=_finite(comparisons(rows, kernels)),
@@ -446,7 +504,7 @@ def status(result: dict) -> str:
     missing = {pair: done for pair, done in result["chains_done"].items() if done < expected}
     if not missing:
         return f"Complete: every task and kernel has its {expected} chains."
-    return ("**Incomplete** (the study resumes with `python -m benchmarks.mixing run`): chains done of "
+    return (f"**Incomplete** (the study resumes with `{result['command'].split(';')[0]}`): chains done of "
             f"{expected}: " + ", ".join(f"{pair} {done}" for pair, done in result["chains_done"].items()) + ".")
 
 
@@ -464,7 +522,7 @@ def main():
     for command in (runner, summarizer):
         command.add_argument("--study", choices=list(STUDIES), default="short",
                              help="short: T_max 32 (results/mixing); pilot: minutes on the small model; long-pilot: "
-                             "T_max 192, to size issue 59's real-trace study")
+                             "T_max 192, to size issue 59's real-trace study; long: that study, in segments")
     args = parser.parse_args()
     for name in getattr(args, "kernels", None) or []:
         if name not in KERNELS:

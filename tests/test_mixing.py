@@ -129,3 +129,23 @@ def test_entropy_jumps_are_the_rises_past_the_floor_and_traces_count_them_per_th
     [row] = study.trace_table(records)
     assert (row["completions"], row["jumps_over_0.5"], row["jumps_over_1"], row["jumps_over_2"]) == (2, 1.0, 0.5, 0.5)
     assert row["largest_jump_position"] == 0.8
+
+
+def test_chains_recorded_in_segments_are_joined_in_order_up_to_the_segments_every_chain_has():
+    def part(chain, segment, draws):
+        lists = {key: [f"{chain}.{segment}.{i}" for i in range(draws)] for key in study.PER_STEP}
+        return dict(task="gsm8k", kernel="random", problem_id="p", chain=chain, segment=segment, start_length=9 + segment,
+                    wall_time_s=1.0, last_tokens=[1], entropy_jumps=[[0.5, float(segment)]], **lists)
+
+    records = [part(0, 1, 2), part(0, 0, 2), part(1, 0, 2), part(0, 2, 2)]  # chain 1 has one segment so far
+    joined = {record["chain"]: record for record in study.whole_chains(records)}
+    assert [joined[0]["segments"], joined[1]["segments"]] == [1, 1]
+    records.append(part(1, 1, 2))
+    joined = {record["chain"]: record for record in study.whole_chains(records)}
+    assert joined[0]["log_target"] == ["0.0.0", "0.0.1", "0.1.0", "0.1.1"] and joined[0]["segments"] == 2
+    assert joined[0]["start_length"] == 9 and joined[0]["wall_time_s"] == 2.0 and "last_tokens" not in joined[0]
+    assert joined[0]["entropy_jumps"] == [[0.5, 1.0]]  # the last joined segment's last draw
+    unsegmented = [dict(part(0, 0, 2), segment=None)]
+    for record in unsegmented:
+        del record["segment"]
+    assert study.whole_chains(unsegmented) == unsegmented
