@@ -28,6 +28,7 @@ what an uninterrupted one would have.
 
     python -m benchmarks.mixing run [--tasks gsm8k,humaneval] [--kernels random,entropy,...]
     python -m benchmarks.mixing summarize       # results/mixing/summary.json, report.md, figures
+    python -m benchmarks.mixing run --study long    # issue 59's real traces: T_max 192, in segments
 """
 
 from __future__ import annotations
