@@ -101,7 +101,10 @@ def test_the_engine_running_the_model_draws_the_law_the_exact_chain_gives():
 
 
 def test_the_committed_synthetic_study_rederives_from_the_code():
-    """The rows of results/decision-points/synthetic.json with T <= 128, computed again."""
+    """The rows of results/decision-points/synthetic.json with T <= 128, computed again. The
+    chain's inputs are the library's float32 entropies, whose last bits differ between XLA versions
+    (1.5e-6 relative on JAX 0.10.0 against 0.10.2, make test-compat): floats agree to 1e-5, about
+    80 float32 ulps, and whole numbers (steps to TV 0.1) exactly."""
     from benchmarks import decision_points as study
 
     committed = json.loads((Path(study.__file__).resolve().parents[1] / study.OUT / "synthetic.json").read_text())
@@ -111,7 +114,7 @@ def test_the_committed_synthetic_study_rederives_from_the_code():
         for row in study.rows_of(name, knobs, model):
             [stored] = [r for r in committed["rows"] if all(r.get(key) == row[key] for key in (*knobs, "map", "cut"))]
             for key, value in row.items():
-                assert stored[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), (knobs, key)
+                assert stored[key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), (knobs, key)
 
 
 def test_the_committed_best_of_n_seeds_summary_rederives_from_the_committed_outcomes():
