@@ -118,27 +118,27 @@ class Study:
                                      tokens=result.tokens[-1, :length].tolist(),
                                      log_target=round(float(result.log_target[-1]), 4))])
 
-    def run_kernel(self, kernel: str) -> None:
+    def run_kernel(self, kernel: str, segment: int = 0) -> None:
         """The chains of `kernel` not yet recorded, each from its start. A study in segments runs
-        every chain's segment s from the last draw of its segment s - 1, with a key of its own, and
-        records it as it ends: the same Markov chain, committed as it runs."""
-        settings, machine = self.settings, machine_label()
+        `segment` of every chain from the last draw of its segment before, with a key of its own,
+        and records it as it ends: the same Markov chain, committed as it runs."""
+        settings = self.settings
         schedule = Schedule.suffix_mh(settings["max_new_tokens"], settings["mh_steps"] // self.segments,
                                       cut=KERNELS[kernel], alpha=settings["alpha"], tau=settings["tau"])
-        starts = {(r["problem_id"], r["chain"]): r["tokens"] for r in self.starts.read() if r["task"] == self.task_name}
-        for segment in range(self.segments):
-            if segment:
-                starts = {(r["problem_id"], r["chain"]): r["last_tokens"] for r in self.chains.read()
-                          if (r["task"], r["kernel"], r["segment"]) == (self.task_name, kernel, segment - 1)}
-            name, part = (kernel, {}) if self.segments == 1 else (f"{kernel}@{segment}" if segment else kernel,
-                                                                  dict(segment=segment))
-            pending = self.work(kernel, segment if self.segments > 1 else None)
-            for result in self._engine_run(pending, schedule, name, starts, description=name):
-                problem, chain = result.item.tag
-                record = self.chain_record(kernel, problem, chain, len(starts[problem.id, chain]), result, schedule)
-                if part:
-                    record |= part | dict(last_tokens=result.tokens[-1, : int(result.length[-1])].tolist())
-                self.chains.append([record | dict(machine=machine)])
+        if segment:
+            starts = {(r["problem_id"], r["chain"]): r["last_tokens"] for r in self.chains.read()
+                      if (r["task"], r["kernel"], r["segment"]) == (self.task_name, kernel, segment - 1)}
+        else:
+            starts = {(r["problem_id"], r["chain"]): r["tokens"] for r in self.starts.read() if r["task"] == self.task_name}
+        name = f"{kernel}@{segment}" if segment else kernel
+        pending = self.work(kernel, segment if self.segments > 1 else None)
+        machine = machine_label()
+        for result in self._engine_run(pending, schedule, name, starts, description=name):
+            problem, chain = result.item.tag
+            record = self.chain_record(kernel, problem, chain, len(starts[problem.id, chain]), result, schedule)
+            if self.segments > 1:
+                record |= dict(segment=segment, last_tokens=result.tokens[-1, : int(result.length[-1])].tolist())
+            self.chains.append([record | dict(machine=machine)])
 
     def _engine_run(self, pending, schedule, name, starts, description):
         items = [WorkItem(self.prompts[problem.id], chain_key(self.settings["seed"], f"mixing-{name}", problem.id, chain),
@@ -225,8 +225,9 @@ def run(args) -> None:
     for task in args.tasks or settings.get("tasks", TASKS):
         study = Study(task, model, settings, results)
         study.run_starts()
-        for kernel in args.kernels or settings.get("kernels", KERNELS):
-            study.run_kernel(kernel)
+        for segment in range(study.segments):  # every cut's chains advance a segment before any goes further
+            for kernel in args.kernels or settings.get("kernels", KERNELS):
+                study.run_kernel(kernel, segment)
 
 
 def check_settings(settings: dict, results: Path) -> None:
