@@ -253,15 +253,15 @@ PER_STEP = ("log_target", "length", "answer", "correct", "accepted", "accept_pro
 
 def whole_chains(records: list[dict]) -> list[dict]:
     """Chains recorded in segments joined into one record each: the per-step lists of their
-    segments in order, up to the fewest segments any chain of the same (task, problem, kernel) has,
-    so that its chains stay equally long (`segments` says how many). Records without segments pass
-    through."""
+    segments in order, up to the fewest segments any chain of the same task has, so that every
+    chain and cut is compared at the same steps (`segments` says how many). Records without
+    segments pass through."""
     if not any("segment" in record for record in records):
         return records
     parts: dict = {}
     for record in records:
-        parts.setdefault((record["task"], record["problem_id"], record["kernel"]), {}).setdefault(
-            record["chain"], {})[record["segment"]] = record
+        parts.setdefault(record["task"], {}).setdefault((record["kernel"], record["problem_id"], record["chain"]),
+                                                        {})[record["segment"]] = record
     chains = []
     for chain_parts in parts.values():
         common = min(_consecutive(segments) for segments in chain_parts.values())
