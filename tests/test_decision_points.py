@@ -85,8 +85,7 @@ def test_the_engine_running_the_model_draws_the_law_the_exact_chain_gives():
     The same test rejects the kernel without its cut ratio (TV 0.12 from the right law at draw 4)."""
     model = DecisionPoints(12, (2, 6, 9), vocab_size=6, noise=(0.2, 0.01, 0.05))
     right, wrong = (exact.exact_chain(model, get_cut("entropy_jump"), ALPHA, drop_cut_ratio=drop) for drop in (False, True))
-    log_q = ALPHA * model.logits()[list(model.positions), 0, :2]
-    initial = np.exp(np.take_along_axis(log_q.T - np.logaddexp.reduce(log_q, axis=-1), model.tuples(), 0).sum(1))
+    initial = np.exp(exact.decision_log_proposals(model, ALPHA).sum(1))  # the initial completion's law
     spec = SamplerSpec("entropy-cut", cut="entropy_jump")
     for seed in (0, 1):
         run = run_sampler(model.lm(), [0], spec, alpha=ALPHA, max_new_tokens=model.length, num_chains=1500, num_draws=4,

@@ -46,6 +46,14 @@ def entropy_profiles(model: DecisionPoints) -> np.ndarray:
     return entropy[np.arange(model.length), model.decision_states()]
 
 
+def decision_log_proposals(model: DecisionPoints, alpha: float) -> np.ndarray:
+    """[S, d]: log q_tau (tau = 1/alpha) of each decision of each tuple; their sum over a tuple is
+    the log-probability that a fresh completion from the proposal takes it."""
+    log_q = alpha * model.logits()[list(model.positions), 0, : model.num_branches]
+    log_q = log_q - np.logaddexp.reduce(log_q, axis=-1, keepdims=True)  # [d, b]: q_tau at each decision
+    return np.take_along_axis(log_q.T, model.tuples(), axis=0) if len(model.positions) else np.zeros((1, 0))
+
+
 def exact_chain(model: DecisionPoints, cut, alpha: float, drop_cut_ratio: bool = False) -> Chain:
     """The transition matrix of suffix MH with `cut` at tau = 1/alpha, on decision tuples.
     `drop_cut_ratio` omits the cut correction, a wrong kernel, to show that tests can tell."""
@@ -55,9 +63,7 @@ def exact_chain(model: DecisionPoints, cut, alpha: float, drop_cut_ratio: bool =
     log_cut = np.asarray(jax.vmap(cut.log_prob, in_axes=(0, None))(jnp.asarray(entropy), jnp.int32(steps)), np.float64)
     log_z = model.log_partition(alpha)[np.arange(steps), states]  # [S, T]
     phi = np.cumsum(log_z[:, ::-1], axis=1)[:, ::-1]  # log Phi_c(B): sum over t >= c
-    log_q = alpha * model.logits()[list(model.positions), 0, : model.num_branches]
-    log_q = log_q - np.logaddexp.reduce(log_q, axis=-1, keepdims=True)  # [d, b]: q_tau at each decision
-    proposal = np.take_along_axis(log_q.T, tuples, axis=0) if decisions else np.zeros((size, 0))  # [S, d]
+    proposal = decision_log_proposals(model, alpha)  # [S, d]
     proposal_from = np.concatenate([np.cumsum(proposal[:, ::-1], axis=1)[:, ::-1], np.zeros((size, 1))], axis=1)
     kept = np.searchsorted(np.asarray(model.positions), np.arange(steps))  # decisions before cut c
     kernel, cut_mass = np.zeros((size, size)), np.zeros((size, decisions + 1))
