@@ -27,21 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from ppl_ecmh.evaluation import decision_points as exact
-from ppl_ecmh.lm.decision_points import DecisionPoints
+from ppl_ecmh.lm.decision_points import PLACEMENTS, DecisionPoints, placed
 from ppl_ecmh.samplers.cuts import get_cut
 
 ALPHA = 4.0
 CUTS = {"uniform": get_cut("uniform"), "entropy": get_cut("entropy"), "entropy_jump": get_cut("entropy_jump"),
         "mixture": get_cut("mixture")}
-PLACEMENTS = {"early": (0.0, 0.25), "spread": (0.0, 1.0), "late": (0.75, 1.0)}
 OUT = Path("results/decision-points")
-
-
-def placed(length: int, count: int, placement: str) -> tuple[int, ...]:
-    """`count` decision positions evenly inside the placement's share of the completion."""
-    low, high = PLACEMENTS[placement]
-    width = (high - low) * length / count
-    return tuple(int(low * length + (i + 0.5) * width) for i in range(count))
 
 
 def evenly(length: int, count: int, avoid: tuple[int, ...]) -> tuple[int, ...]:

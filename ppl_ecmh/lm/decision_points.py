@@ -25,6 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+PLACEMENTS = {"early": (0.0, 0.25), "spread": (0.0, 1.0), "late": (0.75, 1.0)}  # shares of the completion
+
+
+def placed(length: int, count: int, placement: str) -> tuple[int, ...]:
+    """`count` decision positions evenly inside the placement's share of a `length`-token completion."""
+    low, high = PLACEMENTS[placement]
+    width = (high - low) * length / count
+    return tuple(int(low * length + (i + 0.5) * width) for i in range(count))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DecisionLM:
