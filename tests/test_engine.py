@@ -284,6 +284,27 @@ def test_a_chain_records_every_step_and_draw_of_its_schedule():
     assert result.seconds > 0
 
 
+@pytest.mark.parametrize("cut_name", ["uniform", "entropy_jump"])
+def test_each_draw_records_both_sides_of_its_step(cut_name):
+    """The draw and what its step did not keep are the step's two sequences: the same up to the
+    cut; when the step was accepted the unkept one is the previous draw, when rejected the draw is."""
+    schedule = suffix_schedule(cut_name, 2.0, steps=24)
+    results = chains(schedule, [PROBLEM.prompt], width=3).values()
+    seen = collections.Counter()
+    for result in results:
+        unkept = result.unkept
+        for draw in range(1, schedule.num_draws):
+            cut, accepted = int(result.stats["cut"][draw]), bool(result.stats["accepted"][draw])
+            kept_now = completion(result.tokens[draw], result.length[draw])
+            other = completion(unkept["tokens"][draw], unkept["length"][draw])
+            before = completion(result.tokens[draw - 1], result.length[draw - 1])
+            assert kept_now[:cut] == other[:cut]
+            assert (other if accepted else kept_now) == before
+            np.testing.assert_array_equal(unkept["entropy"][draw, :cut], result.entropy[draw, :cut])
+            seen[accepted] += 1
+    assert seen[True] and seen[False]  # both cases occurred
+
+
 def test_wall_time_shares_add_up_and_do_not_carry_over_between_chains_of_a_slot():
     schedule = Schedule.suffix_mh(4, 3, cut=CUTS["uniform"], alpha=2.0, tau=0.5)
     items = [WorkItem(PROBLEM.prompt, chain_key(0, "time", chain, 0), chain) for chain in range(12)]

@@ -65,13 +65,18 @@ class Tally(NamedTuple):
 
 
 class DrawRecord(NamedTuple):
-    """Per slot and draw [W, draws kept, ...]: the state a draw keeps, and its tally."""
+    """Per slot and draw [W, draws kept, ...]: the state a draw keeps, its tally, and the sequence
+    its last step did not keep (the proposal it rejected, or the state an accepted proposal
+    replaced): with the draw, both sides of that step, for the chain explorer."""
 
     tokens: jax.Array  # [W, D, T] completion tokens (0 past the length)
     entropy: jax.Array  # [W, D, T]
     length: jax.Array
     log_target: jax.Array
     tally: Tally
+    unkept_tokens: jax.Array  # [W, D, T]
+    unkept_entropy: jax.Array  # [W, D, T]
+    unkept_length: jax.Array  # [W, D]
 
 
 class Counters(NamedTuple):
@@ -133,7 +138,8 @@ def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule, draws_kep
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
-                         jnp.zeros((width, draws)), _tally(width, draws)),
+                         jnp.zeros((width, draws)), _tally(width, draws), ints(width, draws, total),
+                         jnp.zeros((width, draws, total)), ints(width, draws)),
         counters=Counters(ints(), ints(), ints(), ints(), ints(), ints(width)),
     )
 
@@ -287,15 +293,14 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     initial = finishing & (step + 1 == schedule.num_initial_steps)  # the steps before the first draw's end
     kept_draws = slots.draws.length.shape[1]
     draw = jnp.where(completes, slots.drawn % kept_draws, kept_draws)
-    completion_index = jnp.arange(schedule.max_new_tokens)[None, :]
-    inside = completion_index < new.length[:, None]
-    positions = new.prompt_length[:, None] + completion_index
-    completion = jnp.where(inside, jnp.take_along_axis(new.tokens, positions, axis=1), 0)
     put = lambda buffer, value: buffer.at[rows, draw].set(value, mode="drop")
-    draws = DrawRecord(put(slots.draws.tokens, completion), put(slots.draws.entropy, jnp.where(inside, new.entropy, 0.0)),
+    unkept = select_rows(accepted, current, proposal)
+    (tokens, entropy), (unkept_tokens, unkept_entropy) = _completion(new), _completion(unkept)
+    draws = DrawRecord(put(slots.draws.tokens, tokens), put(slots.draws.entropy, entropy),
                        put(slots.draws.length, new.length),
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)),
-                       jax.tree.map(put, slots.draws.tally, tally))
+                       jax.tree.map(put, slots.draws.tally, tally), put(slots.draws.unkept_tokens, unkept_tokens),
+                       put(slots.draws.unkept_entropy, unkept_entropy), put(slots.draws.unkept_length, unkept.length))
     restart = completes | initial
     drawn, next_step = slots.drawn + completes, step + finishing
     slots = slots._replace(
@@ -304,6 +309,14 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
         tally=jax.tree.map(lambda value: jnp.where(restart, jnp.zeros((), value.dtype), value), tally),
         initial_generated=add(slots.initial_generated, tally.generated, initial))
     return _start_steps(slots, lm, finishing & slots.busy, schedule)
+
+
+def _completion(seqs: Sequences):
+    """[W, T] completion tokens and entropies of `seqs`, 0 past each length."""
+    index = jnp.arange(seqs.max_new_tokens)[None, :]
+    inside = index < seqs.length[:, None]
+    tokens = jnp.take_along_axis(seqs.tokens, seqs.prompt_length[:, None] + index, axis=1)
+    return jnp.where(inside, tokens, 0), jnp.where(inside, seqs.entropy, 0.0)
 
 
 def release(slots: Slots, free) -> Slots:
