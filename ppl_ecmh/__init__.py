@@ -1,6 +1,7 @@
 """ppl-ecmh: sampling from the power distribution p(x)^alpha of a language model with
 Metropolis-Hastings (random-cut and entropy-cut suffix resampling), and diagnosing the chains."""
 
+from ppl_ecmh.analysis.explorer import explore
 from ppl_ecmh.errors import (
     CorruptCheckpointError,
     ModelNotFoundError,
@@ -42,6 +43,7 @@ __all__ = [
     "SuffixMH",
     "Uniform",
     "UnsupportedModelError",
+    "explore",
     "get_cut",
     "load_model",
     "power_model",

@@ -18,7 +18,7 @@ from ppl_ecmh.errors import PplEcmhError
 from ppl_ecmh.evaluation import EvalSettings, run_eval, summary
 from ppl_ecmh.evaluation.distributed import run_eval_on_ray
 from ppl_ecmh.evaluation.recipes import RECIPES, is_instruct
-from ppl_ecmh.evaluation.report import write_eval_report
+from ppl_ecmh.evaluation.report import eval_explorer_path, write_eval_report
 from ppl_ecmh.lm import load_model, model_config
 from ppl_ecmh.lm.catalog import PAPER_MODELS
 from ppl_ecmh.lm.registry import EMBEDDED_MODELS
@@ -335,7 +335,8 @@ def _run(model, prompt, text, spec, args, mesh=None):
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]
-    return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text)
+    pieces = model.pieces(run.tokens, *([] if run.unkept is None else [run.unkept["tokens"]]))
+    return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text, pieces=pieces)
 
 
 def _check_writable(path) -> None:
@@ -377,7 +378,7 @@ def _sample(args) -> None:
     print(f"{tokens} tokens generated in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)")
     if args.out:
         diagnostics.save(idata, args.out)
-        print(f"run written to {args.out}")
+        print(f"run written to {args.out}; `ppl-ecmh report {args.out}` writes its report and chain explorer")
 
 
 def _compare(args) -> None:
@@ -403,7 +404,7 @@ def _compare(args) -> None:
         for label, text in (("n/a", row["not_estimable"]), ("warning", row["warnings"])):
             print("".join(f"{label}: {row['sampler']} {part}\n" for part in filter(None, text.split("; "))), end="")
     path = report.write_html(runs, out / "report.html")
-    print(f"\nruns and report written to {out}/ (open {path})")
+    print(f"\nruns, report and chain explorers written to {out}/ (open {path})")
 
 
 def _explicit(args) -> set[str]:
@@ -456,7 +457,7 @@ def _eval(args) -> None:
 def _report(args) -> None:
     if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
         path = write_eval_report(args.runs[0], args.output, args.format)
-        print(f"report written to {path}")
+        print(f"report written to {path}\ncompletions beside their grades written to {eval_explorer_path(path)}")
         return
     runs = {}
     for file in args.runs:
@@ -471,7 +472,10 @@ def _report(args) -> None:
         name = diagnostics.settings(idata)["sampler"]
         runs[name if name not in runs else f"{name} ({Path(file).stem})"] = idata
     write = report.write_markdown if args.format == "md" else report.write_html
-    print(f"report written to {write(runs, args.output or f'report.{args.format}')}")
+    path = write(runs, args.output or f"report.{args.format}")
+    print(f"report written to {path}")
+    for explorer_path in report.explorer_paths(runs, path).values():
+        print(f"chain explorer written to {explorer_path}")
 
 
 def use_compilation_cache() -> None:

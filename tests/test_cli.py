@@ -39,6 +39,9 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert "n/a: log_target ess_bulk: needs >= 10 draws per chain" in out  # 3 draws: no ESS, not a cap
 
     assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
+    assert f"chain explorer written to {tmp_path / 'report_explorer_entropy-cut.html'}" in capsys.readouterr().out
+    page = (tmp_path / "report_explorer_entropy-cut.html").read_text()
+    assert "<script src" not in page and "<link" not in page  # self-contained (tests/test_explorer.py opens it)
     parser = TableParser()
     parser.feed((tmp_path / "report.html").read_text())
     assert parser.tables >= 5 and parser.rows > 10
@@ -46,7 +49,9 @@ def test_sample_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert any("entropy profile" in h for h in parser.headings)
     from ppl_ecmh.analysis import diagnostics, plots
 
-    figure = plots.entropy_profile(diagnostics.load(run))
+    saved = diagnostics.load(run)
+    assert {"unkept_tokens", "unkept_entropy", "unkept_length", "piece_id", "piece_text"} <= set(saved.completions)
+    figure = plots.entropy_profile(saved)
     assert figure.axes[0].get_title() == "entropy profile of chain 0, draw 2"  # the last of 3 draws
 
     assert main(["report", str(run), "-o", str(tmp_path / "report.md"), "--format", "md"]) == 0
@@ -92,6 +97,9 @@ def test_eval_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert (out / "records.jsonl").read_text().splitlines() == lines
 
     assert main(["report", str(out)]) == 0
+    assert str(out / "report_explorer.html") in capsys.readouterr().out
+    page = (out / "report_explorer.html").read_text()
+    assert page.count('"problem_id"') == 0 and page.count('"sampler":"entropy-cut"') == 2 * 3  # records by problem
     parser = TableParser()
     parser.feed((out / "report.html").read_text())
     assert any("Accuracy" in h for h in parser.headings) and any("pass@k" in h for h in parser.headings)

@@ -6,8 +6,10 @@ Data and statistics are separate layers that meet only through the InferenceData
 Groups: `posterior` holds per-draw scalar functionals (log_p = log p(x), log_target = alpha log p(x),
 length); `sample_stats` the kernel's per-draw statistics and wall time (for Power-SMC also the ESS
 after each SMC step and the final particle log weights); `completions` (a custom
-group) the token ids, per-position base-model entropies and decoded texts of every draw; the run settings are attributes (JSON
-values), so a NetCDF file round-trips without loss, and so are the diagnostics (`diagnostics_attribute`).
+group) the token ids, per-position base-model entropies and decoded texts of every draw, on the engine
+the sequence each draw's last step did not keep (`unkept_*`), and the text of each token id used
+(`piece_id`, `piece_text`); the run settings are attributes (JSON values), so a NetCDF file round-trips
+without loss, and so are the diagnostics (`diagnostics_attribute`).
 
 A diagnostic is a number only where the draws determine it: `rhat` and `ess` return an `Estimate`
 that is nan with its reason otherwise (too few chains or draws per chain, a constant functional,
@@ -60,8 +62,9 @@ def import_arviz():
     return arviz
 
 
-def to_inference_data(run, texts=None, model: str | None = None, prompt: str | None = None):
-    """InferenceData of a `ppl_ecmh.runner.Run`; `texts[chain][draw]` are the decoded completions."""
+def to_inference_data(run, texts=None, model: str | None = None, prompt: str | None = None, pieces=None):
+    """InferenceData of a `ppl_ecmh.runner.Run`; `texts[chain][draw]` are the decoded completions,
+    `pieces` maps token ids to their text (`Model.pieces`), for the chain explorer."""
     import xarray as xr
 
     az = import_arviz()
@@ -86,6 +89,14 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     )
     if texts is not None:
         completions["text"] = (("chain", "draw"), np.asarray(texts, dtype=str))
+    if run.unkept is not None:  # what each draw's last step did not keep (engine runs)
+        completions["unkept_tokens"] = (("chain", "draw", "position"), run.unkept["tokens"].astype(np.int32))
+        completions["unkept_entropy"] = (("chain", "draw", "position"), run.unkept["entropy"].astype(np.float32))
+        completions["unkept_length"] = (("chain", "draw"), run.unkept["length"].astype(np.int32))
+    if pieces:
+        ids = np.asarray(sorted(pieces), np.int32)
+        completions["piece_id"] = (("piece",), ids)
+        completions["piece_text"] = (("piece",), np.asarray([pieces[i] for i in ids.tolist()], dtype=str))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz warns that `completions` is not a standard group
         idata.add_groups({"completions": completions})

@@ -1,17 +1,19 @@
 """Reports of one or more runs: a self-contained HTML file (figures embedded) or Markdown with the
-figures beside it. Numbers come from `diagnostics`, figures from `plots`, both from InferenceData."""
+figures beside it, and each run's chain explorer (`explorer`) beside the report. Numbers come from
+`diagnostics`, figures from `plots`, both from InferenceData."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ppl_ecmh.analysis import diagnostics, plots
+from ppl_ecmh.analysis import diagnostics, explorer, plots
 
 SAMPLE_COMPLETIONS = 4
 
@@ -86,12 +88,29 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def explorer_paths(runs: dict, path) -> dict[str, Path]:
+    """Where the chain explorer of each run goes: beside the report, named after it and the run."""
+    path = Path(path)
+    safe = lambda name: re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    return {name: path.with_name(f"{path.stem}_explorer_{safe(name)}.html") for name in runs}
+
+
+def _write_report(runs: dict, path, format: str) -> Path:
+    """The report, and beside it one chain explorer per run (listed in the report)."""
+    explorers = explorer_paths(runs, path)
+    for name, explorer_path in explorers.items():
+        explorer.write_explorer({name: runs[name]}, explorer_path)
+    listing = ("Chain explorers (open in a browser)", ["run", "file"],
+               [[name, file.name] for name, file in explorers.items()])
+    return write_document("ppl-ecmh report", [*_sections(runs), listing], _figures(runs), path, format)
+
+
 def write_html(runs: dict, path) -> Path:
-    return write_document("ppl-ecmh report", _sections(runs), _figures(runs), path, "html")
+    return _write_report(runs, path, "html")
 
 
 def write_markdown(runs: dict, path) -> Path:
-    return write_document("ppl-ecmh report", _sections(runs), _figures(runs), path, "md")
+    return _write_report(runs, path, "md")
 
 
 def write_document(title: str, sections, figures, path, format: str = "html") -> Path:

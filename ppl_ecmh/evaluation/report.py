@@ -1,5 +1,6 @@
 """The report of an evaluation directory: settings, accuracy, pass@k, paired tests, figures, and a
-few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.analysis.report.write_document`)."""
+few graded completions per sampler, as HTML or Markdown (`ppl_ecmh.analysis.report.write_document`),
+and the chain explorer's view of every completion beside its grade."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from ppl_ecmh.analysis import explorer
 from ppl_ecmh.analysis.report import write_document
 from ppl_ecmh.evaluation import figures, summary
 from ppl_ecmh.evaluation.store import RECORDS, read_settings
@@ -57,12 +59,35 @@ def eval_figures(frame, pairs):
     return result
 
 
+def eval_explorer_path(report_path) -> Path:
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}_explorer.html")
+
+
+def eval_problems(records: list[dict]) -> list[dict]:
+    """Each problem's records, in the order problems first appear, samplers in that order too:
+    the eval view of the chain explorer (`explorer.eval_page`)."""
+    problems: dict[str, list[dict]] = {}
+    for record in records:
+        problems.setdefault(record["problem_id"], []).append(
+            {field: record.get(field) for field in ("sampler", "seed", "correct", "answer", "completion")})
+    return [dict(id=problem_id, records=group) for problem_id, group in problems.items()]
+
+
 def write_eval_report(out_dir, path=None, format: str = "html", examples: bool = True) -> Path:
-    """The report of `out_dir`; `examples=False` leaves out the completions (for summaries that
-    are committed without raw model output)."""
-    frame = summary.records_frame(RecordStore(Path(out_dir) / RECORDS, value_fields=EVAL_FIELDS).read())
+    """The report of `out_dir` and, beside it, the explorer's view of every problem's completions
+    (`eval_explorer_path`); `examples=False` leaves out the completions and the explorer (for
+    summaries that are committed without raw model output)."""
+    records = RecordStore(Path(out_dir) / RECORDS, value_fields=EVAL_FIELDS).read()
+    frame = summary.records_frame(records)
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     settings = read_settings(out_dir)
     pairs = summary.paired_comparisons(frame)
-    return write_document(f"ppl-ecmh evaluation: {settings.task}", eval_sections(settings, frame, pairs, examples),
-                          eval_figures(frame, pairs), path, format)
+    title = f"ppl-ecmh evaluation: {settings.task}"
+    sections = list(eval_sections(settings, frame, pairs, examples))
+    if examples:
+        explorer_path = eval_explorer_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        explorer_path.write_text(explorer.eval_page(title, eval_problems(records)), encoding="utf-8")
+        sections.append(("Every completion beside its grade (open in a browser)", ["file"], [[explorer_path.name]]))
+    return write_document(title, sections, eval_figures(frame, pairs), path, format)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ppl_ecmh.errors import ModelNotFoundError
 from ppl_ecmh.lm.config import ModelConfig
 from ppl_ecmh.lm.gguf_checkpoint import config_from_gguf, load_gguf, read_gguf
@@ -41,6 +43,12 @@ class LoadedModel:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def pieces(self, *token_arrays) -> dict[int, str]:
+        """The text of each token id in `token_arrays`, special tokens included, for showing a
+        completion token by token (a byte-level token that is part of a character shows as U+FFFD)."""
+        ids = np.unique(np.concatenate([np.ravel(np.asarray(array)) for array in token_arrays]))
+        return {int(i): self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids}
 
     def fit_context(self, prompt_length: int, max_new_tokens: int, stretch: bool = False) -> None:
         """Fit the decoder to runs of `prompt_length + max_new_tokens` positions: the RoPE tables
