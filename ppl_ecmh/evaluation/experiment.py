@@ -176,10 +176,18 @@ def _text_or_empty(path: str) -> str:
 
 
 def select_problems(task, settings: EvalSettings) -> list:
-    """The task's problems that match `settings.where`, the first `settings.limit` of them."""
+    """The task's problems that match `settings.where` and are among `settings.problems`, the
+    first `settings.limit` of them."""
     problems = task.load(settings.source)
     for key, value in (settings.where or {}).items():
         problems = [p for p in problems if str(p.metadata.get(key)) == str(value)]
+    if settings.problems is not None:
+        missing = sorted(set(settings.problems) - {p.id for p in problems})
+        if missing:
+            raise PplEcmhError(f"task {settings.task} has no problem {', '.join(missing)} in "
+                               f"{settings.source or task.default_source}" + (f" matching {settings.where}"
+                                                                              if settings.where else ""))
+        problems = [p for p in problems if p.id in set(settings.problems)]
     if not problems:
         raise PplEcmhError(f"task {settings.task} has no problems in {settings.source or task.default_source}"
                            + (f" matching {settings.where}" if settings.where else ""))

@@ -28,6 +28,7 @@ class EvalSettings(SamplerOptions):
     model: str = "smollm2-135m"
     source: str | None = None  # dataset file or hub id; None: the task's default
     where: dict | None = None  # keep problems whose metadata match, e.g. {"level": "1"} (MATH500)
+    problems: list | None = None  # keep these problem ids alone, e.g. ["HumanEval/53"]
     limit: int | None = None  # the first `limit` problems (after `where` and `shuffle_seed`)
     shuffle_seed: int | None = None  # shuffle the problems with this seed before `limit`: a seeded subset
     alpha: float = 4.0
