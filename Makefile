@@ -23,9 +23,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-compile $(GPU_COMPILE)
 	touch $@
 
+# The demo: ancestral sampling against ECMH (alpha 4) on eight HumanEval problems, two seeds each,
+# with the embedded Qwen2.5-Coder-0.5B; every completion graded in the sandbox. The problems are
+# the eight with the shortest reference solutions, chosen for cost, not for how samplers did on
+# them. A finished demo resumes to nothing new: `rm -r runs/demo` runs it again.
+DEMO_PROBLEMS := HumanEval/41,HumanEval/53,HumanEval/23,HumanEval/45,HumanEval/2,HumanEval/28,HumanEval/27,HumanEval/60
+
 demo: setup
-	$(VENV)/bin/ppl-ecmh sample --model smollm2-135m --sampler entropy-cut --alpha 4 \
-		--prompt "What is 12 + 30? Answer with the number." --chains 4 --draws 8 --max-new-tokens 32
+	$(VENV)/bin/ppl-ecmh eval --task humaneval --model qwen2.5-coder-0.5b --problems $(DEMO_PROBLEMS) \
+		--samplers ancestral,entropy-cut --seeds 0,1 --max-new-tokens 256 --mh-steps 4 --out runs/demo
+	$(VENV)/bin/ppl-ecmh report runs/demo
 
 # The whole suite: the docs site built strictly, the tests, every notebook executed, then the fast
 # suite on the oldest versions allowed (test-compat).

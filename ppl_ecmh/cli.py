@@ -106,6 +106,9 @@ def _sampling_options() -> argparse.ArgumentParser:
     return options
 
 
+SIDE_BY_SIDE_PROBLEMS = 24  # eval prints each problem's passes when it has at most this many
+
+
 def _problem_ids(text: str) -> list[str]:
     ids = [part.strip() for part in text.split(",") if part.strip()]
     if not ids:
@@ -461,6 +464,12 @@ def _eval(args) -> None:
                          mesh=_mesh(args))
     frame = summary.records_frame([r for r in store.read() if r["sampler"] in samplers and r["seed"] in args.seeds])
     print()
+    if frame["problem_id"].nunique() <= SIDE_BY_SIDE_PROBLEMS:
+        print(f"passed per problem, over {len(args.seeds)} seed(s):")
+        print(summary.pass_counts(frame).to_string() + "\n")
+        lengths = summary.completion_table(frame, settings.alpha, settings.max_new_tokens)
+        print("mean log p per token, which sampling from p^alpha raises: "
+              + ", ".join(f"{row.sampler} {row.log_p_per_token:.3f}" for row in lengths.itertuples()) + "\n")
     print(summary.accuracy_table(frame).round(3).to_string(index=False))
     print(f"\n{len(frame)} records in {store.path}; `ppl-ecmh report {args.out}` writes the full report")
 

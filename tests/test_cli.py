@@ -1,6 +1,8 @@
 """The command line: a real run on the embedded model, and one clear line with exit code 2 on bad input."""
 
+import json
 import os
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -91,6 +93,10 @@ def test_eval_then_report_on_the_embedded_model(smollm, capsys, tmp_path):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "tokens_vs_ancestral" in printed and "entropy-cut" in printed
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    passed = {sampler: sum(r["correct"] for r in records if r["sampler"] == sampler) for sampler in ("ancestral", "entropy-cut")}
+    assert "passed per problem, over 2 seed(s)" in printed and "mean log p per token" in printed
+    assert re.search(rf"\ball\s+{passed['ancestral']}/6\s+{passed['entropy-cut']}/6\b", printed), printed
     lines = (out / "records.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 3
     assert main(argv) == 0  # a finished run resumes to nothing new

@@ -91,6 +91,17 @@ def accuracy_table(frame: pd.DataFrame, reference: str = "ancestral") -> pd.Data
     return table
 
 
+def pass_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per problem (rows, in the records' order, then `all`) and sampler (columns): "passed/tried"
+    over the seeds: a small evaluation's outcomes side by side."""
+    passed = frame.pivot_table(index="problem_id", columns="sampler", values="correct", aggfunc="sum", sort=False)
+    tried = frame.pivot_table(index="problem_id", columns="sampler", values="correct", aggfunc="count", sort=False)
+    passed.loc["all"], tried.loc["all"] = passed.sum(), tried.sum()
+    samplers = list(dict.fromkeys(frame["sampler"]))
+    table = passed[samplers].astype(int).astype(str) + "/" + tried[samplers].astype(int).astype(str)
+    return table.rename_axis(index="problem", columns=None)
+
+
 def completion_table(frame: pd.DataFrame, alpha: float, max_new_tokens: int) -> pd.DataFrame:
     """Per sampler, what it returned: mean completion length, the share cut off at the token limit
     (no answer yet), accuracy among the completions that finished, and mean log p per token, the

@@ -232,17 +232,25 @@ function evalView(app, data, escape) {
     list.innerHTML = data.problems.map((p, i) => (only && !differs(p)) ? "" :
       `<details class='problem' data-index='${i}'><summary>${escape(p.id)} ${p.records.map((r) =>
         `<span class='grade ${r.correct ? "pass" : "fail"}' title='${escape(r.sampler)} seed ${r.seed}'>` +
-        `${escape(r.sampler)} ${r.correct ? "✓" : "✗"}</span>`).join("")}</summary><div class='columns'></div></details>`).join("");
+        `${escape(r.sampler)}<sub>${r.seed}</sub> ${r.correct ? "✓" : "✗"}</span>`).join("")}</summary>` +
+      "<div class='columns'></div></details>").join("");
   }
   list.addEventListener("toggle", (event) => {  // a problem's completions are rendered when it is opened
     const element = event.target, columns = element.querySelector(".columns");
     if (!element.open || columns.childElementCount) return;
     columns.innerHTML = data.problems[Number(element.dataset.index)].records.map((r) =>
       `<div><b>${escape(r.sampler)}</b> seed ${r.seed} <span class='grade ${r.correct ? "pass" : "fail"}'>` +
-      `${r.correct ? "pass" : "fail"}</span><div class='note'>answer: ${escape(r.answer ?? "")}</div>` +
+      `${r.correct ? "pass" : "fail"}</span>${answerView(r.answer ?? "", escape)}` +
       `<pre>${escape(r.completion ?? "")}</pre></div>`).join("");
   }, true);
   document.getElementById("disagree").addEventListener("change", show);
   show();
   document.body.dataset.ready = "true";
+}
+
+// What was graded: inline when short (a number), folded when it is a whole program.
+function answerView(answer, escape) {
+  if (answer.length <= 80 && !answer.includes("\n")) return `<div class='note'>graded answer: ${escape(answer)}</div>`;
+  return `<details class='note'><summary>graded answer (${answer.split("\n").length} lines)</summary>` +
+    `<pre>${escape(answer)}</pre></details>`;
 }
