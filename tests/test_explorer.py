@@ -57,6 +57,17 @@ def test_a_page_stores_what_the_run_decoded_not_every_draw_whole(run):
     assert stored <= bound and stored < whole / 2, (stored, bound, whole)
 
 
+def test_explore_takes_a_run_from_the_runner_as_it_takes_its_inference_data():
+    result = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), alpha=4.0, max_new_tokens=MODEL.length,
+                         num_chains=2, num_draws=3, progress=False)
+
+    class Words:
+        pieces = staticmethod(lambda *arrays: WORDS)
+
+    assert ppl_ecmh.explore(result, model=Words()).page == ppl_ecmh.explore(
+        diagnostics.to_inference_data(result, pieces=WORDS)).page
+
+
 def test_a_page_is_self_contained_and_no_text_can_end_its_script(run):
     hostile = dict(WORDS) | {3: "</script><script>alert(1)</script>"}
     page = explorer.explorer_html({"x": diagnostics.to_inference_data(
@@ -217,6 +228,7 @@ def test_the_page_keeps_its_layout(page, tmp_path):
 def test_the_page_shows_inline_in_a_notebook_frame(browser, run, tmp_path):
     """`ppl_ecmh.explore(run)` is what Jupyter renders: the page in a frame of its own."""
     shown = ppl_ecmh.explore(run)._repr_html_()
+    assert ppl_ecmh.explore({"entropy-cut": run}).page == ppl_ecmh.explore(run).page
     path = tmp_path / "notebook.html"
     path.write_text(f"<!doctype html><html><body>{shown}</body></html>")
     page = browser.new_page(viewport=VIEWPORT)

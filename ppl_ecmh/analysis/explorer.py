@@ -143,9 +143,16 @@ class Explorer:
         return path
 
 
-def explore(runs) -> Explorer:
-    """The chain explorer of a run (InferenceData from `ppl-ecmh sample --out` or
-    `diagnostics.to_inference_data`) or of several ({name: InferenceData})."""
+def explore(runs, model=None) -> Explorer:
+    """The chain explorer of a run or of several ({name: run}): InferenceData (`ppl-ecmh sample
+    --out`, `diagnostics.to_inference_data`) or a `runner.Run`, whose tokens show as `model`'s
+    text when a model (`load_model`'s) is given."""
     if not isinstance(runs, dict):
-        runs = {diagnostics.settings(runs).get("sampler", "run"): runs}
-    return Explorer(explorer_html(runs))
+        runs = {None: runs}
+    data = {}
+    for name, run in runs.items():
+        if not hasattr(run, "posterior"):  # a Run: converted, with its tokens' text
+            arrays = [run.tokens] + ([] if run.unkept is None else [run.unkept["tokens"]])
+            run = diagnostics.to_inference_data(run, pieces=None if model is None else model.pieces(*arrays))
+        data[name or diagnostics.settings(run).get("sampler", "run")] = run
+    return Explorer(explorer_html(data))
