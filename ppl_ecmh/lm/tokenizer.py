@@ -7,12 +7,33 @@ supported; the text is split the way each vocabulary's merges were learned (`tok
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 from ppl_ecmh.errors import UnsupportedModelError
+
+
+@contextlib.contextmanager
+def _without_transformers_advice():
+    """transformers advises on import that PyTorch is missing; ppl-ecmh never needs it, so the
+    advice would mislead every user of the command line. The setting is restored afterwards."""
+    name = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+with _without_transformers_advice():
+    from transformers import PreTrainedTokenizerFast
 
 _CONTROL, _USER_DEFINED = 3, 4
 
