@@ -361,22 +361,26 @@ def _check_writable(path) -> None:
         raise PplEcmhError(f"--out {path}: cannot write in {folder}")
 
 
-def _load_prompt(args, mesh=None):
-    """The model fitted to the run's length, the prompt's tokens and text; sets the width."""
+def _load_prompt(args, specs, mesh=None):
+    """The model fitted to the run's length, the prompt's tokens and text; sets the width, for
+    chains that keep the most draws any of `specs` keeps (warmup included)."""
     text = _prompt_text(args)
     model = load_model(args.model, dtype=args.dtype)
     prompt = model.encode(text, chat=args.chat)
     model.fit_context(len(prompt), args.max_new_tokens, args.stretch_context)
-    args.batch_size = fitted_width(model.lm, len(prompt), args.max_new_tokens, args.batch_size, mesh)
+    kept = lambda spec: args.draws + (spec.default_warmup(args.max_new_tokens) if args.warmup is None else args.warmup)
+    args.batch_size = fitted_width(model.lm, len(prompt), args.max_new_tokens, args.batch_size, mesh,
+                                   num_draws=max(1, *(kept(spec) for spec in specs.values())))
     return model, prompt, text
 
 
 def _sample(args) -> None:
-    spec = _specs(args, [args.sampler])[args.sampler]
+    specs = _specs(args, [args.sampler])
+    spec = specs[args.sampler]
     mesh = _mesh(args)
     if args.out:
         _check_writable(args.out)
-    model, prompt, text = _load_prompt(args, mesh)
+    model, prompt, text = _load_prompt(args, specs, mesh)
     idata = _run(model, prompt, text, spec, args, mesh)
     log_target = idata.posterior["log_target"].values
     chain, draw = np.unravel_index(np.argmax(log_target), log_target.shape)
@@ -398,7 +402,7 @@ def _compare(args) -> None:
     names = [name.strip() for name in args.samplers.split(",") if name.strip()]
     specs = _specs(args, names)
     mesh = _mesh(args)
-    model, prompt, text = _load_prompt(args, mesh)
+    model, prompt, text = _load_prompt(args, specs, mesh)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}

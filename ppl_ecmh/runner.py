@@ -171,15 +171,17 @@ def engine_items(prompts, rng_key, num_chains: int, work_ids=None) -> list[WorkI
             for index, prompt in enumerate(prompts) for chain in range(num_chains)]
 
 
-def fitted_width(lm, prompt_block: int, max_new_tokens: int, requested: int | None, mesh=None) -> int:
-    """The engine's width for a run of `lm`: `requested` if it fits the device (else an error
-    naming the widest that does), or when None the widest power of two that fits an accelerator,
-    DEFAULT_WIDTH on a CPU or for a model without a transformer's config (`engine.memory`)."""
+def fitted_width(lm, prompt_block: int, max_new_tokens: int, requested: int | None, mesh=None,
+                 num_draws: int = 1) -> int:
+    """The engine's width for a run of `lm` whose chains keep `num_draws` draws (warmup included):
+    `requested` if it fits the device (else an error naming the widest that does), or when None
+    the widest power of two that fits an accelerator, DEFAULT_WIDTH on a CPU or for a model
+    without a transformer's config (`engine.memory`)."""
     if not isinstance(lm, Transformer):
         return requested or DEFAULT_WIDTH
     data, model = (1, 1) if mesh is None else (mesh.shape[parallel.DATA], mesh.shape[parallel.MODEL])
     return memory.engine_width(lm.config, jnp.dtype(lm.dtype).name, prompt_block, max_new_tokens, requested,
-                               DEFAULT_WIDTH, memory.device_memory(jax.devices()[0]), data, model)
+                               DEFAULT_WIDTH, memory.device_memory(jax.devices()[0]), data, model, num_draws)
 
 
 def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens: int, num_chains: int,

@@ -23,13 +23,17 @@ TOYS = {
 }
 
 
+def schedule_settings(width: int, prompt: int, max_new_tokens: int) -> dict:
+    """The accelerator check's block-wise schedule at these shapes: four blocks, four draws."""
+    return dict(chains=width, prompt=prompt, max_new_tokens=max_new_tokens, block_size=max_new_tokens // 4,
+                num_mcmc_steps=2)
+
+
 def xla_peak(config: ModelConfig, dtype, width: int, prompt: int, max_new_tokens: int) -> int:
     """The larger of admission's and the decode loop's compiled peaks (abstract shapes, nothing
     allocated)."""
-    settings = dict(chains=width, prompt=prompt, max_new_tokens=max_new_tokens, block_size=max_new_tokens // 4,
-                    num_mcmc_steps=2)
     lm = jax.eval_shape(lambda: random_transformer(config, dtype))
-    schedule = engine_schedule(settings)
+    schedule = engine_schedule(schedule_settings(width, prompt, max_new_tokens))
     slots = jax.eval_shape(lambda lm: device.empty_slots(lm, width, prompt, schedule), lm)
     group = min(width, ADMISSION_ROWS)  # as the engine admits
     rows, count = jax.ShapeDtypeStruct((group,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
@@ -47,8 +51,20 @@ def test_plan_is_within_15_percent_of_xla(toy, width, prompt, max_new_tokens):
     among its temporaries, which no accelerator makes; the bfloat16 plan is checked against
     XLA:GPU at the paper's shapes (benchmarks/gpu_compile.py)."""
     expected = xla_peak(TOYS[toy], jnp.float32, width, prompt, max_new_tokens)
-    planned = memory.plan(TOYS[toy], "float32", prompt, max_new_tokens, width).peak
+    draws = engine_schedule(schedule_settings(width, prompt, max_new_tokens)).num_draws
+    planned = memory.plan(TOYS[toy], "float32", prompt, max_new_tokens, width, num_draws=draws).peak
     assert abs(planned / expected - 1) <= 0.15, (planned, expected)
+
+
+def test_every_kept_draw_is_planned_for_and_narrows_the_widest_width():
+    """A draw keeps its tokens and entropies and those of what its step did not keep: 16 bytes a
+    position, per slot; a chain that keeps thousands of long draws leaves room for fewer slots."""
+    config, block, steps = SHAPES["qwen2.5-7b"], 256, 3072
+    one, many = (memory.plan(config, "bfloat16", block, steps, 64, num_draws=n) for n in (1, 1001))
+    assert many.caches - one.caches == 64 * 1000 * (16 * steps + memory.DRAW_RECORD_BYTES)
+    h100 = 80 * 10**9
+    assert memory.widest_width(config, "bfloat16", block, steps, h100, num_draws=20_000) < memory.widest_width(
+        config, "bfloat16", block, steps, h100)
 
 
 @pytest.mark.parametrize("toy", list(TOYS))

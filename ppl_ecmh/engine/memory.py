@@ -31,6 +31,7 @@ from ppl_ecmh.lm.transformer import ATTENTION_CHUNK
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 MARGIN = 0.9  # of a device's memory a default width may plan to fill: XLA's runtime and fragmentation need the rest
+DRAW_RECORD_BYTES = 64  # a draw's statistics (`slots.Tally`, length, log target) and its step's record
 GB = 1e9
 
 
@@ -72,16 +73,19 @@ class MemoryPlan(NamedTuple):
 
 
 def plan(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, width: int,
-         data_parallel: int = 1, tensor_parallel: int = 1, device_bytes: int | None = None) -> MemoryPlan:
+         data_parallel: int = 1, tensor_parallel: int = 1, device_bytes: int | None = None,
+         num_draws: int = 1) -> MemoryPlan:
     """The engine's memory per device for `width` slots of prompts up to `prompt_block` tokens and
-    completions up to `max_new_tokens`."""
+    completions up to `max_new_tokens`, each chain keeping `num_draws` draws (warmup included)."""
     size, rows = DTYPE_BYTES[dtype], math.ceil(width / data_parallel)
     length = prompt_block + max_new_tokens
     whole, split = _parameters(config)
     weights = (whole + split // tensor_parallel) * size
     cache = rows * length * kv_bytes_per_token(config, dtype) // tensor_parallel
-    # per slot: both Sequences (tokens; logp, logq, entropy), records of draws; small beside the caches
-    states = rows * (2 * (4 * length + 12 * max_new_tokens) + 8 * max_new_tokens)
+    # per slot: both Sequences (tokens; logp, logq, entropy), and the records of its draws (tokens
+    # and entropies of the draw and of what its step did not keep, DRAW_RECORD_BYTES of statistics
+    # and of its step): small beside the caches, unless a run keeps thousands of long draws
+    states = rows * (2 * (4 * length + 12 * max_new_tokens) + num_draws * (16 * max_new_tokens + DRAW_RECORD_BYTES))
     heads = config.num_heads // tensor_parallel
     width_of_mlp = config.intermediate_size // tensor_parallel
     admitted = min(rows, ADMISSION_ROWS)
@@ -96,24 +100,26 @@ def plan(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int
 
 
 def widest_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, device_bytes: int,
-                 data_parallel: int = 1, tensor_parallel: int = 1, limit: int = 4096) -> int:
+                 data_parallel: int = 1, tensor_parallel: int = 1, limit: int = 4096, num_draws: int = 1) -> int:
     """The widest power of two (at most `limit`, split evenly over the data-parallel devices) whose
     plan fits `device_bytes` with the margin; 0 when not even one slot per device fits."""
     widest, width = 0, data_parallel
     while width <= limit and plan(config, dtype, prompt_block, max_new_tokens, width, data_parallel,
-                                  tensor_parallel, device_bytes).fits:
+                                  tensor_parallel, device_bytes, num_draws).fits:
         widest, width = width, width * 2
     return widest
 
 
 def engine_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tokens: int, requested: int | None,
-                 default: int, device_bytes: int | None, data_parallel: int = 1, tensor_parallel: int = 1) -> int:
+                 default: int, device_bytes: int | None, data_parallel: int = 1, tensor_parallel: int = 1,
+                 num_draws: int = 1) -> int:
     """The engine's width: `requested`, or when None the widest power of two that fits the
     device (`default` where the device's memory is not known: a CPU). PplEcmhError, naming the
     widest that fits, when `requested` does not fit or nothing does: before a compile finds out."""
     if device_bytes is None:
         return requested or default
-    widest = widest_width(config, dtype, prompt_block, max_new_tokens, device_bytes, data_parallel, tensor_parallel)
+    widest = widest_width(config, dtype, prompt_block, max_new_tokens, device_bytes, data_parallel, tensor_parallel,
+                          num_draws=num_draws)
     gb = f"{device_bytes / GB:.0f} GB"
     if widest == 0:
         raise PplEcmhError(f"the model in {dtype} does not fit {gb} per device even with one slot: use more "
@@ -121,7 +127,7 @@ def engine_width(config: ModelConfig, dtype: str, prompt_block: int, max_new_tok
     if requested is None:
         return widest
     if not plan(config, dtype, prompt_block, max_new_tokens, requested, data_parallel, tensor_parallel,
-                device_bytes).fits:
+                device_bytes, num_draws).fits:
         raise PplEcmhError(f"--batch-size {requested} does not fit {gb} per device (`ppl-ecmh plan` shows why); "
                            f"the widest that does is {widest}")
     return requested

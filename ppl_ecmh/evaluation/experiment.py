@@ -35,7 +35,7 @@ from ppl_ecmh.evaluation.store import (EVAL_FIELDS, RECORDS, RecordStore, check_
                                        stored_settings, write_settings)
 from ppl_ecmh.engine import Engine
 from ppl_ecmh.lm.truncation import truncate
-from ppl_ecmh.registry import BUDGET_SOURCES, ENGINE, SamplerSpec
+from ppl_ecmh.registry import BUDGET_SOURCES, ENGINE, SAMPLERS, SamplerSpec
 from ppl_ecmh.runner import engine_items, fitted_width, run_sampler
 from ppl_ecmh.tasks import get_task
 
@@ -100,8 +100,9 @@ def prepare(settings: EvalSettings, task, problems: list, model=None, mesh=None)
     prompts = {p.id: model.encode(task.prompt(p, chat=settings.chat), chat=settings.chat) for p in problems}
     prompt_block = max(len(tokens) for tokens in prompts.values())
     model.fit_context(prompt_block, settings.max_new_tokens, settings.stretch_context)
+    most_draws = max(settings.num_draws(name) for name in SAMPLERS)  # whichever samplers the units run
     settings = dataclasses.replace(settings, batch_size=fitted_width(
-        model.lm, prompt_block, settings.max_new_tokens, settings.batch_size, mesh))
+        model.lm, prompt_block, settings.max_new_tokens, settings.batch_size, mesh, num_draws=most_draws))
     return Prepared(settings, task, {p.id: p for p in problems}, model, prompts, prompt_block, machine_label(), mesh)
 
 
