@@ -74,6 +74,17 @@ def eval_problems(records: list[dict]) -> list[dict]:
     return [dict(id=problem_id, records=group) for problem_id, group in problems.items()]
 
 
+def _eval_title(settings) -> str:
+    return f"ppl-ecmh evaluation: {settings.task}"
+
+
+def explore_eval(out_dir) -> explorer.Explorer:
+    """Every completion of `out_dir` beside its grade, problem by problem: the page the report
+    writes beside itself, shown inline in Jupyter."""
+    records = RecordStore(Path(out_dir) / RECORDS, value_fields=EVAL_FIELDS).read()
+    return explorer.Explorer(explorer.eval_page(_eval_title(read_settings(out_dir)), eval_problems(records)))
+
+
 def write_eval_report(out_dir, path=None, format: str = "html", examples: bool = True) -> Path:
     """The report of `out_dir` and, beside it, the explorer's view of every problem's completions
     (`eval_explorer_path`); `examples=False` leaves out the completions and the explorer (for
@@ -83,11 +94,11 @@ def write_eval_report(out_dir, path=None, format: str = "html", examples: bool =
     path = Path(path) if path else Path(out_dir) / f"report.{format}"
     settings = read_settings(out_dir)
     pairs = summary.paired_comparisons(frame)
-    title = f"ppl-ecmh evaluation: {settings.task}"
+    title = _eval_title(settings)
     sections = list(eval_sections(settings, frame, pairs, examples))
     if examples:
         explorer_path = eval_explorer_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        explorer_path.write_text(explorer.eval_page(title, eval_problems(records)), encoding="utf-8")
+        explore_eval(out_dir).save(explorer_path)
         sections.append(("Every completion beside its grade (open in a browser)", ["file"], [[explorer_path.name]]))
     return write_document(title, sections, eval_figures(frame, pairs), path, format)
