@@ -49,7 +49,8 @@ def synthetic_run(chains: int, draws: int, tokens: int, seed: int = 0) -> Run:
     settings = dict(sampler="entropy-cut", alpha=4.0, tau=0.25, max_new_tokens=tokens, num_chains=chains,
                     num_draws=draws, num_warmup=0, seed=seed, token_budget=None, prompt_tokens=[1])
     return Run(settings, ids, entropy, stats, np.ones(draws), np.zeros(chains, np.int32),
-               dict(tokens=unkept_ids, entropy=unkept_entropy, length=full))
+               dict(last_accepted=accepted, last_accept_prob=stats["accept_prob"], unkept_tokens=unkept_ids,
+                    unkept_entropy=unkept_entropy, unkept_length=full))
 
 
 def main() -> None:
@@ -62,7 +63,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     run = synthetic_run(args.chains, args.draws, args.tokens)
-    pieces = {int(i): f"t{i} " for i in np.unique(np.concatenate([run.tokens.ravel(), run.unkept["tokens"].ravel()]))}
+    pieces = {int(i): f"t{i} " for i in np.unique(np.concatenate([run.tokens.ravel(), run.last_step["unkept_tokens"].ravel()]))}
     idata = diagnostics.to_inference_data(run, pieces=pieces)
     with tempfile.TemporaryDirectory() as folder:
         tick = time.perf_counter()

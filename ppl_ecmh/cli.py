@@ -348,7 +348,7 @@ def _run(model, prompt, text, spec, args, mesh=None):
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]
-    pieces = model.pieces(run.tokens, *([] if run.unkept is None else [run.unkept["tokens"]]))
+    pieces = model.pieces(run.tokens, *([] if run.last_step is None else [run.last_step["unkept_tokens"]]))
     return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text, pieces=pieces)
 
 

@@ -44,8 +44,9 @@ class Run:
     wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
     initial_generated: np.ndarray  # tokens decoded before the first kept draw [chains, (prompts)]: the
     # initial completion (and, on the engine, the warmup draws)
-    unkept: dict | None = None  # on the engine: the sequence each draw's last step did not keep, as
-    # tokens and entropy [chains, draws, (prompts), T] and length [chains, draws, (prompts)]
+    last_step: dict | None = None  # on the engine, of each draw's last step (`slots.LAST_STEP_FIELDS`):
+    # its decision and probability, and what it did not keep, tokens and entropies [chains, draws,
+    # (prompts), T] and length
 
     @property
     def initial_tokens_generated(self) -> int:
@@ -67,7 +68,7 @@ class Run:
         return Run(settings=self.settings | {"prompt_tokens": prompts[index]}, tokens=pick(self.tokens),
                    entropy=pick(self.entropy), stats={name: pick(value) for name, value in self.stats.items()},
                    wall_time=self.wall_time, initial_generated=self.initial_generated[:, index],
-                   unkept=None if self.unkept is None else {name: pick(value) for name, value in self.unkept.items()})
+                   last_step=None if self.last_step is None else {name: pick(value) for name, value in self.last_step.items()})
 
 
 def run_sampler(lm, prompt: Sequence[int] | Sequence[Sequence[int]], spec: SamplerSpec, *, alpha: float,
@@ -205,7 +206,9 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     entropy = np.zeros(shape + (max_new_tokens,), np.float32)
     stats = {name: np.zeros(shape, np.float32 if name in ("log_target", "accepted", "accept_prob") else np.int32)
              for name in STAT_FIELDS}
-    unkept = dict(tokens=np.zeros_like(tokens), entropy=np.zeros_like(entropy), length=np.zeros(shape, np.int32))
+    last_step = dict(last_accepted=np.zeros(shape, bool), last_accept_prob=np.zeros(shape, np.float32),
+                     unkept_tokens=np.zeros_like(tokens), unkept_entropy=np.zeros_like(entropy),
+                     unkept_length=np.zeros(shape, np.int32))
     initial = np.zeros((num_chains, len(prompts)), np.int32)
     bar = tqdm(total=len(items), desc=description or spec.name, disable=not progress, unit="chain")
     report = lambda engine_stats: bar.set_postfix(
@@ -218,8 +221,8 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
         entropy[chain, :, index] = result.entropy[own]
         for name in stats:
             stats[name][chain, :, index] = result.stats[name][own]
-        for name, value in result.unkept.items():
-            unkept[name][chain, :, index] = value[own]
+        for name, value in result.last_step.items():
+            last_step[name][chain, :, index] = value[own]
         bar.update(1)
     bar.close()
     squeeze = (lambda a: a) if batched else (lambda a: a[:, :, 0])
@@ -232,7 +235,7 @@ def run_on_engine(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_tokens
     return Run(settings=settings, tokens=squeeze(tokens), entropy=squeeze(entropy),
                stats={name: squeeze(value) for name, value in stats.items()},
                wall_time=np.full(kept, engine.stats.seconds / kept), initial_generated=initial if batched else initial[:, 0],
-               unkept={name: squeeze(value) for name, value in unkept.items()})
+               last_step={name: squeeze(value) for name, value in last_step.items()})
 
 
 @functools.lru_cache(maxsize=4)

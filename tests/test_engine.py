@@ -287,22 +287,33 @@ def test_a_chain_records_every_step_and_draw_of_its_schedule():
 @pytest.mark.parametrize("cut_name", ["uniform", "entropy_jump"])
 def test_each_draw_records_both_sides_of_its_step(cut_name):
     """The draw and what its step did not keep are the step's two sequences: the same up to the
-    cut; when the step was accepted the unkept one is the previous draw, when rejected the draw is."""
+    cut; when the step was accepted the unkept one is the previous draw, when rejected the draw is.
+    With one MH step a draw, the last step's decision is the draw's."""
     schedule = suffix_schedule(cut_name, 2.0, steps=24)
     results = chains(schedule, [PROBLEM.prompt], width=3).values()
     seen = collections.Counter()
     for result in results:
-        unkept = result.unkept
+        last = result.last_step
+        np.testing.assert_array_equal(last["last_accepted"][1:], result.stats["accepted"][1:] == 1)
+        np.testing.assert_allclose(last["last_accept_prob"][1:], result.stats["accept_prob"][1:])
         for draw in range(1, schedule.num_draws):
             cut, accepted = int(result.stats["cut"][draw]), bool(result.stats["accepted"][draw])
             kept_now = completion(result.tokens[draw], result.length[draw])
-            other = completion(unkept["tokens"][draw], unkept["length"][draw])
+            other = completion(last["unkept_tokens"][draw], last["unkept_length"][draw])
             before = completion(result.tokens[draw - 1], result.length[draw - 1])
             assert kept_now[:cut] == other[:cut]
             assert (other if accepted else kept_now) == before
-            np.testing.assert_array_equal(unkept["entropy"][draw, :cut], result.entropy[draw, :cut])
+            np.testing.assert_array_equal(last["unkept_entropy"][draw, :cut], result.entropy[draw, :cut])
             seen[accepted] += 1
     assert seen[True] and seen[False]  # both cases occurred
+
+
+def test_a_draw_of_several_steps_records_the_decision_of_its_last():
+    schedule = Schedule.blockwise(4, 2, 3, cut=CUTS["uniform"], alpha=2.0, tau=0.5)
+    for result in chains(schedule, [PROBLEM.prompt], width=3).values():
+        accepted, last = result.stats["accepted"], result.last_step["last_accepted"]
+        assert not last[accepted == 0].any() and last[accepted == 1].all()  # the fraction of 3 MH steps
+        assert ((last_prob := result.last_step["last_accept_prob"]) >= 0).all() and (last_prob <= 1).all()
 
 
 def test_wall_time_shares_add_up_and_do_not_carry_over_between_chains_of_a_slot():

@@ -134,12 +134,12 @@ def check_rejected_step(page: Page, run) -> None:
     current suffix (kept) and the proposed one, and the step's acceptance probability."""
     page.page.keyboard.press("n")
     chain, draw = page.state()["chain"], page.state()["draw"]
-    assert run.sample_stats["accepted"].values[chain, draw] == 0
+    assert not run.sample_stats["last_accepted"].values[chain, draw]
     cut = int(run.sample_stats["cut"].values[chain, draw])
     assert page.page.inner_text("#decision") == "rejected"
     assert page.page.inner_text("#cut-position") == str(cut)
     assert float(page.page.inner_text("#accept-prob")) == pytest.approx(
-        run.sample_stats["accept_prob"].values[chain, draw], abs=1e-3)
+        run.sample_stats["last_accept_prob"].values[chain, draw], abs=1e-3)
     for box in ("#completion", "#suffix-current", "#suffix-proposed"):
         following = page.page.evaluate(f"() => [...document.querySelectorAll('{box} .cut-marker')]"
                                        ".map(m => m.nextElementSibling ? Number(m.nextElementSibling.dataset.i) : -1)")

@@ -76,6 +76,8 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     stats |= {field: value for field, value in run.stats.items() if field not in POSTERIOR_FIELDS + SAMPLE_STATS_FIELDS}
     dims = {"smc_ess": ["smc_step"], "smc_log_weights": ["particle"]}
     stats["wall_time"] = np.broadcast_to(run.wall_time, (chains, draws)).copy()
+    if run.last_step is not None:  # the decision of each draw's last step, of several when a draw has more
+        stats |= {name: run.last_step[name] for name in ("last_accepted", "last_accept_prob")}
     attrs = {"settings": json.dumps(run.settings), "model": model or "", "prompt": prompt or "",
              "initial_tokens_generated": run.initial_tokens_generated}
     with warnings.catch_warnings():
@@ -89,10 +91,11 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     )
     if texts is not None:
         completions["text"] = (("chain", "draw"), np.asarray(texts, dtype=str))
-    if run.unkept is not None:  # what each draw's last step did not keep (engine runs)
-        completions["unkept_tokens"] = (("chain", "draw", "position"), run.unkept["tokens"].astype(np.int32))
-        completions["unkept_entropy"] = (("chain", "draw", "position"), run.unkept["entropy"].astype(np.float32))
-        completions["unkept_length"] = (("chain", "draw"), run.unkept["length"].astype(np.int32))
+    if run.last_step is not None:  # what each draw's last step did not keep (engine runs)
+        completions["unkept_tokens"] = (("chain", "draw", "position"), run.last_step["unkept_tokens"].astype(np.int32))
+        completions["unkept_entropy"] = (("chain", "draw", "position"),
+                                         run.last_step["unkept_entropy"].astype(np.float32))
+        completions["unkept_length"] = (("chain", "draw"), run.last_step["unkept_length"].astype(np.int32))
     if pieces:
         ids = np.asarray(sorted(pieces), np.int32)
         completions["piece_id"] = (("piece",), ids)

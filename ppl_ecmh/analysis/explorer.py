@@ -80,12 +80,15 @@ def chain_data(idata, name: str = "run") -> dict:
         pieces = dict(zip(completions["piece_id"].values.tolist(), completions["piece_text"].values.tolist()))
     settings = diagnostics.settings(idata)
     rounded = lambda values, digits: np.round(np.asarray(values, np.float64), digits).tolist()
+    # the decision of the draw's last step; runs without it (kernel runs) have one step per draw
+    last = "last_" if "last_accepted" in stats else ""
+    accepted = np.asarray(stats[f"{last}accepted"].values, np.float64) >= 0.5
     return dict(
         name=name, model=idata.attrs.get("model", ""), prompt=idata.attrs.get("prompt", ""),
         settings={key: value for key, value in settings.items() if key not in ("prompt_tokens", "engine")},
         chains=chains, draws=draws, hasUnkept=has_unkept, entropyStep=ENTROPY_STEP,
         logTarget=rounded(idata.posterior["log_target"].values, 3), length=lengths.tolist(),
-        acceptProb=rounded(stats["accept_prob"].values, 4), accepted=rounded(stats["accepted"].values, 4),
+        acceptProb=rounded(stats[f"{last}accept_prob"].values, 4), accepted=accepted.tolist(),
         cut=stats["cut"].values.astype(int).tolist(), pieces=pieces,
         index=_packed(index), tokens=_packed(np.concatenate(written_tokens or [np.zeros(0, np.int32)])),
         entropy=_packed(np.concatenate(written_entropy or [np.zeros(0, np.uint8)])),
@@ -152,7 +155,7 @@ def explore(runs, model=None) -> Explorer:
     data = {}
     for name, run in runs.items():
         if not hasattr(run, "posterior"):  # a Run: converted, with its tokens' text
-            arrays = [run.tokens] + ([] if run.unkept is None else [run.unkept["tokens"]])
+            arrays = [run.tokens] + ([] if run.last_step is None else [run.last_step["unkept_tokens"]])
             run = diagnostics.to_inference_data(run, pieces=None if model is None else model.pieces(*arrays))
         data[name or diagnostics.settings(run).get("sampler", "run")] = run
     return Explorer(explorer_html(data))

@@ -78,7 +78,8 @@ class ChainResult:
     tokens: np.ndarray  # [num_draws, T] completion tokens, 0 past each draw's length
     entropy: np.ndarray  # [num_draws, T]
     stats: dict  # per draw [num_draws]: `slots.draw_statistics` (log_target, length, accepted, ...)
-    unkept: dict  # per draw: tokens, entropy [num_draws, T] and length of what its last step did not keep
+    last_step: dict  # per draw, of its last step: accepted, accept_prob, and what it did not keep
+    # (unkept_tokens, unkept_entropy [num_draws, T], unkept_length)
     initial_generated: int  # tokens decoded before the first draw's steps (suffix MH's initial completion)
     seconds: float  # this chain's share of the wall time: of each stretch, in proportion to its busy iterations
 
@@ -282,8 +283,8 @@ class Engine:
             device.draw_statistics(jax.tree.map(lambda a: a[index], slots.draws)), slots.initial_generated[index]))
         return [ChainResult(item, {name: values[row] for name, values in steps._asdict().items()},
                             draws.tokens[row], draws.entropy[row], {name: values[row] for name, values in stats.items()},
-                            dict(tokens=draws.unkept_tokens[row], entropy=draws.unkept_entropy[row],
-                                 length=draws.unkept_length[row]), int(initial[row]), float(seconds[row]))
+                            {name: getattr(draws, name)[row] for name in device.LAST_STEP_FIELDS}, int(initial[row]),
+                            float(seconds[row]))
                 for row, item in enumerate(items)]
 
     def _admit(self, slots, free: list[int], items: list[WorkItem], numbers: np.ndarray):

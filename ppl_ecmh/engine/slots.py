@@ -65,18 +65,23 @@ class Tally(NamedTuple):
 
 
 class DrawRecord(NamedTuple):
-    """Per slot and draw [W, draws kept, ...]: the state a draw keeps, its tally, and the sequence
-    its last step did not keep (the proposal it rejected, or the state an accepted proposal
-    replaced): with the draw, both sides of that step, for the chain explorer."""
+    """Per slot and draw [W, draws kept, ...]: the state a draw keeps, its tally, and of its last
+    step the decision and the sequence it did not keep (the proposal it rejected, or the state an
+    accepted proposal replaced): with the draw, both sides of that step, for the chain explorer."""
 
     tokens: jax.Array  # [W, D, T] completion tokens (0 past the length)
     entropy: jax.Array  # [W, D, T]
     length: jax.Array
     log_target: jax.Array
     tally: Tally
+    last_accepted: jax.Array  # [W, D] bool
+    last_accept_prob: jax.Array  # [W, D]
     unkept_tokens: jax.Array  # [W, D, T]
     unkept_entropy: jax.Array  # [W, D, T]
     unkept_length: jax.Array  # [W, D]
+
+
+LAST_STEP_FIELDS = ("last_accepted", "last_accept_prob", "unkept_tokens", "unkept_entropy", "unkept_length")
 
 
 class Counters(NamedTuple):
@@ -138,8 +143,9 @@ def empty_slots(lm, width: int, prompt_block: int, schedule: Schedule, draws_kep
         steps=StepRecord(jnp.zeros((width, steps), bool), jnp.zeros((width, steps)), ints(width, steps),
                          ints(width, steps), ints(width, steps)),
         draws=DrawRecord(ints(width, draws, total), jnp.zeros((width, draws, total)), ints(width, draws),
-                         jnp.zeros((width, draws)), _tally(width, draws), ints(width, draws, total),
-                         jnp.zeros((width, draws, total)), ints(width, draws)),
+                         jnp.zeros((width, draws)), _tally(width, draws), jnp.zeros((width, draws), bool),
+                         jnp.zeros((width, draws)), ints(width, draws, total), jnp.zeros((width, draws, total)),
+                         ints(width, draws)),
         counters=Counters(ints(), ints(), ints(), ints(), ints(), ints(width)),
     )
 
@@ -299,7 +305,8 @@ def _finish_steps(slots: Slots, lm, finishing, schedule: Schedule) -> Slots:
     draws = DrawRecord(put(slots.draws.tokens, tokens), put(slots.draws.entropy, entropy),
                        put(slots.draws.length, new.length),
                        put(slots.draws.log_target, schedule.alpha * sequence_log_prob(new)),
-                       jax.tree.map(put, slots.draws.tally, tally), put(slots.draws.unkept_tokens, unkept_tokens),
+                       jax.tree.map(put, slots.draws.tally, tally), put(slots.draws.last_accepted, accepted),
+                       put(slots.draws.last_accept_prob, accept_prob), put(slots.draws.unkept_tokens, unkept_tokens),
                        put(slots.draws.unkept_entropy, unkept_entropy), put(slots.draws.unkept_length, unkept.length))
     restart = completes | initial
     drawn, next_step = slots.drawn + completes, step + finishing

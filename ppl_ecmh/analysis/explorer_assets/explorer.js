@@ -132,7 +132,7 @@ function chainView(app, runs, escape) {
   function render() {
     const run = runs[state.run], {chain, draw} = state;
     const sequence = drawSequence(run, chain, draw), length = sequence.tokens.length;
-    const cut = run.cut[chain][draw], accepted = run.accepted[chain][draw] >= 0.5;
+    const cut = run.cut[chain][draw], accepted = run.accepted[chain][draw];
     const probability = run.acceptProb[chain][draw];
     const settings = Object.entries(run.settings).filter(([, value]) => value !== null && typeof value !== "object")
       .map(([key, value]) => `${key} ${value}`).join(" · ");
@@ -174,7 +174,7 @@ function chainView(app, runs, escape) {
   function rejected(step) {
     const run = runs[state.run];
     for (let d = state.draw + step; d >= 0 && d < run.draws; d += step) {
-      if (run.accepted[state.chain][d] < 0.5) return select(state.run, state.chain, d);
+      if (!run.accepted[state.chain][d]) return select(state.run, state.chain, d);
     }
   }
 
