@@ -240,6 +240,21 @@ def test_the_page_shows_inline_in_a_notebook_frame(browser, run, tmp_path):
     page.close()
 
 
+def test_a_run_without_the_unkept_side_shows_its_draws_alone(browser, tmp_path):
+    """Runs through a NumPyro kernel (here one with a token budget) keep no unkept side: the page
+    shows the draws and hides the side-by-side view."""
+    result = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), alpha=4.0, max_new_tokens=MODEL.length,
+                         num_chains=2, num_draws=4, token_budget=300, progress=False)
+    assert result.last_step is None
+    idata = diagnostics.to_inference_data(result, pieces=WORDS)
+    opened = Page(browser, explorer.write_explorer({"budget": idata}, tmp_path / "budget.html"))
+    opened.page.keyboard.press("ArrowRight")
+    assert opened.ids("#completion") == draw_tokens(idata, 0, 1)
+    assert opened.page.locator("#sides").is_hidden()
+    assert opened.errors == []
+    opened.page.close()
+
+
 def test_the_evaluation_view_shows_each_problem_beside_its_grades(browser, tmp_path):
     records = [dict(sampler=sampler, seed=0, problem_id=f"p{i}", correct=correct, answer=str(i),
                     completion=f"{sampler} answer to p{i} <b>")
