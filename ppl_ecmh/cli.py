@@ -456,8 +456,8 @@ def _eval(args) -> None:
     settings = EvalSettings(
         task=args.task, model=args.model, source=args.source, where=dict(args.where) or None, problems=args.problems,
         limit=args.limit, shuffle_seed=args.shuffle_seed, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
-        mh_steps=args.mh_steps, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype, stretch_context=args.stretch_context,
-        recipe=args.recipe, overrides=args.overrides, **_sampler_options(args))
+        mh_steps=args.mh_steps, chat=args.chat, batch_size=args.batch_size, dtype=args.dtype,
+        stretch_context=args.stretch_context, recipe=args.recipe, overrides=args.overrides, **_sampler_options(args))
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
     if args.ray is not None:
         store = run_eval_on_ray(settings, samplers, args.seeds, args.out, address=args.ray or None,
