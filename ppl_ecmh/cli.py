@@ -348,8 +348,8 @@ def _run(model, prompt, text, spec, args, mesh=None):
     lengths = run.stats["length"]
     texts = [[model.decode(run.tokens[c, d, : lengths[c, d]]) for d in range(lengths.shape[1])]
              for c in range(lengths.shape[0])]
-    pieces = model.pieces(run.tokens, *([] if run.last_step is None else [run.last_step["unkept_tokens"]]))
-    return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text, pieces=pieces)
+    return diagnostics.to_inference_data(run, texts=texts, model=args.model, prompt=text,
+                                         pieces=model.pieces(*run.token_arrays))
 
 
 def _check_writable(path) -> None:

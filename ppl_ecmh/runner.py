@@ -53,6 +53,12 @@ class Run:
         return int(self.initial_generated.sum())
 
     @property
+    def token_arrays(self) -> list[np.ndarray]:
+        """Every array of token ids the run holds: its draws, and on the engine their unkept sides
+        (what `LoadedModel.pieces` needs to show them as text)."""
+        return [self.tokens] + ([] if self.last_step is None else [self.last_step["unkept_tokens"]])
+
+    @property
     def total_tokens(self) -> int:
         return int(self.stats["num_generated"].sum()) + self.initial_tokens_generated
 

@@ -117,10 +117,7 @@ def explorer_html(runs: dict, title: str = "ppl-ecmh chain explorer") -> str:
 
 
 def write_explorer(runs: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(explorer_html(runs), encoding="utf-8")
-    return path
+    return Explorer(explorer_html(runs)).save(path)
 
 
 def eval_page(title: str, problems: list[dict]) -> str:
@@ -142,6 +139,7 @@ class Explorer:
 
     def save(self, path) -> Path:
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.page, encoding="utf-8")
         return path
 
@@ -155,7 +153,6 @@ def explore(runs, model=None) -> Explorer:
     data = {}
     for name, run in runs.items():
         if not hasattr(run, "posterior"):  # a Run: converted, with its tokens' text
-            arrays = [run.tokens] + ([] if run.last_step is None else [run.last_step["unkept_tokens"]])
-            run = diagnostics.to_inference_data(run, pieces=None if model is None else model.pieces(*arrays))
+            run = diagnostics.to_inference_data(run, pieces=None if model is None else model.pieces(*run.token_arrays))
         data[name or diagnostics.settings(run).get("sampler", "run")] = run
     return Explorer(explorer_html(data))

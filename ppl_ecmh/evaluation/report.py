@@ -97,8 +97,6 @@ def write_eval_report(out_dir, path=None, format: str = "html", examples: bool =
     title = _eval_title(settings)
     sections = list(eval_sections(settings, frame, pairs, examples))
     if examples:
-        explorer_path = eval_explorer_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        explore_eval(out_dir).save(explorer_path)
+        explorer_path = explore_eval(out_dir).save(eval_explorer_path(path))
         sections.append(("Every completion beside its grade (open in a browser)", ["file"], [[explorer_path.name]]))
     return write_document(title, sections, eval_figures(frame, pairs), path, format)
