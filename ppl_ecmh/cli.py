@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-new-tokens", type=int, default=None, help="T_max (default: the recipe's, else 3072)")
     plan.add_argument("--prompt-block", type=int, default=512, help="the longest prompt, in tokens")
     plan.add_argument("--batch-size", type=int, default=None, help="slots (default: the widest that fits)")
+    plan.add_argument("--draws", type=int, default=None,
+                      help="draws each chain keeps, warmup included (default: the recipe's, one per block, else 1)")
     plan.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     plan.add_argument("--devices", type=int, default=1, help="devices the run uses")
     plan.add_argument("--tensor-parallel", type=int, default=1, help="devices each copy of the weights is split over")
@@ -264,30 +266,39 @@ def _plan_config(name: str):
     return config
 
 
+def _recipe_draws(recipe, max_new_tokens: int) -> int:
+    """The draws a chain of `recipe` keeps in an evaluation at T_max `max_new_tokens`."""
+    return REGISTRY[recipe.sampler].draws_in_eval(max_new_tokens, 0, recipe.block_size)
+
+
 def _plan(args) -> None:
-    for name in ("prompt_block", "devices", "tensor_parallel", "batch_size"):
+    for name in ("prompt_block", "devices", "tensor_parallel", "batch_size", "draws"):
         if getattr(args, name) is not None:
             check_positive_int(name, getattr(args, name))
     if args.devices % args.tensor_parallel:
         raise PplEcmhError(f"--tensor-parallel {args.tensor_parallel} does not divide --devices {args.devices}")
     steps = args.max_new_tokens or (RECIPES[args.recipe].max_new_tokens if args.recipe else 3072)
     check_positive_int("max_new_tokens", steps)
+    draws = args.draws or (_recipe_draws(RECIPES[args.recipe], steps) if args.recipe else 1)
     config = _plan_config(args.model)
     scaling = run_scaling(config, args.prompt_block + steps, stretch=True)
     device_bytes, data = int(args.device_gb * 1e9), args.devices // args.tensor_parallel
-    widest = memory.widest_width(config, args.dtype, args.prompt_block, steps, device_bytes, data, args.tensor_parallel)
+    widest = memory.widest_width(config, args.dtype, args.prompt_block, steps, device_bytes, data, args.tensor_parallel,
+                                 num_draws=draws)
     width = args.batch_size or widest
     if width < 1:
         raise PplEcmhError(f"{args.model} does not fit {args.device_gb:g} GB per device in {args.dtype}, not even with "
                            "one slot; use more --tensor-parallel devices")
-    plan = memory.plan(config, args.dtype, args.prompt_block, steps, width, data, args.tensor_parallel, device_bytes)
+    plan = memory.plan(config, args.dtype, args.prompt_block, steps, width, data, args.tensor_parallel, device_bytes,
+                       draws)
     gb = lambda value: f"{value / memory.GB:8.2f} GB"
     print(f"{args.model}: {config.architecture}, {memory.parameter_count(config) / 1e9:.2f}B parameters, {args.dtype}; "
           f"prompt block {args.prompt_block} + T_max {steps} = {args.prompt_block + steps} positions"
           + (f", RoPE {dict(scaling)['rope_type']}" if scaling else ""))
-    print(f"{width} slots over {data} data-parallel x {args.tensor_parallel} tensor-parallel device(s); per device:")
+    print(f"{width} slots over {data} data-parallel x {args.tensor_parallel} tensor-parallel device(s), "
+          f"{draws} kept draw{'s' * (draws > 1)} per chain; per device:")
     print(f"  weights                         {gb(plan.weights)}")
-    print(f"  working and backup caches       {gb(plan.caches)}")
+    print(f"  caches, states and draw records {gb(plan.caches)}")
     print(f"  admission (fresh cache, prompt) {gb(plan.admission)}")
     print(f"  decode loop temporaries         {gb(plan.decode)}")
     print(f"  peak                            {gb(plan.peak)} of {args.device_gb:g} GB "

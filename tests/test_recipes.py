@@ -59,6 +59,7 @@ def test_explicit_options_override_a_recipe_and_are_recorded(tmp_path):
     (["plan", "--model", "deepseek-ai/deepseek-math-7b-base", "--dtype", "float32", "--device-gb", "16"],
      "not even with one slot"),
     (["plan", "--model", "org/not-in-the-catalog"], "download it first"),
+    (["plan", "--model", "Qwen/Qwen2.5-7B", "--draws", "0"], "draws: must be an integer >= 1"),
 ])
 def test_mistakes_are_one_line_and_exit_2_before_a_model_loads(argv, message, capsys, no_model_load):
     assert cli.main(argv) == 2
@@ -70,6 +71,14 @@ def test_plan_prints_the_memory_of_a_papers_model_offline(capsys):
     assert cli.main(["plan", "--model", "Qwen/Qwen2.5-Math-7B", "--recipe", "ecmh-aime"]) == 0
     out = capsys.readouterr().out
     assert "6656 positions, RoPE yarn" in out and "widest power of two that fits: 64 slots" in out
+
+
+def test_plan_counts_the_draws_a_chain_keeps(capsys):
+    """A recipe keeps one draw per block; a chain that keeps thousands of long draws narrows the width."""
+    assert cli.main(["plan", "--model", "Qwen/Qwen2.5-Math-7B", "--recipe", "ecmh-math500"]) == 0
+    assert "16 kept draws per chain" in capsys.readouterr().out
+    assert cli.main(["plan", "--model", "Qwen/Qwen2.5-Math-7B", "--max-new-tokens", "3072", "--draws", "20000"]) == 0
+    assert "widest power of two that fits: 32 slots" in capsys.readouterr().out
 
 
 def test_models_lists_the_papers_models_with_what_fits(capsys):

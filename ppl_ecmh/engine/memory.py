@@ -61,7 +61,7 @@ class MemoryPlan(NamedTuple):
 
     width: int  # slots in all
     weights: int
-    caches: int  # working and backup caches of the slots held on this device
+    caches: int  # working and backup caches, sequence states and draw records of the slots on this device
     admission: int  # admission's extra: a fresh cache of its rows and the prompt block's activations
     decode: int  # the decode loop's temporaries
     peak: int
