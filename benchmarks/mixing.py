@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.study import settings_for
+from ppl_ecmh.analysis import diagnostics
 from ppl_ecmh.engine import Engine, Schedule, WorkItem, chain_key
 from ppl_ecmh.evaluation import mixing
 from ppl_ecmh.evaluation.experiment import grade, machine_label, select_problems
@@ -76,6 +77,7 @@ FUNCTIONALS = ("log_target", "length", "correct")  # alpha*log p, completion len
 RESULTS = STUDIES["short"][1]
 JUMP_FLOOR = 0.5  # nats: the entropy jumps a chain's record keeps (of its last draw), to describe the traces
 JUMP_THRESHOLDS = (0.5, 1.0, 2.0)
+TRACED_PROMPTS = 8  # prompts whose chains figures/traces.png draws
 CHAINS, STARTS = "chains.jsonl", "starts.jsonl"
 CHAIN_KEY = ("task", "kernel", "problem_id", "chain")
 START_KEY = ("task", "problem_id", "chain")
@@ -313,15 +315,27 @@ def target_table(records: list[dict], kept_draws: int) -> list[dict]:
         row["tokens_to_rhat"] = None if steps is None else float(decoded[:, :steps].sum())
         answers = {a for c in chains for a in c["answer"] if a is not None}
         row["distinct_answers_per_1k"] = 1000.0 * len(answers) / max(1.0, decoded.sum())
+        row["answer_changes_per_1k"] = 1000.0 * answer_changes(chains, kept_draws) / max(1.0, kept_tokens)
+        late = diagnostics.rhat(draws["log_target"][:, -kept_draws:])
+        row["rhat_log_target"] = late.value if late.estimable else float("nan")
         rows.append(row)
     return rows
 
 
+def answer_changes(chains: list[dict], kept_draws: int) -> int:
+    """Steps among the last `kept_draws` whose final answer differs from the step before (no answer
+    counts as an answer): how often the chains move between the modes that matter, whether or not
+    they have mixed."""
+    windows = [c["answer"][max(0, len(c["answer"]) - kept_draws - 1):] for c in chains]
+    return sum(before != after for window in windows for before, after in zip(window, window[1:]))
+
+
 def comparisons(rows: list[dict], kernels) -> list[dict]:
     """Every pair of kernels, paired over prompts: ESS per 1k tokens of each functional (higher is
-    better) and tokens to R-hat 1.05 (lower is better; never reached counts as not estimable)."""
+    better), tokens to R-hat 1.05 (lower is better; never reached counts as not estimable), and
+    answer changes per 1k tokens (movement between answers, which mixing needs but does not prove)."""
     out = []
-    figures = [f"ess_per_1k_{name}" for name in FUNCTIONALS] + ["tokens_to_rhat"]
+    figures = [f"ess_per_1k_{name}" for name in FUNCTIONALS] + ["tokens_to_rhat", "answer_changes_per_1k"]
     for scope in ("all",) + TASKS:
         chosen = [row for row in rows if scope in ("all", row["task"])]
         for figure in figures:
@@ -388,7 +402,8 @@ def _finite(value):
 
 
 def write_figures(records, rows, kernels, settings, out: Path) -> None:
-    """ESS per 1k tokens per prompt and kernel; autocorrelation of alpha*log p; cut against entropy."""
+    """ESS per 1k tokens per prompt and kernel; autocorrelation of alpha*log p; cut against entropy;
+    the chains' alpha*log p traces, where a reader sees at once whether they met."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -447,6 +462,26 @@ def write_figures(records, rows, kernels, settings, out: Path) -> None:
     axes[0][0].set_ylabel("entropy at the cut (nats)")
     _save(figure, out / "cut_against_entropy.png")
 
+    shown = targets[:TRACED_PROMPTS]
+    figure, axes = plt.subplots(len(shown), len(kernels), figsize=(2.6 * len(kernels), 1.5 * len(shown) + 0.6),
+                                sharex=True, squeeze=False)
+    for row_axes, target in zip(axes, shown):
+        for axis, kernel in zip(row_axes, kernels):
+            for chain in sorted((r for r in records if (r["task"], r["problem_id"], r["kernel"]) == (*target, kernel)),
+                                key=lambda r: r["chain"]):
+                axis.plot(chain["log_target"], linewidth=0.7)
+            if len(chain["log_target"]) > kept:
+                axis.axvline(len(chain["log_target"]) - kept, color="grey", linewidth=0.5, linestyle=":")
+            axis.tick_params(labelsize=6)
+        row_axes[0].set_ylabel(f"{target[0][:3]}/{target[1].split('/')[-1]}", fontsize=7)
+    for axis, kernel in zip(axes[0], kernels):
+        axis.set_title(kernel, fontsize=9)
+    for axis in axes[-1]:
+        axis.set_xlabel("MH step", fontsize=8)
+    figure.suptitle(f"alpha log p of each chain, {len(shown)} of {len(targets)} prompts (dotted: first kept draw)",
+                    fontsize=9)
+    _save(figure, out / "traces.png")
+
 
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
@@ -474,8 +509,10 @@ def report(result: dict, kernels) -> str:
     lines += ["", "## Paired comparisons over prompts", "",
              "Ratio kernel / baseline of each prompt's figure; geometric mean, 95% bootstrap interval over "
              "prompts, Wilcoxon signed-rank p. ESS per 1k tokens: higher is better. Tokens to R-hat 1.05: "
-             "lower is better. Prompts where a figure is not estimable for either kernel are counted, and "
-             "listed in summary.json.", "",
+             "lower is better. Answer changes per 1k tokens (steps whose final answer differs from the step "
+             "before, over the kept draws): how much the chains move between answers, which mixing needs but "
+             "does not prove. Prompts where a figure is not estimable (or zero) for either kernel are counted, "
+             "and listed in summary.json.", "",
              "| scope | figure | kernel | baseline | prompts | geometric mean | interval | Wilcoxon p | kernel larger | not estimable |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, spec=".3g": "n/a" if v is None else format(v, spec)
@@ -486,15 +523,19 @@ def report(result: dict, kernels) -> str:
                      f"{c['wins']}/{c['targets']} | {len(c['not_estimable'])} |")
     lines += ["", "## Per prompt and kernel", "",
               "| task | problem | kernel | acceptance | cut / length | entropy at cut | ESS alpha log p | "
-              "ESS / 1k tokens | IAT | ESS length | ESS correct | steps to R-hat 1.05 | answers / 1k tokens |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ESS / 1k tokens | IAT | ESS length | ESS correct | R-hat kept | steps to R-hat 1.05 | "
+              "answers / 1k tokens | answer changes / 1k tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["targets"]:
         lines.append(f"| {r['task']} | {r['problem_id']} | {r['kernel']} | {r['acceptance']:.2f} | "
                      f"{r['relative_cut']:.2f} | {fmt(r['entropy_at_cut'])} | {fmt(r['ess_log_target'])} | "
                      f"{fmt(r['ess_per_1k_log_target'])} | {fmt(r['iat_log_target'])} | {fmt(r['ess_length'])} | "
-                     f"{fmt(r['ess_correct'])} | {fmt(r['steps_to_rhat'], 'd')} | {r['distinct_answers_per_1k']:.2f} |")
+                     f"{fmt(r['ess_correct'])} | {fmt(r['rhat_log_target'])} | {fmt(r['steps_to_rhat'], 'd')} | "
+                     f"{r['distinct_answers_per_1k']:.2f} | {r['answer_changes_per_1k']:.2f} |")
     lines += ["", "n/a: not estimable (the reasons are in summary.json: `why_<functional>`), or R-hat never "
-              f"fell below 1.05 in {settings['mh_steps']} steps.", "",
+              f"fell below 1.05 in {settings['mh_steps']} steps. R-hat kept: split R-hat of alpha log p over the "
+              f"last {settings['kept_draws']} draws.", "",
+              "![traces](figures/traces.png)", "",
               "![ESS per 1k tokens](figures/ess_per_1k_tokens.png)", "",
               "![autocorrelation](figures/autocorrelation.png)", "", "![cuts](figures/cut_against_entropy.png)", ""]
     return "\n".join(lines)

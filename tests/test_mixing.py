@@ -136,6 +136,14 @@ def test_entropy_jumps_are_the_rises_past_the_floor_and_traces_count_them_per_th
     assert row["largest_jump_position"] == 0.8
 
 
+def test_answer_changes_count_the_kept_steps_whose_answer_differs_from_the_step_before():
+    """The step before the first kept draw counts as its predecessor; no answer is an answer."""
+    chains = [dict(answer=["1", "1", "2", "2", None]), dict(answer=["3", "3", "3", "3", "3"])]
+    assert study.answer_changes(chains, kept_draws=2) == 1  # 2 -> None; 1 -> 2 lies before the window
+    assert study.answer_changes(chains, kept_draws=4) == 2  # 1 -> 2 and 2 -> None
+    assert study.answer_changes(chains, kept_draws=10) == 2  # a window past the start counts what exists
+
+
 def test_chains_recorded_in_segments_are_joined_in_order_up_to_the_segments_every_chain_has():
     def part(chain, segment, draws):
         lists = {key: [f"{chain}.{segment}.{i}" for i in range(draws)] for key in study.PER_STEP}
