@@ -20,6 +20,7 @@ from ppl_ecmh.numpyro.kernels import (
 )
 from ppl_ecmh.numpyro.target import LanguageModelSequence, power_model, sharpen
 from ppl_ecmh.registry import SAMPLERS, SamplerSpec
+from ppl_ecmh.runner import RECORDED_FIELDS, run_of_mcmc
 from ppl_ecmh.samplers.cuts import Entropy, EntropyJump, Mixture, Uniform, get_cut
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ModelNotFoundError",
     "PplEcmhError",
     "PromptTooLongError",
+    "RECORDED_FIELDS",
     "RandomCutMH",
     "SAMPLERS",
     "SamplerSpec",
@@ -47,5 +49,6 @@ __all__ = [
     "get_cut",
     "load_model",
     "power_model",
+    "run_of_mcmc",
     "sharpen",
 ]

@@ -168,6 +168,35 @@ def run_with_kernel(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_toke
     )
 
 
+RECORDED_FIELDS = ("entropy",) + STAT_FIELDS  # the `extra_fields` a NumPyro MCMC run needs to become a Run
+
+
+def run_of_mcmc(mcmc) -> Run:
+    """A `numpyro.infer.MCMC` run of one of this package's kernels as a Run, for
+    `diagnostics.to_inference_data`, `ppl_ecmh.explore` and `diagnostics.save`. Run it with
+    `extra_fields=RECORDED_FIELDS`. NumPyro keeps neither the warmup's draws nor the time, so the
+    Run counts only the kept draws' tokens and has no wall time (nan)."""
+    kernel = mcmc.sampler
+    target = getattr(kernel, "target", None)
+    if target is None:
+        raise ValueError("run_of_mcmc: the MCMC's kernel is not one of ppl_ecmh's, or it has not run yet")
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    if missing := [field for field in RECORDED_FIELDS if field not in extra]:
+        raise ValueError(f"run_of_mcmc: the run lacks the fields {', '.join(missing)}; run MCMC with "
+                         "extra_fields=ppl_ecmh.runner.RECORDED_FIELDS")
+    tokens = np.asarray(mcmc.get_samples(group_by_chain=True)[target.site])
+    chains, draws = tokens.shape[:2]
+    settings = dict(sampler=type(kernel).__name__, alpha=target.alpha, tau=kernel.tau,
+                    max_new_tokens=target.max_new_tokens, num_chains=chains, num_draws=draws,
+                    num_warmup=mcmc.num_warmup, seed=None, token_budget=None,
+                    prompt_tokens=_prompt_setting(target.sequence))
+    if getattr(kernel, "cut", None) is not None:
+        settings["cut"] = repr(kernel.cut)
+    return Run(settings=settings, tokens=tokens, entropy=np.asarray(extra["entropy"]),
+               stats={field: np.asarray(extra[field]) for field in STAT_FIELDS}, wall_time=np.full(draws, np.nan),
+               initial_generated=np.zeros(tokens.shape[:1] + tokens.shape[2:-1], np.int32))
+
+
 def engine_items(prompts, rng_key, num_chains: int, work_ids=None) -> list[WorkItem]:
     """The work of a run: one chain per (prompt, chain), tagged (prompt index, chain) and keyed as
     a NumPyro kernel keys its rows (`engine.chain_keys`; work ids default to the prompts' indices),

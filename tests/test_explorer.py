@@ -68,6 +68,35 @@ def test_explore_takes_a_run_from_the_runner_as_it_takes_its_inference_data():
         diagnostics.to_inference_data(result, pieces=WORDS)).page
 
 
+def test_explore_takes_a_numpyro_mcmc_run_which_draws_what_the_runner_draws():
+    """The documented NumPyro API and the runner draw the same tokens from the same seed, and the
+    MCMC run, recorded with RECORDED_FIELDS, becomes the same Run (less the last step's unkept
+    side, which NumPyro does not keep)."""
+    import jax
+    from numpyro.infer import MCMC
+
+    from ppl_ecmh.runner import RECORDED_FIELDS, run_of_mcmc
+
+    mcmc = MCMC(ppl_ecmh.EntropyCutMH(ppl_ecmh.power_model), num_warmup=0, num_samples=3, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), MODEL.lm(), [0], alpha=4.0, max_new_tokens=MODEL.length,
+             extra_fields=RECORDED_FIELDS)
+    ours = run_of_mcmc(mcmc)
+    theirs = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), alpha=4.0, max_new_tokens=MODEL.length,
+                         num_chains=2, num_draws=3, progress=False)
+    np.testing.assert_array_equal(ours.tokens, theirs.tokens)
+    np.testing.assert_allclose(ours.entropy, theirs.entropy, atol=1e-6)
+    for field, value in theirs.stats.items():
+        np.testing.assert_allclose(ours.stats[field], value, atol=1e-5, err_msg=field)
+    page = ppl_ecmh.explore(mcmc).page
+    assert "EntropyCutMH" in page and '"hasUnkept":false' in page
+
+    plain = MCMC(ppl_ecmh.EntropyCutMH(ppl_ecmh.power_model), num_warmup=0, num_samples=1, progress_bar=False)
+    plain.run(jax.random.PRNGKey(0), MODEL.lm(), [0], alpha=4.0, max_new_tokens=MODEL.length)
+    with pytest.raises(ValueError, match="lacks the fields entropy, log_target"):
+        ppl_ecmh.explore(plain)
+
+
 def test_a_page_is_self_contained_and_no_text_can_end_its_script(run):
     hostile = dict(WORDS) | {3: "</script><script>alert(1)</script>"}
     page = explorer.explorer_html({"x": diagnostics.to_inference_data(

@@ -15,13 +15,13 @@ from numpyro.infer.util import log_density
 from ppl_ecmh.lm import spans, toy, transformer
 from ppl_ecmh.numpyro import kernels
 from ppl_ecmh.numpyro.target import LanguageModelSequence, find_power_target, power_model
-from ppl_ecmh.runner import SamplerSpec, run_sampler
+from ppl_ecmh.analysis import diagnostics
+from ppl_ecmh.engine.slots import STAT_FIELDS
+from ppl_ecmh.runner import RECORDED_FIELDS, SamplerSpec, run_of_mcmc, run_sampler
 from tests.exact import Comparison, assert_exact_at_every_seed, exact_draws
 from tests.parallel_check import tiny_model
 
 PROBLEM = toy.random_tree_problem(seed=1)
-FIELDS = ("accepted", "accept_prob", "cut", "log_target", "length", "num_generated", "old_suffix_length",
-          "new_suffix_length")
 KERNELS = {
     "random_cut": kernels.RandomCutMH,
     "entropy_cut": kernels.EntropyCutMH,
@@ -35,7 +35,7 @@ def run(kernel, alpha=2.0, num_chains=4, num_samples=6, seed=0, **kwargs):
     mcmc = MCMC(kernel, num_warmup=2, num_samples=num_samples, num_chains=num_chains,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.PRNGKey(seed), PROBLEM.lm, PROBLEM.prompt, alpha=alpha, max_new_tokens=4,
-             extra_fields=FIELDS, **kwargs)
+             extra_fields=RECORDED_FIELDS, **kwargs)
     return mcmc
 
 
@@ -72,10 +72,14 @@ def test_vectorized_chains_give_token_arrays_and_per_step_info(name):
     samples = mcmc.get_samples(group_by_chain=True)
     assert samples["x"].shape == (4, 6, 4) and samples["x"].dtype == jnp.int32
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    for field in FIELDS:
+    for field in STAT_FIELDS:
         assert extra[field].shape == (4, 6), field
     assert np.all((extra["accept_prob"] >= 0) & (extra["accept_prob"] <= 1))
     mcmc.print_summary()
+    idata = diagnostics.to_inference_data(run_of_mcmc(mcmc))  # the library's record of the run
+    np.testing.assert_array_equal(idata.completions["tokens"].values, samples["x"])
+    np.testing.assert_array_equal(idata.posterior["log_target"].values, extra["log_target"])
+    assert diagnostics.total_tokens(idata) == int(extra["num_generated"].sum())
 
 
 def test_single_chain_without_vectorization():
@@ -279,7 +283,7 @@ def test_block_wise_stage_draws_score_as_the_prefixes_the_kernel_targets():
 
     mcmc = MCMC(KERNELS["blockwise"](power_model), num_warmup=0, num_samples=3, num_chains=16,
                 chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), PROBLEM.lm, PROBLEM.prompt, alpha=2.5, max_new_tokens=4, extra_fields=FIELDS)
+    mcmc.run(jax.random.PRNGKey(0), PROBLEM.lm, PROBLEM.prompt, alpha=2.5, max_new_tokens=4, extra_fields=STAT_FIELDS)
     draws, tracked = mcmc.get_samples(group_by_chain=True)["x"], mcmc.get_extra_fields(group_by_chain=True)["log_target"]
     stage = np.asarray(draws[:, 0])
     assert (stage[:, 2:] == UNFINISHED).any() and not (draws[:, -1] == UNFINISHED).any()
@@ -331,10 +335,10 @@ def test_the_kernel_and_the_engine_run_draw_the_same_tokens(spec, prompts):
     engine = run_sampler(PROBLEM.lm, prompts, spec, seed=7, **options)
     mcmc = MCMC(spec.make_kernel(), num_warmup=2, num_samples=5, num_chains=3, chain_method="vectorized",
                 progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(7), PROBLEM.lm, prompts, alpha=2.0, max_new_tokens=4, extra_fields=FIELDS)
+    mcmc.run(jax.random.PRNGKey(7), PROBLEM.lm, prompts, alpha=2.0, max_new_tokens=4, extra_fields=STAT_FIELDS)
     np.testing.assert_array_equal(mcmc.get_samples(group_by_chain=True)["x"], engine.tokens)
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    for field in FIELDS:
+    for field in STAT_FIELDS:
         np.testing.assert_allclose(extra[field], engine.stats[field], rtol=1e-6, err_msg=field)
     other = run_sampler(PROBLEM.lm, prompts, spec, seed=8, **options)
     assert not np.array_equal(other.tokens, engine.tokens)
@@ -353,11 +357,11 @@ def test_a_kernel_attending_over_spans_draws_what_it_draws_without(monkeypatch):
         monkeypatch.setattr(spans, "static_attention_by_default", lambda: static)
         mcmc = MCMC(kernels.RandomCutMH(power_model), num_warmup=0, num_samples=4, num_chains=2,
                     chain_method="vectorized", progress_bar=False)
-        mcmc.run(jax.random.PRNGKey(0), lm, prompts, alpha=1.0, max_new_tokens=60, extra_fields=FIELDS)
+        mcmc.run(jax.random.PRNGKey(0), lm, prompts, alpha=1.0, max_new_tokens=60, extra_fields=STAT_FIELDS)
         return mcmc.get_samples(group_by_chain=True)["x"], mcmc.get_extra_fields(group_by_chain=True)
 
     (static_tokens, static_stats), (tokens, stats) = draws(True), draws(False)
     np.testing.assert_array_equal(static_tokens, tokens)
-    for field in FIELDS:
+    for field in STAT_FIELDS:
         np.testing.assert_array_equal(static_stats[field], stats[field], err_msg=field)
     assert stats["length"].max() > 32 and stats["cut"].min() < 28  # past the first span, and back below it

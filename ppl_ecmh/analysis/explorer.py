@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ppl_ecmh.analysis import diagnostics
+from ppl_ecmh.runner import run_of_mcmc
 
 ENTROPY_STEP = 1 / 16  # nats per stored entropy unit (uint8: up to 15.9 nats)
 FRAME_HEIGHT = 760  # pixels of the frame a notebook shows the page in
@@ -146,12 +147,15 @@ class Explorer:
 
 def explore(runs, model=None) -> Explorer:
     """The chain explorer of a run or of several ({name: run}): InferenceData (`ppl-ecmh sample
-    --out`, `diagnostics.to_inference_data`) or a `runner.Run`, whose tokens show as `model`'s
-    text when a model (`load_model`'s) is given."""
+    --out`, `diagnostics.to_inference_data`), a `runner.Run`, or a `numpyro.infer.MCMC` run with
+    `extra_fields=runner.RECORDED_FIELDS`; tokens show as `model`'s text when a model
+    (`load_model`'s) is given."""
     if not isinstance(runs, dict):
         runs = {None: runs}
     data = {}
     for name, run in runs.items():
+        if hasattr(run, "get_extra_fields"):  # a NumPyro MCMC run
+            run = run_of_mcmc(run)
         if not hasattr(run, "posterior"):  # a Run: converted, with its tokens' text
             run = diagnostics.to_inference_data(run, pieces=None if model is None else model.pieces(*run.token_arrays))
         data[name or diagnostics.settings(run).get("sampler", "run")] = run
