@@ -78,6 +78,7 @@ RESULTS = STUDIES["short"][1]
 JUMP_FLOOR = 0.5  # nats: the entropy jumps a chain's record keeps (of its last draw), to describe the traces
 JUMP_THRESHOLDS = (0.5, 1.0, 2.0)
 TRACED_PROMPTS = 8  # prompts whose chains figures/traces.png draws
+REPLACED_BINS = (0, 16, 32, 64, 128, 4096)  # tokens a proposal replaced, for acceptance_table
 CHAINS, STARTS = "chains.jsonl", "starts.jsonl"
 CHAIN_KEY = ("task", "kernel", "problem_id", "chain")
 START_KEY = ("task", "problem_id", "chain")
@@ -215,6 +216,22 @@ def trace_table(records: list[dict]) -> list[dict]:
         largest = [max(j, key=lambda jump: jump[1])[0] for j in jumps if j]
         row["largest_jump_position"] = float(np.median(largest)) if largest else None
         rows.append(row)
+    return rows
+
+
+def acceptance_table(records: list[dict]) -> list[dict]:
+    """Per task and kernel, acceptance by how many tokens a step's proposal replaced (the current
+    draw's length less the cut): whether a cut accepts less only because it cuts earlier."""
+    rows = []
+    for task, kernel in sorted({(r["task"], r["kernel"]) for r in records}):
+        chains = [r for r in records if (r["task"], r["kernel"]) == (task, kernel)]
+        replaced = np.concatenate([np.subtract(c["length_before"], c["cut"]) for c in chains])
+        accepted = np.concatenate([np.asarray(c["accepted"], float) for c in chains])
+        for low, high in zip(REPLACED_BINS, REPLACED_BINS[1:]):
+            chosen = (replaced >= low) & (replaced < high)
+            if chosen.any():
+                rows.append(dict(task=task, kernel=kernel, replaced=f"{low}-{high - 1}", steps=int(chosen.sum()),
+                                 acceptance=float(accepted[chosen].mean())))
     return rows
 
 
@@ -381,7 +398,7 @@ def summarize(args) -> None:
                      for task in settings.get("tasks", TASKS) for kernel in settings.get("kernels", KERNELS)},
         chains_per_kernel_and_task=settings["prompts"] * settings["chains"],
         targets=_finite(rows), coverage=coverage(rows, kernels), comparisons=_finite(comparisons(rows, kernels)),
-        traces=_finite(trace_table(records)),
+        traces=_finite(trace_table(records)), acceptance_by_replaced=acceptance_table(records),
     )
     result["status"] = status(result)
     replace_atomically(results / "summary.json", json.dumps(result, indent=2) + "\n")
@@ -521,6 +538,11 @@ def report(result: dict, kernels) -> str:
         lines.append(f"| {c['scope']} | {c['figure']} | {c['kernel']} | {c['baseline']} | {c['targets']} | "
                      f"{fmt(c['geometric_mean_ratio'])} | {fmt(low)}-{fmt(high)} | {fmt(c['wilcoxon_p'], '.2g')} | "
                      f"{c['wins']}/{c['targets']} | {len(c['not_estimable'])} |")
+    lines += ["", "## Acceptance by the tokens a proposal replaced", "",
+              "The current draw's length less the cut, over every step of every chain.", "",
+              "| task | kernel | replaced | steps | acceptance |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['kernel']} | {r['replaced']} | {r['steps']} | {r['acceptance']:.2f} |"
+              for r in result["acceptance_by_replaced"]]
     lines += ["", "## Per prompt and kernel", "",
               "| task | problem | kernel | acceptance | cut / length | entropy at cut | ESS alpha log p | "
               "ESS / 1k tokens | IAT | ESS length | ESS correct | R-hat kept | steps to R-hat 1.05 | "

@@ -144,6 +144,15 @@ def test_answer_changes_count_the_kept_steps_whose_answer_differs_from_the_step_
     assert study.answer_changes(chains, kept_draws=10) == 2  # a window past the start counts what exists
 
 
+def test_acceptance_is_tabled_by_the_tokens_each_proposal_replaced():
+    chain = dict(task="gsm8k", kernel="random", length_before=[20, 20, 40, 100], cut=[10, 18, 0, 10],
+                 accepted=[1, 0, 1, 0])  # replaced 10, 2, 40, 90
+    assert study.acceptance_table([chain]) == [
+        dict(task="gsm8k", kernel="random", replaced="0-15", steps=2, acceptance=0.5),
+        dict(task="gsm8k", kernel="random", replaced="32-63", steps=1, acceptance=1.0),
+        dict(task="gsm8k", kernel="random", replaced="64-127", steps=1, acceptance=0.0)]
+
+
 def test_chains_recorded_in_segments_are_joined_in_order_up_to_the_segments_every_chain_has():
     def part(chain, segment, draws):
         lists = {key: [f"{chain}.{segment}.{i}" for i in range(draws)] for key in study.PER_STEP}
