@@ -14,6 +14,8 @@ whose weights depend on the shared prefix alone.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -34,8 +36,15 @@ def cut_log_probs(cut, seqs: Sequences) -> jax.Array:
     return jax.vmap(cut.log_prob)(seqs.entropy, seqs.length)
 
 
-def log_acceptance(current: Sequences, proposed: Sequences, cut_position, cut, alpha, drop_cut_ratio=False):
-    """log A of DESIGN section 2 for each row (the cut ratio can be dropped only to test that it matters)."""
+class LogAcceptanceTerms(NamedTuple):
+    """log A of DESIGN section 2 in its two parts, per row: the target against the proposal over
+    the two suffixes, and the cut distribution's ratio between the two states."""
+
+    target_over_proposal: jax.Array
+    cut_ratio: jax.Array
+
+
+def log_acceptance_terms(current: Sequences, proposed: Sequences, cut_position, cut, alpha) -> LogAcceptanceTerms:
     t = cut_position
     log_target_ratio = alpha * (
         span_sum(proposed.logp, t, proposed.length) - span_sum(current.logp, t, current.length)
@@ -45,6 +54,10 @@ def log_acceptance(current: Sequences, proposed: Sequences, cut_position, cut, a
     )
     pick = lambda log_probs: jnp.take_along_axis(log_probs, t[:, None], axis=1)[:, 0]
     log_cut_ratio = pick(cut_log_probs(cut, proposed)) - pick(cut_log_probs(cut, current))
-    if drop_cut_ratio:
-        log_cut_ratio = jnp.zeros_like(log_cut_ratio)
-    return log_target_ratio + log_proposal_ratio + log_cut_ratio
+    return LogAcceptanceTerms(log_target_ratio + log_proposal_ratio, log_cut_ratio)
+
+
+def log_acceptance(current: Sequences, proposed: Sequences, cut_position, cut, alpha, drop_cut_ratio=False):
+    """log A for each row (the cut ratio can be dropped only to test that it matters)."""
+    terms = log_acceptance_terms(current, proposed, cut_position, cut, alpha)
+    return terms.target_over_proposal + (0.0 if drop_cut_ratio else terms.cut_ratio)
