@@ -136,6 +136,18 @@ def test_answer_agreement_counts_chains_with_the_modal_answer():
     assert diagnostics.answer_agreement(idata, extract=last_number) == (0.75, "4")
 
 
+def test_without_text_chains_agree_when_their_last_completions_are_the_same_tokens():
+    run = synthetic_run(ar1(0, 0.3, draws=3))
+    run.tokens[:3, -1] = [5, 6, 7, 8, 9]
+    run.stats["length"][:3, -1] = [2, 2, 3]  # chains 0 and 1 end in [5, 6], chain 2 in [5, 6, 7]
+    run.stats["length"][3, -1] = 2
+    run.tokens[3, -1, :2] = [5, 1]
+    idata = diagnostics.to_inference_data(run)
+    assert diagnostics.answer_agreement(idata) == (0.5, "5 6")
+    with pytest.raises(ValueError, match="needs the completions' text"):
+        diagnostics.answer_agreement(idata, extract=str)
+
+
 def test_a_rewritten_markdown_report_keeps_only_its_own_figures(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -15,6 +15,7 @@ import pytest
 
 import ppl_ecmh
 from ppl_ecmh.analysis import diagnostics, explorer
+from ppl_ecmh.analysis.report import comparison_table
 from ppl_ecmh.evaluation.report import eval_problems
 from ppl_ecmh.lm.decision_points import DecisionPoints
 from ppl_ecmh.registry import SamplerSpec
@@ -90,6 +91,8 @@ def test_explore_takes_a_numpyro_mcmc_run_which_draws_what_the_runner_draws():
         np.testing.assert_allclose(ours.stats[field], value, atol=1e-5, err_msg=field)
     page = ppl_ecmh.explore(mcmc).page
     assert "EntropyCutMH" in page and '"hasUnkept":false' in page
+    [row] = comparison_table({"mcmc": diagnostics.to_inference_data(ours)})  # a report's table, without text
+    assert row["tokens"] == int(theirs.stats["num_generated"].sum()) and row["answer_agreement"] in (0.5, 1.0)
 
     plain = MCMC(ppl_ecmh.EntropyCutMH(ppl_ecmh.power_model), num_warmup=0, num_samples=1, progress_bar=False)
     plain.run(jax.random.PRNGKey(0), MODEL.lm(), [0], alpha=4.0, max_new_tokens=MODEL.length)

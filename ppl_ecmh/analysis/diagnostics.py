@@ -286,9 +286,17 @@ def answer_agreement(idata, extract=None) -> tuple[float, str]:
     """Share of chains whose last draw gives the most common answer, and that answer.
 
     `extract(text) -> answer` maps a completion to its final answer (a task's extractor); by default
-    the whitespace-normalized completion itself is the answer.
+    the whitespace-normalized completion itself is the answer, or its token ids in a run kept
+    without text (a NumPyro run's, say).
     """
-    extract = extract or (lambda text: " ".join(text.split()))
-    answers = [extract(str(text)) for text in idata.completions["text"].values[:, -1]]
+    completions = idata.completions
+    if "text" in completions:
+        extract = extract or (lambda text: " ".join(text.split()))
+        answers = [extract(str(text)) for text in completions["text"].values[:, -1]]
+    elif extract is None:
+        lengths = idata.posterior["length"].values[:, -1].astype(int)
+        answers = [" ".join(map(str, tokens[:n])) for tokens, n in zip(completions["tokens"].values[:, -1], lengths)]
+    else:
+        raise ValueError("answer_agreement: extracting answers needs the completions' text (to_inference_data's texts)")
     values, counts = np.unique(np.asarray(answers, dtype=str), return_counts=True)
     return float(counts.max() / len(answers)), str(values[np.argmax(counts)])
