@@ -29,6 +29,7 @@ what an uninterrupted one would have.
     python -m benchmarks.mixing run [--tasks gsm8k,humaneval] [--kernels random,entropy,...]
     python -m benchmarks.mixing summarize       # results/mixing/summary.json, report.md, figures
     python -m benchmarks.mixing run --study long    # issue 59's real traces: T_max 192, in segments
+    python -m benchmarks.mixing run --study long --segments 40   # the same chains, continued to 1,000 steps
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def run(args) -> None:
     from ppl_ecmh import load_model
 
     settings, results = STUDIES[args.study]
-    check_settings(settings, results)
+    settings = study_settings(settings, results, args.segments)
     model = load_model(settings["model"])
     for task in args.tasks or settings.get("tasks", TASKS):
         study = Study(task, model, settings, results)
@@ -249,19 +250,38 @@ def run(args) -> None:
                 study.run_kernel(kernel, segment)
 
 
-def check_settings(settings: dict, results: Path) -> None:
-    """Write the settings beside the records, or refuse to mix records of other settings."""
+def study_settings(settings: dict, results: Path, segments: int | None = None) -> dict:
+    """The settings the records beside them were drawn with, written there first if there are
+    none. A study in segments may be extended: `segments` more than it has continues every chain
+    with more segments of the same length, and a stored extension is kept. Records of any other
+    settings are refused."""
+    segmented = settings.get("segments", 1) > 1
+    if segments is not None and not segmented:
+        sys.exit("--segments: this study is not recorded in segments")
     path = results / "settings.json"
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != settings:
-            changed = ", ".join(f"{k}: {stored.get(k)} -> {settings.get(k)}" for k in sorted(set(stored) | set(settings))
-                                if stored.get(k) != settings.get(k))
+    stored = json.loads(path.read_text()) if path.exists() else None
+    if stored is not None:
+        comparable = _extended(stored, settings["segments"]) if segmented else stored
+        if comparable != settings:
+            changed = ", ".join(f"{k}: {comparable.get(k)} -> {settings.get(k)}"
+                                for k in sorted(set(comparable) | set(settings)) if comparable.get(k) != settings.get(k))
             sys.exit(f"{path}: the records here were drawn with other settings ({changed}); "
                      "move them away to start a new study")
-        return
-    results.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, json.dumps(settings, indent=2) + "\n")
+    if segmented:
+        have = (stored or settings)["segments"]
+        if segments is not None and segments < have:
+            sys.exit(f"--segments: the study already has {have} segments")
+        settings = _extended(settings, max(have, segments or 0))
+    if settings != stored:
+        results.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, json.dumps(settings, indent=2) + "\n")
+    return settings
+
+
+def _extended(settings: dict, segments: int) -> dict:
+    """`settings` with `segments` segments of the same number of MH steps each."""
+    per_segment = settings["mh_steps"] // settings.get("segments", 1)
+    return settings | dict(segments=segments, mh_steps=per_segment * segments)
 
 
 # Analysis ---------------------------------------------------------------------------------------
@@ -582,6 +602,8 @@ def main():
     runner.add_argument("--kernels", type=lambda text: text.split(","), default=None,
                         help="default: the study's (all four, unless its settings name them)")
     runner.set_defaults(handler=run)
+    runner.add_argument("--segments", type=int, default=None,
+                        help="a study in segments: extend every chain to this many segments (default: the study's)")
     summarizer = commands.add_parser("summarize", help="results/mixing/ from the records")
     summarizer.set_defaults(handler=summarize)
     for command in (runner, summarizer):

@@ -153,6 +153,22 @@ def test_acceptance_is_tabled_by_the_tokens_each_proposal_replaced():
         dict(task="gsm8k", kernel="random", replaced="64-127", steps=1, acceptance=0.0)]
 
 
+def test_a_study_in_segments_can_be_extended_and_keeps_its_extension(tmp_path):
+    base = dict(model="m", mh_steps=50, segments=2)
+    assert study.study_settings(base, tmp_path) == base  # written
+    longer = study.study_settings(base, tmp_path, segments=5)
+    assert longer == dict(model="m", mh_steps=125, segments=5)
+    assert study.study_settings(base, tmp_path) == longer  # a plain resume keeps the extension
+    assert json.loads((tmp_path / "settings.json").read_text()) == longer
+    with pytest.raises(SystemExit, match="already has 5 segments"):
+        study.study_settings(base, tmp_path, segments=3)
+    with pytest.raises(SystemExit, match="model: m -> other"):
+        study.study_settings(base | dict(model="other"), tmp_path)
+    with pytest.raises(SystemExit, match="not recorded in segments"):
+        study.study_settings(dict(model="m", mh_steps=50), tmp_path / "flat", segments=3)
+    assert study.study_settings(dict(model="m", mh_steps=50), tmp_path / "flat") == dict(model="m", mh_steps=50)
+
+
 def test_chains_recorded_in_segments_are_joined_in_order_up_to_the_segments_every_chain_has():
     def part(chain, segment, draws):
         lists = {key: [f"{chain}.{segment}.{i}" for i in range(draws)] for key in study.PER_STEP}
