@@ -10,7 +10,8 @@ segment every chain has), proposes from each state under each cut as a step woul
 from q_cut(. | x), the suffix after it from the proposal at tau), and records both terms and whether the proposal is the current draw
 again. Per cut, overall and by replaced tokens: the acceptance probability, what it would be with
 the cut term alone removed (not a valid kernel; it apportions the rejections), the mean cut term,
-the share of proposals that change nothing, and the acceptance of those that change something.
+the share of proposals that change nothing, the acceptance of those that change something, and
+how many such changes a step is expected to accept per 1,000 tokens it decodes.
 
     python -m benchmarks.cut_ratio [--proposals 8]    # results/decision-points/real/cut_ratio.json
 """
@@ -84,6 +85,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                             acceptance_without_cut_term=float(np.mean(np.minimum(1, np.exp(alone)))),
                             mean_cut_term=float(cut_term.mean()), unchanged=float(1 - changed.mean()),
                             acceptance_of_changes=float(accept[changed].mean()) if changed.any() else None,
+                            accepted_changes_per_1k_tokens=float(1000 * accept[changed].sum()
+                                                                 / sum(r["decoded"] for r in part)),
                             median_target_over_proposal=float(np.median(alone))))
     return out
 
@@ -121,7 +124,8 @@ def main():
         changes = "n/a" if row["acceptance_of_changes"] is None else f"{row['acceptance_of_changes']:.3f}"
         print(f"{row['cut']:>13} {row['replaced']:>8} n={row['proposals']:4d} acceptance {row['acceptance']:.3f} "
               f"(without the cut term {row['acceptance_without_cut_term']:.3f}, mean cut term "
-              f"{row['mean_cut_term']:+.2f}); unchanged {row['unchanged']:.2f}, acceptance of changes {changes}, "
+              f"{row['mean_cut_term']:+.2f}); unchanged {row['unchanged']:.2f}, acceptance of changes {changes} "
+              f"({row['accepted_changes_per_1k_tokens']:.2f} per 1k tokens), "
               f"median target/proposal term {row['median_target_over_proposal']:+.1f}")
 
 

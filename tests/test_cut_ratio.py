@@ -45,12 +45,15 @@ def test_at_alpha_4_the_target_and_the_proposal_do_not_cancel():
 
 
 def test_the_summary_splits_acceptance_by_cut_and_replaced_tokens():
-    rows = [dict(cut="random", replaced=10, target_over_proposal=0.0, cut_ratio=0.0, unchanged=True),
-            dict(cut="random", replaced=40, target_over_proposal=np.log(0.5), cut_ratio=0.0, unchanged=False),
-            dict(cut="entropy_jump", replaced=10, target_over_proposal=-50.0, cut_ratio=2.0, unchanged=False)]
+    rows = [dict(cut="random", replaced=10, decoded=10, target_over_proposal=0.0, cut_ratio=0.0, unchanged=True),
+            dict(cut="random", replaced=40, decoded=40, target_over_proposal=np.log(0.5), cut_ratio=0.0,
+                 unchanged=False),
+            dict(cut="entropy_jump", replaced=10, decoded=12, target_over_proposal=-50.0, cut_ratio=2.0,
+                 unchanged=False)]
     table = {(r["cut"], r["replaced"]): r for r in cut_ratio.summarize(rows)}
     assert table["random", "all"]["acceptance"] == pytest.approx(0.75)
     assert table["random", "all"]["unchanged"] == 0.5 and table["random", "all"]["acceptance_of_changes"] == 0.5
+    assert table["random", "all"]["accepted_changes_per_1k_tokens"] == pytest.approx(1000 * 0.5 / 50)
     assert table["random", "32-63"]["acceptance"] == pytest.approx(0.5)
     assert table["entropy_jump", "all"]["acceptance_without_cut_term"] < table["entropy_jump", "all"]["acceptance"]
 
