@@ -71,9 +71,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for cut in mixing.LONG["kernels"]:
         chosen = [r for r in rows if r["cut"] == cut]
-        bins = [("all", 0, 10**9)] + [(f"{low}-{high - 1}", low, high)
-                                      for low, high in zip(mixing.REPLACED_BINS, mixing.REPLACED_BINS[1:])]
-        for label, low, high in bins:
+        for label, low, high in [("all", 0, 10**9)] + mixing.replaced_bins():
             part = [r for r in chosen if low <= r["replaced"] < high]
             if not part:
                 continue

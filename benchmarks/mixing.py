@@ -228,12 +228,17 @@ def acceptance_table(records: list[dict]) -> list[dict]:
         chains = [r for r in records if (r["task"], r["kernel"]) == (task, kernel)]
         replaced = np.concatenate([np.subtract(c["length_before"], c["cut"]) for c in chains])
         accepted = np.concatenate([np.asarray(c["accepted"], float) for c in chains])
-        for low, high in zip(REPLACED_BINS, REPLACED_BINS[1:]):
+        for label, low, high in replaced_bins():
             chosen = (replaced >= low) & (replaced < high)
             if chosen.any():
-                rows.append(dict(task=task, kernel=kernel, replaced=f"{low}-{high - 1}", steps=int(chosen.sum()),
+                rows.append(dict(task=task, kernel=kernel, replaced=label, steps=int(chosen.sum()),
                                  acceptance=float(accepted[chosen].mean())))
     return rows
+
+
+def replaced_bins() -> list[tuple[str, int, int]]:
+    """(label, low, high) of each bin of replaced tokens, low <= replaced < high."""
+    return [(f"{low}-{high - 1}", low, high) for low, high in zip(REPLACED_BINS, REPLACED_BINS[1:])]
 
 
 def run(args) -> None:
@@ -504,11 +509,13 @@ def write_figures(records, rows, kernels, settings, out: Path) -> None:
                                 sharex=True, squeeze=False)
     for row_axes, target in zip(axes, shown):
         for axis, kernel in zip(row_axes, kernels):
-            for chain in sorted((r for r in records if (r["task"], r["problem_id"], r["kernel"]) == (*target, kernel)),
-                                key=lambda r: r["chain"]):
+            chains = sorted((r for r in records if (r["task"], r["problem_id"], r["kernel"]) == (*target, kernel)),
+                            key=lambda r: r["chain"])
+            for chain in chains:
                 axis.plot(chain["log_target"], linewidth=0.7)
-            if len(chain["log_target"]) > kept:
-                axis.axvline(len(chain["log_target"]) - kept, color="grey", linewidth=0.5, linestyle=":")
+            steps = max((len(chain["log_target"]) for chain in chains), default=0)
+            if steps > kept:
+                axis.axvline(steps - kept, color="grey", linewidth=0.5, linestyle=":")
             axis.tick_params(labelsize=6)
         row_axes[0].set_ylabel(f"{target[0][:3]}/{target[1].split('/')[-1]}", fontsize=7)
     for axis, kernel in zip(axes[0], kernels):
