@@ -538,7 +538,7 @@ def _save(figure, path: Path) -> None:
 def report(result: dict, kernels) -> str:
     """The study's report in Markdown: settings, the paired comparisons, the per-prompt table."""
     settings = result["settings"]
-    lines = ["# Mixing of the cut distributions (issue 36)", "",
+    lines = [f"# Mixing of the cut distributions at T_max {settings['max_new_tokens']}", "",
              f"`{result['command']}`", "",
              "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {result['chains']} chains, "
              f"{result['wall_time_s'] / 3600:.2f} h of engine time (wall clock, pauses of the run included).", "",
