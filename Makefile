@@ -40,14 +40,21 @@ demo: $(VENV)/.package
 		--samplers ancestral,entropy-cut --seeds 0,1 --max-new-tokens 256 --mh-steps 4 --out runs/demo
 	$(VENV)/bin/ppl-ecmh report runs/demo
 
+# Tests run in pytest-xdist workers, one per core up to four (each holds its own models and
+# compiled programs, 3-5 GB; they share the run's compilation cache), a test file to a worker so
+# its module fixtures are built once. The notebooks go first, being the longest files.
+# `make test TEST_WORKERS=1` runs everything in one process.
+TEST_WORKERS ?= $$($(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+XDIST = -n $(TEST_WORKERS) --dist loadfile
+
 # The whole suite: the docs site built strictly, the tests, every notebook executed, then the fast
 # suite on the oldest versions allowed (test-compat).
 test: setup docs
-	$(PY) -m pytest -q --durations=20 --nbmake --nbmake-timeout=1200 tests notebooks
+	$(PY) -m pytest -q --durations=20 $(XDIST) --nbmake --nbmake-timeout=1200 notebooks tests
 	$(MAKE) --no-print-directory test-compat
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 # The fast suite again on the oldest JAX, NumPyro and ArviZ that pyproject.toml allows: a second
 # venv holds only those (the lower bounds of their ranges, and the jaxlib of that JAX) and takes
@@ -68,7 +75,7 @@ $(COMPAT_VENV)/.installed: $(VENV)/.installed pyproject.toml
 test-compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_VENV)/bin/python -c "import jax, numpyro, arviz; print('compat: jax', jax.__version__, \
 		'numpyro', numpyro.__version__, 'arviz', arviz.__version__)" 2>/dev/null
-	$(COMPAT_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(COMPAT_VENV)/bin/python -m pytest -q $(XDIST) -m "not slow" -p no:cacheprovider
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site

@@ -64,16 +64,41 @@ def smollm():
         pytest.skip(str(error))
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The exactness verdicts at every seed: TV against its bound (tests/exact.py)."""
+# The exactness verdicts travel on each test's report (as plain numbers), so the summary below
+# sees them whether the test ran in this process or in a pytest-xdist worker.
+VERDICT_PROPERTY = "exactness verdict"
+SESSION_VERDICTS: dict[str, tuple[str, list]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if call.when != "call":
+        return
     from tests.exact import VERDICTS
 
-    if not VERDICTS:
+    for key in [key for key in VERDICTS if key.split(" ")[0] == item.nodeid]:
+        expected, comparisons = VERDICTS.pop(key)
+        rows = [(float(c.tv), float(c.tv_bound), float(c.chi2_pvalue)) for c in comparisons]
+        report.user_properties.append((VERDICT_PROPERTY, (key, expected, rows)))
+
+
+def pytest_runtest_logreport(report):
+    for name, value in report.user_properties:
+        if name == VERDICT_PROPERTY:
+            key, expected, rows = value
+            SESSION_VERDICTS[key] = (expected, rows)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The exactness verdicts at every seed: TV against its bound (tests/exact.py)."""
+    if not SESSION_VERDICTS:
         return
     terminalreporter.section("exactness verdicts: TV / bound at each seed")
-    for test, (expected, comparisons) in sorted(VERDICTS.items()):
-        ratios = " ".join(f"{c.tv / c.tv_bound:5.2f}" for c in comparisons)
-        worst = min(c.chi2_pvalue for c in comparisons) if expected == "consistent" else max(c.chi2_pvalue for c in comparisons)
+    for test, (expected, rows) in sorted(SESSION_VERDICTS.items()):
+        ratios = " ".join(f"{tv / bound:5.2f}" for tv, bound, _ in rows)
+        pvalues = [p for _, _, p in rows]
+        worst = min(pvalues) if expected == "consistent" else max(pvalues)
         terminalreporter.write_line(f"{expected:>10}  {ratios}  chi2 p {'min' if expected == 'consistent' else 'max'} "
                                     f"{worst:.2g}  {test}")
 

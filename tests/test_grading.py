@@ -218,7 +218,9 @@ class _Str(str):
 
 
 @pytest.mark.parametrize("value", [_Int(3), _Str("x"), object(), [1, _Int(2)], {"k": {1: object()}}, range(3),
-                                   (x for x in ()), bytearray(b"x")], ids=str)
+                                   (x for x in ()), bytearray(b"x")],
+                         ids=["int-subclass", "str-subclass", "object", "nested-int-subclass", "nested-object", "range",
+                              "generator", "bytearray"])
 def test_anything_but_builtin_plain_data_is_refused(value):
     with pytest.raises(values.Unencodable):
         values.encode(value)
