@@ -44,7 +44,7 @@ class Run:
     wall_time: np.ndarray  # seconds per draw [draws] (all chains advance together)
     initial_generated: np.ndarray  # tokens decoded before the first kept draw [chains, (prompts)]: the
     # initial completion (and, on the engine, the warmup draws)
-    last_step: dict | None = None  # on the engine, of each draw's last step (`slots.LAST_STEP_FIELDS`):
+    last_step: dict | None = None  # of the per-chain samplers, of each draw's last step (`slots.LAST_STEP_FIELDS`):
     # its decision and probability, and what it did not keep, tokens and entropies [chains, draws,
     # (prompts), T] and length
 
@@ -54,7 +54,7 @@ class Run:
 
     @property
     def token_arrays(self) -> list[np.ndarray]:
-        """Every array of token ids the run holds: its draws, and on the engine their unkept sides
+        """Every array of token ids the run holds: its draws, and their last steps' unkept sides
         (what `LoadedModel.pieces` needs to show them as text)."""
         return [self.tokens] + ([] if self.last_step is None else [self.last_step["unkept_tokens"]])
 
@@ -125,18 +125,21 @@ def run_with_kernel(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_toke
                         dict(alpha=alpha, max_new_tokens=max_new_tokens, prompt_block=prompt_block, work_ids=work_ids))
     initial = np.asarray(state.num_generated)
     tokens, entropy, stats, wall = [], [], {f: [] for f in STAT_FIELDS}, []
+    steps = {}  # of each draw's last MH step, for the samplers that have one
 
-    def keep(state, seconds):
+    def keep(state, seconds, last_step):
         tokens.append(np.asarray(state.z[kernel.target.site]))
         entropy.append(np.asarray(state.entropy))
         for field in STAT_FIELDS:
             stats[field].append(np.asarray(getattr(state, field)))
         for field, value in state.extra.items():
             stats.setdefault(field, []).append(np.asarray(value))
+        for field, value in (last_step or {}).items():
+            steps.setdefault(field, []).append(np.asarray(value))
         wall.append(seconds)
 
     if num_draws == 0:  # the initial completion is the draw, and its tokens are counted there
-        keep(jax.block_until_ready(state), time.perf_counter() - tick)
+        keep(jax.block_until_ready(state), time.perf_counter() - tick, last_step=None)
         initial = np.zeros_like(initial)
     generated, started = int(initial.sum()), time.perf_counter()
     bar = tqdm(total=num_warmup + num_draws, desc=description or spec.name, disable=not progress, unit="draw")
@@ -149,7 +152,7 @@ def run_with_kernel(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_toke
         bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.1f}",
                         acc=f"{float(np.mean(state.accept_prob)):.2f}")
         if index >= num_warmup:
-            keep(state, seconds)
+            keep(state, seconds, state.last_step)
             if token_budget is not None and generated >= token_budget:
                 break
     bar.close()
@@ -165,10 +168,11 @@ def run_with_kernel(lm, prompt, spec: SamplerSpec, *, alpha: float, max_new_toke
         stats={f: np.stack(v, axis=1) for f, v in stats.items()},
         wall_time=np.asarray(wall),
         initial_generated=initial,
+        last_step={f: np.stack(v, axis=1) for f, v in steps.items()} or None,
     )
 
 
-RECORDED_FIELDS = ("entropy",) + STAT_FIELDS  # the `extra_fields` a NumPyro MCMC run needs to become a Run
+RECORDED_FIELDS = ("entropy",) + STAT_FIELDS + ("last_step",)  # the `extra_fields` a NumPyro MCMC run needs to become a Run
 
 
 def run_of_mcmc(mcmc) -> Run:
@@ -192,9 +196,11 @@ def run_of_mcmc(mcmc) -> Run:
                     prompt_tokens=_prompt_setting(target.sequence))
     if getattr(kernel, "cut", None) is not None:
         settings["cut"] = repr(kernel.cut)
+    last_step = extra["last_step"]  # None for the population samplers
     return Run(settings=settings, tokens=tokens, entropy=np.asarray(extra["entropy"]),
                stats={field: np.asarray(extra[field]) for field in STAT_FIELDS}, wall_time=np.full(draws, np.nan),
-               initial_generated=np.zeros(tokens.shape[:1] + tokens.shape[2:-1], np.int32))
+               initial_generated=np.zeros(tokens.shape[:1] + tokens.shape[2:-1], np.int32),
+               last_step=None if last_step is None else {name: np.asarray(value) for name, value in last_step.items()})
 
 
 def engine_items(prompts, rng_key, num_chains: int, work_ids=None) -> list[WorkItem]:

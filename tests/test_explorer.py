@@ -71,8 +71,8 @@ def test_explore_takes_a_run_from_the_runner_as_it_takes_its_inference_data():
 
 def test_explore_takes_a_numpyro_mcmc_run_which_draws_what_the_runner_draws():
     """The documented NumPyro API and the runner draw the same tokens from the same seed, and the
-    MCMC run, recorded with RECORDED_FIELDS, becomes the same Run (less the last step's unkept
-    side, which NumPyro does not keep)."""
+    MCMC run, recorded with RECORDED_FIELDS, becomes the same Run, both sides of each draw's last
+    step included, so its page shows what each step did not keep."""
     import jax
     from numpyro.infer import MCMC
 
@@ -89,8 +89,12 @@ def test_explore_takes_a_numpyro_mcmc_run_which_draws_what_the_runner_draws():
     np.testing.assert_allclose(ours.entropy, theirs.entropy, atol=1e-6)
     for field, value in theirs.stats.items():
         np.testing.assert_allclose(ours.stats[field], value, atol=1e-5, err_msg=field)
+    assert set(ours.last_step) == set(theirs.last_step)
+    for field, value in theirs.last_step.items():
+        np.testing.assert_allclose(ours.last_step[field], value, atol=1e-5, err_msg=field)
+    assert ours.last_step["unkept_length"].any()  # the steps did leave something unkept
     page = ppl_ecmh.explore(mcmc).page
-    assert "EntropyCutMH" in page and '"hasUnkept":false' in page
+    assert "EntropyCutMH" in page and '"hasUnkept":true' in page
     [row] = comparison_table({"mcmc": diagnostics.to_inference_data(ours)})  # a report's table, without text
     assert row["tokens"] == int(theirs.stats["num_generated"].sum()) and row["answer_agreement"] in (0.5, 1.0)
 
@@ -272,14 +276,27 @@ def test_the_page_shows_inline_in_a_notebook_frame(browser, run, tmp_path):
     page.close()
 
 
+def test_a_token_budget_run_keeps_both_sides_of_each_step_as_the_engine_does():
+    """A run with a token budget goes through the sampler's NumPyro kernel, which drives the engine:
+    its draws, and what each draw's last step did not keep, are the engine run's first draws."""
+    options = dict(alpha=4.0, max_new_tokens=MODEL.length, num_chains=2, num_draws=4, progress=False)
+    budgeted = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), token_budget=30, **options)
+    whole = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), **options)
+    kept = budgeted.tokens.shape[1]
+    assert 1 <= kept < 4
+    np.testing.assert_array_equal(budgeted.tokens, whole.tokens[:, :kept])
+    for field, value in whole.last_step.items():
+        np.testing.assert_allclose(budgeted.last_step[field], value[:, :kept], atol=1e-5, err_msg=field)
+
+
 def test_a_run_without_the_unkept_side_shows_its_draws_alone(browser, tmp_path):
-    """Runs through a NumPyro kernel (here one with a token budget) keep no unkept side: the page
+    """Population samplers (here Power-SMC) make no MH step, so they keep no unkept side: the page
     shows the draws and hides the side-by-side view."""
-    result = run_sampler(MODEL.lm(), [0], SamplerSpec("entropy-cut"), alpha=4.0, max_new_tokens=MODEL.length,
-                         num_chains=2, num_draws=4, token_budget=300, progress=False)
+    result = run_sampler(MODEL.lm(), [0], SamplerSpec("power-smc", num_particles=4), alpha=4.0,
+                         max_new_tokens=MODEL.length, num_chains=2, num_draws=4, progress=False)
     assert result.last_step is None
     idata = diagnostics.to_inference_data(result, pieces=WORDS)
-    opened = Page(browser, explorer.write_explorer({"budget": idata}, tmp_path / "budget.html"))
+    opened = Page(browser, explorer.write_explorer({"smc": idata}, tmp_path / "smc.html"))
     opened.page.keyboard.press("ArrowRight")
     assert opened.ids("#completion") == draw_tokens(idata, 0, 1)
     assert opened.page.locator("#sides").is_hidden()

@@ -59,17 +59,20 @@ def test_power_smc_sampler_exposes_weights_and_ess_per_step_in_inference_data():
 @pytest.mark.parametrize("name", ["power-smc", "tmc"])
 def test_population_kernels_run_under_numpyros_mcmc_with_chains_of_their_own(name):
     """Keyed by work, their state holds a key per (chain, prompt): NumPyro's MCMC still runs them,
-    sequential or vectorized, and its chains draw from different keys."""
+    sequential or vectorized, and its chains draw from different keys; recorded with
+    RECORDED_FIELDS, a run becomes the library's Run, without a last MH step."""
     from numpyro.infer import MCMC
 
-    from ppl_ecmh import power_model
+    from ppl_ecmh import RECORDED_FIELDS, power_model, run_of_mcmc
 
     kernel = SamplerSpec(name, num_particles=4, num_candidates=2, num_rollouts=2, horizon=1).make_kernel(power_model)
     for chains, method in ((1, "sequential"), (4, "vectorized")):
         mcmc = MCMC(kernel, num_warmup=0, num_samples=6, num_chains=chains, chain_method=method, progress_bar=False)
         mcmc.run(jax.random.PRNGKey(0), PROBLEM.lm, [PROBLEM.prompt] * 2, alpha=2.0,
-                 max_new_tokens=PROBLEM.max_new_tokens)
+                 max_new_tokens=PROBLEM.max_new_tokens, extra_fields=RECORDED_FIELDS)
         draws = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
         assert draws.shape == (chains, 6, 2, PROBLEM.max_new_tokens)
+        recorded = run_of_mcmc(mcmc)
+        assert recorded.last_step is None and recorded.stats["log_target"].shape == (chains, 6, 2)
     assert len({draws[chain].tobytes() for chain in range(4)}) == 4
     assert not np.array_equal(draws[:, :, 0], draws[:, :, 1])  # two prompts of one batch draw apart too

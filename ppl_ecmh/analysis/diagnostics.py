@@ -91,7 +91,7 @@ def to_inference_data(run, texts=None, model: str | None = None, prompt: str | N
     )
     if texts is not None:
         completions["text"] = (("chain", "draw"), np.asarray(texts, dtype=str))
-    if run.last_step is not None:  # what each draw's last step did not keep (engine runs)
+    if run.last_step is not None:  # what each draw's last step did not keep (the per-chain samplers)
         completions["unkept_tokens"] = (("chain", "draw", "position"), run.last_step["unkept_tokens"].astype(np.int32))
         completions["unkept_entropy"] = (("chain", "draw", "position"),
                                          run.last_step["unkept_entropy"].astype(np.float32))

@@ -81,7 +81,7 @@ def chain_data(idata, name: str = "run") -> dict:
         pieces = dict(zip(completions["piece_id"].values.tolist(), completions["piece_text"].values.tolist()))
     settings = diagnostics.settings(idata)
     rounded = lambda values, digits: np.round(np.asarray(values, np.float64), digits).tolist()
-    # the decision of the draw's last step; runs without it (kernel runs) have one step per draw
+    # the decision of the draw's last step; runs without one (Power-SMC, TMC) show the draw's own
     last = "last_" if "last_accepted" in stats else ""
     accepted = np.asarray(stats[f"{last}accepted"].values, np.float64) >= 0.5
     return dict(

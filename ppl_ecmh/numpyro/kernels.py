@@ -53,6 +53,8 @@ class SequenceKernelState(NamedTuple):
     old_suffix_length: jax.Array
     new_suffix_length: jax.Array
     num_generated: jax.Array  # tokens decoded by this draw
+    last_step: dict | None  # per-chain samplers: the decision of the draw's last step and the sequence it
+    # did not keep (`slots.LAST_STEP_FIELDS`), as `ppl-ecmh sample` records them; None for population samplers
     sampler: Any  # the sampler's own state: `EngineChains`, or a population sampler's prompts
     lm: Any
     rng_key: jax.Array  # per row (chain, prompt): its chain's key folded with the prompt's work id
@@ -96,19 +98,22 @@ class _PowerKernel(MCMCKernel):
         keys = rng_key if self._batched else rng_key[None]
         return work_keys(keys, self._target.sequence.work_ids)
 
-    def _state(self, sampler, lm, rng_key, tokens, entropy, stats: dict, extra=None) -> SequenceKernelState:
+    def _state(self, sampler, lm, rng_key, tokens, entropy, stats: dict, extra=None,
+               last_step=None) -> SequenceKernelState:
         shape = ((-1,) if self._batched else ()) + self._target.sequence.batch_shape
         expose = lambda a: a.reshape(shape + a.shape[1:])
         kinds = dict(log_target=jnp.float32, accepted=jnp.float32, accept_prob=jnp.float32)
         return SequenceKernelState(
             z={self._target.site: expose(tokens)}, entropy=expose(entropy),
             **{name: expose(stats[name].astype(kinds.get(name, jnp.int32))) for name in engine.STAT_FIELDS},
+            last_step=None if last_step is None else {name: expose(value) for name, value in last_step.items()},
             sampler=sampler,
             lm=lm,  # passed through, never closed over: jit must not bake the weights in
             rng_key=rng_key, extra={name: expose(value) for name, value in (extra or {}).items()},
         )
 
-    def _of_sequences(self, sampler, lm, rng_key, seqs, generated, old_length=None, extra=None) -> SequenceKernelState:
+    def _of_sequences(self, sampler, lm, rng_key, seqs, generated, old_length=None, extra=None,
+                      last_step=None) -> SequenceKernelState:
         """The state whose draw is `seqs`, taken whole (accepted, no cut) after a draw of length
         `old_length` (none: the initial state), `generated` tokens decoded for it."""
         ones, zeros = jnp.ones(seqs.length.shape), jnp.zeros_like(seqs.length)
@@ -116,7 +121,7 @@ class _PowerKernel(MCMCKernel):
                      accept_prob=ones, cut=zeros, old_suffix_length=zeros if old_length is None else old_length,
                      new_suffix_length=seqs.length, num_generated=generated)
         return self._state(sampler, lm, rng_key, completion_tokens(seqs, self._target.pad_id, lm),
-                           jnp.where(within_completion(seqs), seqs.entropy, 0.0), stats, extra)
+                           jnp.where(within_completion(seqs), seqs.entropy, 0.0), stats, extra, last_step)
 
     def postprocess_fn(self, model_args, model_kwargs):
         return lambda z: z
@@ -149,8 +154,9 @@ class _ChainKernel(_PowerKernel):
         self._static_attention = spans.uses_static_attention(None)
         slots = _start(seqs.tokens[:, :block], seqs.prompt_length, keys, completions, self._target.lm,
                        self._open_schedule(), self.buffer_draws, self._static_attention)
+        no_step = {name: jnp.zeros_like(getattr(slots.draws, name)[:, 0]) for name in engine.LAST_STEP_FIELDS}
         return self._of_sequences(EngineChains(slots, jnp.asarray(-1)), self._target.lm, keys, slots.current,
-                                  slots.initial_generated)
+                                  slots.initial_generated, last_step=no_step)
 
     def sample(self, state: SequenceKernelState, model_args, model_kwargs):
         schedule, lm = self._open_schedule(), state.lm
@@ -162,7 +168,8 @@ class _ChainKernel(_PowerKernel):
         record = jax.tree.map(lambda a: a[:, draw % self.buffer_draws], slots.draws)
         tokens = padded_completions(record.tokens, record.length, self._target.pad_id, lm)
         return self._state(EngineChains(slots, draw), lm, state.rng_key, tokens, record.entropy,
-                           engine.draw_statistics(record))
+                           engine.draw_statistics(record),
+                           last_step={name: getattr(record, name) for name in engine.LAST_STEP_FIELDS})
 
 
 def _wait(slots, lm, need, schedule: Schedule, static_attention: bool) -> engine.Slots:
