@@ -43,8 +43,9 @@ demo: $(VENV)/.package
 # Tests run in pytest-xdist workers, one per core up to four (each holds its own models and
 # compiled programs, 3-5 GB; they share the run's compilation cache), a test file to a worker so
 # its module fixtures are built once. The notebooks go first, being the longest files.
-# `make test TEST_WORKERS=1` runs everything in one process.
-TEST_WORKERS ?= $$($(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+# `make test TEST_WORKERS=0` runs everything in the pytest process itself.
+TEST_WORKERS ?= $$($(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
+	else os.cpu_count() or 1))")
 XDIST = -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite: the docs site built strictly, the tests, every notebook executed, then the fast
